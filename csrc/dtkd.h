@@ -1,0 +1,36 @@
+/* dtkd.h -- what every C file of dtkd shares: error codes, CPU features, threads.
+ *
+ * Kernels (csrc/kernels/) are plain C11: raw pointers and sizes in, caller-owned memory,
+ * an int error code out (0 = success). Only csrc/python/ touches the CPython/NumPy API.
+ * Each kernel family has its own header beside its .c file (csrc/kernels/<family>.h).
+ */
+#ifndef DTKD_H
+#define DTKD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes returned by kernels; csrc/python/boundary.c turns them into exceptions. */
+enum dtkd_status {
+    DTKD_OK = 0,
+    DTKD_ERR_SHAPE = 1,      /* a size is zero/negative or sizes disagree */
+    DTKD_ERR_NONFINITE = 2,  /* an input holds NaN or Inf */
+    DTKD_ERR_LABEL = 3,      /* a label is outside [0, C) */
+    DTKD_ERR_VALUE = 4,      /* a scalar argument is out of its domain */
+    DTKD_ERR_NOMEM = 5,      /* a workspace allocation failed */
+};
+
+/* CPU features, detected once (csrc/runtime/cpu.c). */
+enum dtkd_isa { DTKD_ISA_SCALAR = 0, DTKD_ISA_AVX2 = 1, DTKD_ISA_AVX512 = 2 };
+int dtkd_cpu_has_avx2_fma(void);
+int dtkd_cpu_has_avx512f(void);
+/* Best ISA the CPU supports, capped by dtkd_set_isa_limit (tests and benchmarks force a path). */
+enum dtkd_isa dtkd_isa(void);
+void dtkd_set_isa_limit(enum dtkd_isa limit);
+const char *dtkd_isa_name(enum dtkd_isa isa);
+
+/* Threads (csrc/runtime/threads.c): OpenMP team size used by every parallel kernel. */
+void dtkd_set_num_threads(int n);
+int dtkd_get_num_threads(void);
+
+#endif

@@ -1,0 +1,108 @@
+/* Argument checks and error raising shared by every binding (see boundary.h). */
+#include "boundary.h"
+
+#include <math.h>
+
+static const char *dtype_name(int typenum)
+{
+    PyArray_Descr *d = PyArray_DescrFromType(typenum);
+    const char *s = d ? d->typeobj->tp_name : "?";
+    Py_XDECREF(d);
+    return s;
+}
+
+PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, int ndim)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum) {
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got %s", name, dtype_name(typenum),
+                     dtype_name(PyArray_TYPE(a)));
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a %d-D array, got %d-D", name, ndim,
+                     PyArray_NDIM(a));
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous aligned array "
+                     "(use numpy.ascontiguousarray)", name);
+        return NULL;
+    }
+    return a;
+}
+
+PyArrayObject *dtkd_check_shape(PyObject *obj, const char *name, int typenum, int ndim,
+                                const npy_intp *shape)
+{
+    PyArrayObject *a = dtkd_check_array(obj, name, typenum, ndim);
+    if (!a) return NULL;
+    const npy_intp *dims = PyArray_DIMS(a);
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] >= 0 && dims[i] != shape[i]) {
+            char want[256], got[256];
+            int pw = 0, pg = 0;
+            for (int j = 0; j < ndim; j++) {
+                if (shape[j] >= 0)
+                    pw += snprintf(want + pw, sizeof want - pw, "%s%ld", j ? ", " : "", (long)shape[j]);
+                else
+                    pw += snprintf(want + pw, sizeof want - pw, "%s*", j ? ", " : "");
+                pg += snprintf(got + pg, sizeof got - pg, "%s%ld", j ? ", " : "", (long)dims[j]);
+                if (pw >= (int)sizeof want || pg >= (int)sizeof got) break;
+            }
+            PyErr_Format(PyExc_ValueError, "%s: expected shape (%s), got (%s)", name, want, got);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+PyArrayObject *dtkd_check_output(PyObject *obj, const char *name, int typenum, int ndim,
+                                 const npy_intp *shape)
+{
+    PyArrayObject *a = dtkd_check_shape(obj, name, typenum, ndim, shape);
+    if (a && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: output array is read-only", name);
+        return NULL;
+    }
+    return a;
+}
+
+int dtkd_check_finite(PyArrayObject *arr, const char *name)
+{
+    npy_intp n = PyArray_SIZE(arr);
+    int bad = 0;
+    if (PyArray_TYPE(arr) == NPY_FLOAT32) {
+        const float *p = (const float *)PyArray_DATA(arr);
+        Py_BEGIN_ALLOW_THREADS
+        for (npy_intp i = 0; i < n; i++) bad |= !isfinite(p[i]);
+        Py_END_ALLOW_THREADS
+    } else if (PyArray_TYPE(arr) == NPY_FLOAT64) {
+        const double *p = (const double *)PyArray_DATA(arr);
+        Py_BEGIN_ALLOW_THREADS
+        for (npy_intp i = 0; i < n; i++) bad |= !isfinite(p[i]);
+        Py_END_ALLOW_THREADS
+    }
+    if (bad) {
+        PyErr_Format(PyExc_ValueError, "%s: contains NaN or Inf", name);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *dtkd_raise_status(int status, const char *context)
+{
+    switch (status) {
+    case DTKD_ERR_SHAPE: return DTKD_VALUE_ERR("%s: inconsistent or empty shape", context);
+    case DTKD_ERR_NONFINITE: return DTKD_VALUE_ERR("%s: input contains NaN or Inf", context);
+    case DTKD_ERR_LABEL: return DTKD_VALUE_ERR("%s: a label is outside [0, num_classes)", context);
+    case DTKD_ERR_VALUE: return DTKD_VALUE_ERR("%s: argument out of range", context);
+    case DTKD_ERR_NOMEM: return PyErr_NoMemory();
+    default: return DTKD_VALUE_ERR("%s: kernel failed with status %d", context, status);
+    }
+}

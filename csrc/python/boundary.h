@@ -1,0 +1,57 @@
+/* boundary.h -- the one place where argument checking and error raising at the C/Python
+ * boundary live, so every binding is short and all report errors the same way.
+ *
+ * Include this (not numpy headers directly) from every csrc/python/*.c file. */
+#ifndef DTKD_BOUNDARY_H
+#define DTKD_BOUNDARY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define PY_ARRAY_UNIQUE_SYMBOL dtkd_ARRAY_API
+#ifndef DTKD_MODULE_INIT
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "dtkd.h"
+
+/* Release the GIL around a kernel call. */
+#define DTKD_BEGIN_NOGIL Py_BEGIN_ALLOW_THREADS
+#define DTKD_END_NOGIL Py_END_ALLOW_THREADS
+
+/* Check that `obj` is a NumPy array of dtype `typenum` (NPY_FLOAT32, NPY_INT64, ...),
+ * C-contiguous, aligned, with `ndim` dimensions (ndim < 0: any). On failure raise TypeError
+ * or ValueError naming `name` (the argument) and return NULL; on success return obj as a
+ * borrowed PyArrayObject*. The Python layer converts array-likes before calling _C, so this
+ * is a strict check, not a conversion. */
+PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, int ndim);
+
+/* Like dtkd_check_array, but also require every dim to equal `shape` (entries < 0: any). */
+PyArrayObject *dtkd_check_shape(PyObject *obj, const char *name, int typenum, int ndim,
+                                const npy_intp *shape);
+
+/* Require that a writable output array matches (checked via dtkd_check_shape) and is writable. */
+PyArrayObject *dtkd_check_output(PyObject *obj, const char *name, int typenum, int ndim,
+                                 const npy_intp *shape);
+
+/* Raise ValueError for an array with NaN/Inf; returns -1 if raised, 0 if all finite. */
+int dtkd_check_finite(PyArrayObject *arr, const char *name);
+
+/* Turn a kernel status into a Python exception with `context` (e.g. "dtkd(student, teacher)")
+ * in its message. Returns NULL so a binding can `return dtkd_raise_status(st, "...")`. */
+PyObject *dtkd_raise_status(int status, const char *context);
+
+/* Shorthand for the raise-and-return-NULL idiom. */
+#define DTKD_VALUE_ERR(...) (PyErr_Format(PyExc_ValueError, __VA_ARGS__), (PyObject *)NULL)
+#define DTKD_TYPE_ERR(...) (PyErr_Format(PyExc_TypeError, __VA_ARGS__), (PyObject *)NULL)
+
+/* Method tables, one per kernel family; module.c joins them into dtkd._C. Each is terminated
+ * by a {NULL} sentinel. */
+extern PyMethodDef dtkd_runtime_methods[];
+extern PyMethodDef dtkd_losses_methods[];
+extern PyMethodDef dtkd_gemm_methods[];
+extern PyMethodDef dtkd_nn_methods[];
+extern PyMethodDef dtkd_optim_methods[];
+extern PyMethodDef dtkd_data_methods[];
+
+#endif

@@ -1,0 +1,68 @@
+"""Argument conversion and checks shared by the Python layer.
+
+Everything that reaches dtkd._C goes through these: array-likes become float32 (or int64)
+C-contiguous arrays, and bad input raises an exception that names the argument.
+"""
+import numbers
+
+import numpy as np
+
+
+def as_float32(x, name, ndim=None, finite=True):
+    """Convert an array-like to a float32 C-contiguous ndarray, checking ndim and finiteness."""
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except Exception as e:  # ragged lists and the like
+        raise TypeError(f"{name}: cannot convert to a numeric array ({e})") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name}: complex values are not supported")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got {arr.ndim}-D with shape {arr.shape}")
+    if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if finite and not np.isfinite(out).all():
+        raise ValueError(f"{name}: values overflow float32 (Inf after conversion)")
+    return out
+
+
+def as_labels(y, name, n, num_classes):
+    """Convert labels to int64 C-contiguous of shape (n,), each in [0, num_classes)."""
+    if isinstance(y, (str, bytes)) or y is None:
+        raise TypeError(f"{name}: expected an integer array, got {type(y).__name__}")
+    arr = np.asarray(y)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise TypeError(f"{name}: expected integer class labels, got non-integer floats")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}")
+    if n and (arr.min() < 0 or arr.max() >= num_classes):
+        bad = arr[(arr < 0) | (arr >= num_classes)][0]
+        raise ValueError(f"{name}: labels must be in [0, {num_classes}), found {bad}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def as_positive_float(x, name):
+    """A finite float > 0 (temperatures, warmup)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x) or x <= 0:
+        raise ValueError(f"{name}: must be finite and > 0, got {x}")
+    return x
+
+
+def as_float(x, name):
+    """A finite real number (loss weights, epoch)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x):
+        raise ValueError(f"{name}: must be finite, got {x}")
+    return x
