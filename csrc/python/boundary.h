@@ -1,7 +1,7 @@
 /* boundary.h -- the one place where argument checking and error raising at the C/Python
  * boundary live, so every binding is short and all report errors the same way.
  *
- * Include this (not numpy headers directly) from every csrc/python/*.c file. */
+ * Include this (not numpy headers directly) from every csrc/python/ source file. */
 #ifndef DTKD_BOUNDARY_H
 #define DTKD_BOUNDARY_H
 
