@@ -53,8 +53,10 @@ CIFAR = {
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
 }
 
-# The globals a CIFAR pickle may name: NumPy's array reconstruction, nothing else.
+# The globals a CIFAR pickle may name: NumPy's array reconstruction, and _codecs.encode, with
+# which Python 3 writes bytes in protocol 2 (a re-pickled archive); nothing that runs code.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
