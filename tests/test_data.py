@@ -464,8 +464,9 @@ def test_augment_kernel_matches_numpy_reference(layout, hw, out_hw, channels):
 def test_augment_kernel_same_result_on_one_and_two_threads():
     ds = small_dataset(n=40)
     rng = np.random.default_rng(0)
-    args = (ds.images, rng.integers(0, 40, 33), rng.integers(-4, 5, (33, 2)),
-            rng.integers(0, 2, 33, dtype=np.uint8), np.float32(ds.mean), np.float32(ds.std),
+    batch = 400  # large enough (> 2^20 outputs) for the kernel to use a thread team
+    args = (ds.images, rng.integers(0, 40, batch), rng.integers(-4, 5, (batch, 2)),
+            rng.integers(0, 2, batch, dtype=np.uint8), np.float32(ds.mean), np.float32(ds.std),
             32, 32, "NHWC")
     before = dtkd.get_num_threads()
     try:
