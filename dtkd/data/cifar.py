@@ -79,7 +79,8 @@ def _unpickle(raw, where):
     try:
         obj = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # truncated or foreign data raises many different types
-        raise ValueError(f"{where}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{where}: not a readable CIFAR pickle "
+                         f"({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a pickled dict, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -169,7 +170,8 @@ def load_cifar(name, split="train", root=None, download=False):
         for n in names:
             path = location / n
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing ({name} {split} needs {', '.join(names)})")
+                raise FileNotFoundError(f"{path}: missing ({name} {split} needs "
+                                        f"{', '.join(names)})")
             blobs.append((str(path), path.read_bytes()))
     parts = [_parse_split_file(raw, where, spec["label_key"], len(spec["classes"]))
              for where, raw in blobs]
