@@ -1,0 +1,7 @@
+"""Training engine: :class:`Trainer` (epochs, LR schedule, evaluation, checkpoints, logs,
+progress), the LR schedule and evaluation metrics."""
+from .metrics import cross_entropy_sum, topk_correct
+from .schedule import learning_rate
+from .trainer import Trainer, experiment_dir
+
+__all__ = ["Trainer", "experiment_dir", "learning_rate", "topk_correct", "cross_entropy_sum"]
