@@ -24,7 +24,7 @@ from .. import io as dtkd_io
 from .metrics import cross_entropy_sum, topk_correct
 from .schedule import learning_rate
 
-__all__ = ["Trainer", "experiment_dir"]
+__all__ = ["Trainer", "evaluate", "experiment_dir"]
 
 LATEST = "latest.npz"
 MODEL_BEST = "model_best.npz"
@@ -155,26 +155,8 @@ class Trainer:
         return record
 
     def evaluate(self, loader=None):
-        """Top-1 / top-5 accuracy (percent) and mean cross-entropy of the student on ``loader``
-        (default: the validation loader), in eval mode."""
-        loader = self.val_loader if loader is None else loader
-        self.student.eval()
-        n = correct1 = correct5 = 0
-        loss_sum = 0.0
-        try:
-            for x, y in tqdm(loader, desc="eval", total=_len_or_none(loader), leave=False,
-                             disable=not self.progress, dynamic_ncols=True):
-                logits = self.student.forward(x)
-                c1, c5 = topk_correct(logits, y, (1, 5))
-                correct1, correct5 = correct1 + c1, correct5 + c5
-                loss_sum += cross_entropy_sum(logits, y)
-                n += len(y)
-        finally:
-            self.student.train()
-        if n == 0:
-            raise ValueError("evaluate: the loader yielded no samples")
-        return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
-                "n": n}
+        """:func:`evaluate` of the student on ``loader`` (default: the validation loader)."""
+        return evaluate(self.student, self.val_loader if loader is None else loader, self.progress)
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints
@@ -243,6 +225,27 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------------
+
+def evaluate(model, loader, progress=False):
+    """Top-1 / top-5 accuracy (percent), mean cross-entropy and sample count of ``model`` on
+    ``loader``, in eval mode (the model is put back in train mode afterwards)."""
+    model.eval()
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    try:
+        for x, y in tqdm(loader, desc="eval", total=_len_or_none(loader), leave=False,
+                         disable=not progress, dynamic_ncols=True):
+            logits = model.forward(x)
+            c1, c5 = topk_correct(logits, y, (1, 5))
+            correct1, correct5 = correct1 + c1, correct5 + c5
+            loss_sum += cross_entropy_sum(logits, y)
+            n += len(y)
+    finally:
+        model.train()
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+
 
 class _EpochMeter:
     """Aggregates the per-step stats of one epoch (see Trainer's docstring for the rules)."""
