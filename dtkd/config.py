@@ -53,7 +53,12 @@ class CfgNode(dict):
             raise AttributeError(_unknown_key_message(name, self, "")) from None
 
     def __setattr__(self, name, value):
-        self[name] = value
+        # Attribute assignment is checked like an override: a typo must not add a new key.
+        if name not in self:
+            raise AttributeError(_unknown_key_message(name, self, ""))
+        if isinstance(self[name], CfgNode):
+            raise AttributeError(f"{name} is a group of keys; set its keys one by one")
+        self[name] = _coerce(value, self[name], name, "assignment")
 
     def __deepcopy__(self, memo):
         return CfgNode(copy.deepcopy(dict(self), memo))

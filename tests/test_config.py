@@ -226,3 +226,48 @@ def test_fashion_mnist_configs_are_small_and_chain_teacher_to_students():
         assert cfg.DISTILLER.TEACHER == teacher.DISTILLER.STUDENT
         if kind != "NONE":
             assert cfg.DISTILLER.TEACHER_CHECKPOINT == out
+
+
+def test_attribute_assignment_is_checked_like_an_override():
+    cfg = get_default_config()
+    cfg.SOLVER.EPOCHS = 12.0
+    assert cfg.SOLVER.EPOCHS == 12 and isinstance(cfg.SOLVER.EPOCHS, int)
+    with pytest.raises(AttributeError, match="did you mean: EPOCHS"):
+        cfg.SOLVER.EPOCH = 3
+    with pytest.raises(ConfigError, match="EPOCHS expects an integer"):
+        cfg.SOLVER.EPOCHS = "many"
+    with pytest.raises(AttributeError, match="group of keys"):
+        cfg.SOLVER = 3
+
+
+# The official DTKD repository's YAML for one pair, verbatim (JinYu1998/DTKD
+# configs/cifar100/dtkd/res110_res32.yaml): mdistiller-format files load unchanged.
+OFFICIAL_RES110_RES32 = """EXPERIMENT:
+  NAME: ""
+  TAG: "dtkd,res110,res32"
+  PROJECT: "DTKD_Final"
+DISTILLER:
+  TYPE: "DTKD"
+  TEACHER: "resnet110"
+  STUDENT: "resnet32"
+SOLVER:
+  BATCH_SIZE: 64
+  EPOCHS: 240
+  LR: 0.05
+  LR_DECAY_STAGES: [150, 180, 210]
+  LR_DECAY_RATE: 0.1
+  WEIGHT_DECAY: 0.0005
+  MOMENTUM: 0.9
+  TYPE: "SGD"
+DTKD:
+  ALPHA: 1.0
+  BETA: 0.5"""
+
+
+def test_official_mdistiller_format_yaml_loads_unchanged(tmp_path):
+    official = load_config(write(tmp_path, OFFICIAL_RES110_RES32))
+    shipped = load_config("cifar100/dtkd/res110_res32.yaml")
+    for group in ("EXPERIMENT", "DISTILLER", "SOLVER", "DTKD"):
+        for key, value in official[group].items():
+            if key != "TEACHER_CHECKPOINT":
+                assert shipped[group][key] == value, f"{group}.{key}"

@@ -228,7 +228,8 @@ class Trainer:
 
 def evaluate(model, loader, progress=False):
     """Top-1 / top-5 accuracy (percent), mean cross-entropy and sample count of ``model`` on
-    ``loader``, in eval mode (the model is put back in train mode afterwards)."""
+    ``loader``, in eval mode (the model's train/eval mode is restored afterwards)."""
+    was_training = getattr(model, "training", True)
     model.eval()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
@@ -241,7 +242,8 @@ def evaluate(model, loader, progress=False):
             loss_sum += cross_entropy_sum(logits, y)
             n += len(y)
     finally:
-        model.train()
+        if was_training:
+            model.train()
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
