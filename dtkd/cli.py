@@ -130,14 +130,14 @@ def _cmd_train(args):
 
 def _cmd_eval(args):
     from . import io as dtkd_io
-    from .engine.build import build_datasets, build_loaders, build_model
+    from .engine.build import build_dataset, build_model, build_test_loader
     from .engine.trainer import evaluate
     cfg = _load_cfg(args)
     if cfg.NUM_THREADS:
         from . import set_num_threads
         set_num_threads(cfg.NUM_THREADS)
-    train, test = build_datasets(cfg)
-    _, test_loader = build_loaders(cfg, train, test)
+    test = build_dataset(cfg, "test")
+    test_loader = build_test_loader(cfg, test)
     model = build_model(args.model or cfg.DISTILLER.STUDENT, test, cfg.SEED)
     model.load_state_dict(dtkd_io.load_teacher(args.checkpoint))
     progress = sys.stderr.isatty() if args.progress is None else args.progress

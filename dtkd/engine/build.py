@@ -12,24 +12,27 @@ from .. import io as dtkd_io
 from ..config import ConfigError
 from .trainer import Trainer, experiment_dir
 
-__all__ = ["build_datasets", "build_loaders", "build_model", "load_teacher_model", "build_trainer"]
+__all__ = ["build_dataset", "build_datasets", "build_loaders", "build_test_loader", "build_model", "load_teacher_model", "build_trainer"]
 
 # Datasets whose images are smaller than the 32x32 the CIFAR backbones take: zero-pad them.
 _PAD_TO = {"fashion_mnist": 32}
 
 
-def build_datasets(cfg):
-    """(train, test) :class:`dtkd.data.Dataset` per DATASET.*, subsets drawn with SEED."""
+def build_dataset(cfg, split):
+    """The ``split`` ('train' or 'test') :class:`dtkd.data.Dataset` per DATASET.*, with the
+    DATASET.SUBSET (train) or DATASET.TEST.SUBSET (test) subset drawn with SEED."""
     from .. import data
-    root = cfg.DATASET.ROOT or None
-    pad_to = _PAD_TO.get(cfg.DATASET.TYPE)
-    train = data.load_dataset(cfg.DATASET.TYPE, "train", root=root, pad_to=pad_to)
-    test = data.load_dataset(cfg.DATASET.TYPE, "test", root=root, pad_to=pad_to)
-    if 0 < cfg.DATASET.SUBSET < len(train):
-        train = train.subset(cfg.DATASET.SUBSET, seed=cfg.SEED)
-    if 0 < cfg.DATASET.TEST.SUBSET < len(test):
-        test = test.subset(cfg.DATASET.TEST.SUBSET, seed=cfg.SEED)
-    return train, test
+    dataset = data.load_dataset(cfg.DATASET.TYPE, split, root=cfg.DATASET.ROOT or None,
+                                pad_to=_PAD_TO.get(cfg.DATASET.TYPE))
+    subset = cfg.DATASET.SUBSET if split == "train" else cfg.DATASET.TEST.SUBSET
+    if 0 < subset < len(dataset):
+        dataset = dataset.subset(subset, seed=cfg.SEED)
+    return dataset
+
+
+def build_datasets(cfg):
+    """(train, test) datasets, see :func:`build_dataset`."""
+    return build_dataset(cfg, "train"), build_dataset(cfg, "test")
 
 
 def build_loaders(cfg, train, test):
@@ -37,9 +40,13 @@ def build_loaders(cfg, train, test):
     from .. import data
     train_loader = data.DataLoader(train, cfg.SOLVER.BATCH_SIZE, shuffle=True,
                                    augment=cfg.DATASET.AUGMENT, seed=cfg.SEED)
-    test_loader = data.DataLoader(test, cfg.DATASET.TEST.BATCH_SIZE, shuffle=False,
-                                  augment=False, seed=cfg.SEED)
-    return train_loader, test_loader
+    return train_loader, build_test_loader(cfg, test)
+
+
+def build_test_loader(cfg, test):
+    from .. import data
+    return data.DataLoader(test, cfg.DATASET.TEST.BATCH_SIZE, shuffle=False, augment=False,
+                           seed=cfg.SEED)
 
 
 def build_model(name, dataset, seed):
