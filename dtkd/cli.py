@@ -13,6 +13,7 @@ command needs are imported when it runs, so ``--help`` always works.
 """
 import argparse
 import json
+import re
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -165,7 +166,10 @@ def _cmd_demo(args):
 def _cmd_models(args):
     from . import models
     rows = []
-    for name in models.names():
+    # Natural order: resnet8, resnet14, ..., resnet110, then the x4 variants.
+    by_depth = sorted(models.names(), key=lambda n: [int(t) if t.isdigit() else t
+                                                     for t in re.split(r"(\d+)", n)])
+    for name in by_depth:
         model = models.create(name, num_classes=args.num_classes, in_channels=args.in_channels)
         params = models.count_parameters(model)
         flops = models.count_flops(model, (1, args.in_channels, 32, 32))
