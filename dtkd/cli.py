@@ -167,8 +167,8 @@ def _cmd_models(args):
     from . import models
     rows = []
     # Natural order: resnet8, resnet14, ..., resnet110, then the x4 variants.
-    by_depth = sorted(models.names(), key=lambda n: [int(t) if t.isdigit() else t
-                                                     for t in re.split(r"(\d+)", n)])
+    by_depth = sorted(models.names(), key=lambda n: (n.endswith("x4"), [
+        int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]))
     for name in by_depth:
         model = models.create(name, num_classes=args.num_classes, in_channels=args.in_channels)
         params = models.count_parameters(model)
