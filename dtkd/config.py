@@ -13,7 +13,6 @@ The defaults are mdistiller's (mdistiller/engine/cfg.py) and the official DTKD r
 """
 import copy
 import difflib
-import os
 from pathlib import Path
 
 import yaml

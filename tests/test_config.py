@@ -82,7 +82,6 @@ def test_yaml_file_then_overrides_are_applied_in_order(tmp_path):
 ])
 def test_overrides_are_coerced_to_the_defaults_type(key, text, expected):
     cfg = load_config(None, [key, text])
-    group, leaf = key.rsplit(".", 1)
     value = cfg
     for part in key.split("."):
         value = value[part]
