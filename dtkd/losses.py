@@ -106,8 +106,10 @@ class LossResult:
 def _logits(x, name):
     if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous:
         return x
-    # NaN / Inf are found by the kernels, which then name the argument.
-    return as_float32(x, name, ndim=2, finite=False)
+    # NaN / Inf (also from float64 values beyond float32's range) are found by the kernels,
+    # which then name the argument.
+    with np.errstate(over="ignore"):
+        return as_float32(x, name, ndim=2, finite=False)
 
 
 def _labels(y, n, num_classes):
