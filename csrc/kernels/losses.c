@@ -44,15 +44,15 @@
 /* Row primitives                                                                             */
 /* ------------------------------------------------------------------------------------------ */
 
-/* exp(x) for x <= 0 (every argument here is max-shifted; x > 0 gives 1), float precision
- * (~1 ulp): Cody-Waite range reduction x = n ln2 + r, a degree-6 polynomial for exp(r), 2^n
- * built in the exponent bits. n is rounded by adding 1.5 2^23 (whose low mantissa bits then
- * hold n + 127, the biased exponent). Branch-free so that loops calling it vectorize. Below
- * -87 it returns exp(-87) ~ 1.6e-38 instead of underflowing, which no sum here can notice. */
+/* exp(x) for x <= 0 (every argument here is max-shifted; a caller whose x may be > 0 discards
+ * the result), float precision (~1 ulp): Cody-Waite range reduction x = n ln2 + r, a degree-6
+ * polynomial for exp(r), 2^n built in the exponent bits. n is rounded by adding 1.5 2^23
+ * (whose low mantissa bits then hold n + 127, the biased exponent). Branch-free so that loops
+ * calling it vectorize. Below -87 it returns exp(-87) ~ 1.6e-38 instead of underflowing,
+ * which no sum here can notice. */
 INLINE float exp_nonpos(float x)
 {
     float xc = x < -87.0f ? -87.0f : x;
-    xc = xc > 0.0f ? 0.0f : xc;
     union { float f; int32_t i; } k = {.f = xc * 1.44269504088896341f + (12582912.0f + 127.0f)};
     float fn = k.f - (12582912.0f + 127.0f);            /* round(x / ln2) */
     float r = xc - fn * 0.693359375f;                   /* ln2 split in two for exactness */
@@ -86,12 +86,14 @@ INLINE float range_max(const float *x, long lo, long hi)
     return m;
 }
 
-/* First index of the value m in x (m is its max): the arg-max, ties to the first index. */
+/* First index of the value m in x (m is its max): the arg-max, ties to the first index.
+ * A min-reduction over the row rather than an early-exit scan, so that it vectorizes. */
 INLINE long first_index_of(const float *x, float m, long n)
 {
-    long j = 0;
-    while (j < n - 1 && x[j] != m) j++;
-    return j;
+    long first = n - 1;
+#pragma omp simd reduction(min : first)
+    for (long j = 0; j < n; j++) first = x[j] == m && j < first ? j : first;
+    return first;
 }
 
 /* Sums over a row run in blocks: within a block each SIMD lane adds a few terms in float
