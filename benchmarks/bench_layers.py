@@ -3,7 +3,7 @@ torch.nn.functional on the same thread count.
 
     python benchmarks/bench_layers.py [--threads 1 2] [--batch 64] [--repeats 5]
 
-Prints, per op and direction, the median time of dtkd and torch, the ratio torch/dtkd
+Prints, per op and direction, the best-of-N time of dtkd and torch (interleaved), the ratio torch/dtkd
 (> 1: dtkd is faster) and, for convs, dtkd's GFLOP/s as a fraction of the FMA peak
 (--peak GFLOP/s per core; the issue measured ~270 with AVX-512 on this machine).
 """
@@ -34,14 +34,22 @@ CONVS = [
 ]
 
 
-def median_time(fn, repeats):
+def best_times(fn, other, repeats):
+    """Best-of-`repeats` wall time of fn and of other (None: skipped), measured interleaved so
+    both see the same machine load; the minimum is the least disturbed run."""
     fn()  # warm-up (page faults, thread pool start)
-    times = []
+    if other:
+        other()
+    best, best_other = float("inf"), float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        best = min(best, time.perf_counter() - t0)
+        if other:
+            t0 = time.perf_counter()
+            other()
+            best_other = min(best_other, time.perf_counter() - t0)
+    return best, (best_other if other else float("nan"))
 
 
 def conv_cases(batch, rng, torch):
@@ -141,8 +149,9 @@ def main():
     except ImportError:
         torch = None
         print("torch not installed: dtkd times only")
-    print(f"dtkd isa={dtkd.cpu_features()['isa']} batch={args.batch} repeats={args.repeats} "
-          f"(median); ratio = torch time / dtkd time (> 1: dtkd faster)")
+    print(f"load average {os.getloadavg()[0]:.1f}; dtkd isa={dtkd.cpu_features()['isa']} "
+          f"batch={args.batch} repeats={args.repeats} "
+          f"(best of, interleaved with torch); ratio = torch time / dtkd time (> 1: dtkd faster)")
     for nt in args.threads:
         dtkd.set_num_threads(nt)
         if torch:
@@ -155,8 +164,7 @@ def main():
                 list(other_cases(args.batch, rng, torch)):
             if args.only not in name:
                 continue
-            t = median_time(fn, args.repeats)
-            tt = median_time(tfn, args.repeats) if tfn else float("nan")
+            t, tt = best_times(fn, tfn, args.repeats)
             line = f"{name:38s} {direction:4s} {t * 1e3:9.2f} {tt * 1e3:9.2f} {tt / t:6.2f}"
             if flops:
                 gf = flops / t / 1e9

@@ -126,7 +126,12 @@ static void col2im(float *dx, const float *col, long Cg, const struct dtkd_conv2
                     if (ih < 0 || ih >= H) continue;
                     const float *r = row + oh * OW;
                     float *xr = dx + (c * H + ih) * W;
-                    for (long ow = lo; ow < hi; ow++) xr[ow * d->SW - d->PW + kw] += r[ow];
+                    if (d->SW == 1) { /* unit stride: a plain vectorizable row add */
+                        float *dst = xr + kw - d->PW;
+                        for (long ow = lo; ow < hi; ow++) dst[ow] += r[ow];
+                    } else {
+                        for (long ow = lo; ow < hi; ow++) xr[ow * d->SW - d->PW + kw] += r[ow];
+                    }
                 }
             }
 }
