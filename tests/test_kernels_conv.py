@@ -19,6 +19,8 @@ GEOMETRIES = {
     "rect_kernel_mixed": (2, 3, 6, 8, 4, 2, 3, 1, 2, 0, 1, 1),
     "kernel_fills_input": (2, 2, 3, 3, 3, 5, 5, 1, 1, 1, 1, 1),
     "single_image": (1, 4, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1),
+    # 16x16 outputs: two images per GEMM block, and N=5 leaves a partial last block
+    "image_blocks_remainder": (5, 2, 16, 16, 3, 3, 3, 1, 1, 1, 1, 1),
 }
 
 
@@ -149,20 +151,23 @@ def test_conv2d_matches_torch(name, threads):
     np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_conv2d_resnet_shape_matches_torch():
-    """A resnet8x4 layer shape (batch 16 to stay quick): im2col + sgemm at realistic sizes."""
+@pytest.mark.parametrize("C,O,H,stride", [(32, 64, 32, 1), (64, 128, 16, 2), (64, 64, 8, 1)],
+                         ids=["layer1", "layer2_down", "layer3_blocked"])
+def test_conv2d_resnet_shapes_match_torch(C, O, H, stride, threads):
+    """resnet8x4 layer shapes (batch 16 to stay quick): im2col + sgemm at realistic sizes, one
+    image per GEMM (32x32) and several stacked per GEMM (8x8)."""
     torch = pytest.importorskip("torch", reason="torch not installed: equivalence test skipped")
     F = torch.nn.functional
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((16, 32, 32, 32)).astype(np.float32)
-    w = (rng.standard_normal((64, 32, 3, 3)) * 0.05).astype(np.float32)
+    x = rng.standard_normal((16, C, H, H)).astype(np.float32)
+    w = (rng.standard_normal((O, C, 3, 3)) * 0.05).astype(np.float32)
     xt, wt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(w).requires_grad_(True)
-    yt = F.conv2d(xt, wt, None, stride=1, padding=1)
+    yt = F.conv2d(xt, wt, None, stride=stride, padding=1)
     dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.from_numpy(dy))
-    y = _C.conv2d_forward(x, w, None, 1, 1, 1, 1, 1)
+    y = _C.conv2d_forward(x, w, None, stride, stride, 1, 1, 1)
     dw = np.zeros_like(w)
-    dx = _C.conv2d_backward(dy, x, w, 1, 1, 1, 1, 1, dw, None, True)
+    dx = _C.conv2d_backward(dy, x, w, stride, stride, 1, 1, 1, dw, None, True)
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=2e-3)

@@ -607,7 +607,8 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args)
     PyArrayObject *w = x ? dtkd_check_array(wo, "w", NPY_FLOAT32, 2) : NULL;
     if (!w || linear_dims(x, w, &N, &IN, &OUT)) return NULL;
     npy_intp ydims[2] = {N, OUT};
-    if (!dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 2, ydims)) return NULL;
+    PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 2, ydims);
+    if (!dy) return NULL;
     PyArrayObject *dw = dtkd_check_output(dwo, "dw", NPY_FLOAT32, 2, PyArray_DIMS(w));
     if (!dw) return NULL;
     float *db;
@@ -616,8 +617,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args)
     if (!dx) return NULL;
     int st;
     DTKD_BEGIN_NOGIL
-    st = dtkd_linear_backward(F32(dx), F32(dw), db, F32((PyArrayObject *)dyo), F32(x), F32(w), N,
-                              IN, OUT);
+    st = dtkd_linear_backward(F32(dx), F32(dw), db, F32(dy), F32(x), F32(w), N, IN, OUT);
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(dx);
