@@ -1,10 +1,16 @@
 /* conv.h -- 2-D convolution (PyTorch's torch.nn.functional.conv2d), NCHW activations,
  * OIHW weights: forward, and backward to the input, the weight and the bias.
  *
- * General path: per image and group, im2col into a workspace slot, then one SGEMM.
+ * General path: per block of images and group, im2col into a workspace slot, then one SGEMM
+ * (a block stacks enough images to give the GEMM >= 512 columns; one image at 32x32).
  * Direct paths: 1x1 stride-1 unpadded convs use the input plane as the GEMM operand (no copy);
- * depthwise convs (groups == C) run a direct loop. Images run in parallel (one workspace slot
- * per thread, SGEMM single-threaded inside) when N >= threads, else SGEMM uses the threads. */
+ * depthwise convs (groups == C) run a direct loop. Images run in parallel (a contiguous range and
+ * one workspace slot per thread, SGEMM single-threaded inside) when N >= threads, else SGEMM uses
+ * the threads. The weight gradient is deterministic for a given thread count (per-thread partial
+ * sums added in thread order).
+ *
+ * Workspace: the caller sizes it with dtkd_conv2d_*_workspace(d, dtkd_get_num_threads(), ...);
+ * a kernel uses the largest thread count whose workspace fits in workspace_len. */
 #ifndef DTKD_CONV_H
 #define DTKD_CONV_H
 

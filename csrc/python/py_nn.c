@@ -195,7 +195,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
 
 /* ---- batchnorm2d -------------------------------------------------------------------------- */
 
-/* x (N,C,H,W) non-empty, and a (C,) float32 vector argument. */
+/* A per-channel (C,) float32 argument: an output (writable) or a finite input. */
 static PyArrayObject *channel_vector(PyObject *obj, const char *name, npy_intp C, int writable)
 {
     return writable ? dtkd_check_output(obj, name, NPY_FLOAT32, 1, &C)
