@@ -84,14 +84,15 @@ int dtkd_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const floa
         sum_dy_xhat *= invstd;
         dgamma[c] += (float)sum_dy_xhat;
         dbeta[c] += (float)sum_dy;
-        /* dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) */
-        const float k = gamma[c] * invstd;
-        const float mean_dy = (float)(sum_dy / M), mean_dy_xhat = (float)(sum_dy_xhat / M);
+        /* dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), expanded into
+         * dx = k * dy + kx * x + k0 with per-channel constants (in double) */
+        const double k = (double)gamma[c] * invstd, mean_dy = sum_dy / M;
+        const double kxhat = k * invstd * (sum_dy_xhat / M); /* coefficient of (x - mean) */
+        const float kf = (float)k, kx = (float)-kxhat, k0 = (float)(kxhat * mean - k * mean_dy);
         for (long n = 0; n < N; n++) {
             const float *g = dy + (n * C + c) * HW, *p = x + (n * C + c) * HW;
             float *q = dx + (n * C + c) * HW;
-            for (long i = 0; i < HW; i++)
-                q[i] = k * (g[i] - mean_dy - (p[i] - mean) * invstd * mean_dy_xhat);
+            for (long i = 0; i < HW; i++) q[i] = kf * g[i] + kx * p[i] + k0;
         }
     }
     return DTKD_OK;
