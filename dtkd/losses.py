@@ -67,16 +67,15 @@ class LossResult:
     warmup_factor : float, min(epoch / warmup, 1) (objectives)
     """
 
-    __slots__ = ("loss", "grad", "t_student", "t_teacher", "n_fallback", "ce", "kd", "dtkd",
-                 "tckd", "nckd", "warmup_factor")
+    _FIELDS = ("loss", "grad", "t_student", "t_teacher", "n_fallback", "ce", "kd", "dtkd",
+               "tckd", "nckd", "warmup_factor")
+    __slots__ = ("_values",)
 
-    def __init__(self, loss, grad, **fields):
-        for name in self.__slots__:
-            object.__setattr__(self, name, None)
-        object.__setattr__(self, "loss", loss)
-        object.__setattr__(self, "grad", grad)
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
+    def __init__(self, loss, grad, t_student=None, t_teacher=None, n_fallback=None, ce=None,
+                 kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None):
+        # One tuple behind read-only properties (as namedtuple does): cheap to build.
+        object.__setattr__(self, "_values", (loss, grad, t_student, t_teacher, n_fallback, ce,
+                                             kd, dtkd, tckd, nckd, warmup_factor))
 
     def __setattr__(self, name, value):
         raise AttributeError("LossResult is read-only")
@@ -86,8 +85,7 @@ class LossResult:
 
     def __repr__(self):
         parts = []
-        for name in self.__slots__:
-            value = getattr(self, name)
+        for name, value in zip(self._FIELDS, self._values):
             if value is None:
                 continue
             if isinstance(value, np.ndarray):
@@ -99,6 +97,15 @@ class LossResult:
                 text = repr(value)
             parts.append(f"{name}={text}")
         return f"LossResult({', '.join(parts)})"
+
+
+def _field(index, name):
+    return property(lambda self: self._values[index], doc=f"The {name} field (read-only).")
+
+
+for _index, _name in enumerate(LossResult._FIELDS):
+    setattr(LossResult, _name, _field(_index, _name))
+del _index, _name
 
 
 # ---- argument conversion (fast path for arrays that are already what the kernels take) ----
@@ -119,8 +126,11 @@ def _labels(y, n, num_classes):
     return as_labels(y, "labels", n, num_classes)
 
 
+_INF = float("inf")
+
+
 def _temperature(temperature, name="temperature"):
-    if type(temperature) is float and 0.0 < temperature < float("inf"):
+    if type(temperature) is float and 0.0 < temperature < _INF:
         return temperature
     return as_positive_float(temperature, name)
 
