@@ -157,7 +157,7 @@ INLINE double range_dot(const float *x, const float *y, long n)
     return z;
 }
 
-/* Unnormalized moments of a softmax pair over a class range, with v = (s - shift_s) / T_s,
+/* Unnormalized moments of a softmax pair over a row (class `skip` left out; -1: none), with v = (s - shift_s) / T_s,
  * u = (t - shift_t) / T_t, e_q = exp(v), e_p = exp(u):
  * zq = sum e_q, zp = sum e_p, p_u = sum e_p u, p_v = sum e_p v, q_v = sum e_q v,
  * p_uu = sum e_p u^2, p_uv = sum e_p u v. They give KL and its derivatives in T_s, T_t.
@@ -167,10 +167,11 @@ typedef struct {
     double zq, zp, p_u, p_v, q_v, p_uu, p_uv;
 } pair_moments;
 
-INLINE void pair_moments_range(pair_moments *acc, float *exp_s, float *exp_t, const float *s,
-                               const float *t, const dtkd_softmax_pair *pr, long lo, long hi)
+INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, const float *s,
+                             const float *t, const dtkd_softmax_pair *pr, long skip, long n)
 {
     const int store = exp_s != NULL;
+    const long lo = 0, hi = n;
     const float ss = pr->shift_s, st = pr->shift_t, ia = pr->inv_ts, ib = pr->inv_tt;
     for (long j0 = lo; j0 < hi; j0 += SUM_BLOCK) {
         const long j1 = j0 + SUM_BLOCK < hi ? j0 + SUM_BLOCK : hi;
@@ -178,7 +179,8 @@ INLINE void pair_moments_range(pair_moments *acc, float *exp_s, float *exp_t, co
 #pragma omp simd reduction(+ : zq, zp, p_u, p_v, q_v, p_uu, p_uv)
         for (long j = j0; j < j1; j++) {
             float v = (s[j] - ss) * ia, u = (t[j] - st) * ib;
-            float eq = exp_nonpos(v), ep = exp_nonpos(u);
+            /* the skipped class (may have v, u > 0) is selected away, exp and all */
+            float eq = j == skip ? 0.0f : exp_nonpos(v), ep = j == skip ? 0.0f : exp_nonpos(u);
             if (store) {
                 exp_s[j] = eq;
                 exp_t[j] = ep;
@@ -528,7 +530,7 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     dtkd_softmax_pair *pr = &sv->pair;
     set_pair(pr, m_s, m_t, a, b);
     pair_moments mo = {0};
-    pair_moments_range(&mo, exp_s, exp_t, s, t, pr, 0, C);
+    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, -1, C);
 
     const double lzq = log(mo.zq), lzp = log(mo.zp);
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
@@ -622,9 +624,7 @@ INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, 
 {
     set_pair(pr, shift_s, shift_t, a, b);
     pair_moments mo = {0};
-    pair_moments_range(&mo, exp_s, exp_t, s, t, pr, 0, y);
-    pair_moments_range(&mo, exp_s, exp_t, s, t, pr, y + 1, C);
-    if (exp_s) exp_s[y] = exp_t[y] = 0.0f; /* the target is not in the set */
+    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, y, C);
     const double lzq = log(mo.zq), lzp = log(mo.zp);
     pr->log_zs = lzq;
     pr->log_zt = lzp;
@@ -670,7 +670,9 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
     const double a_tc = dynamic_tckd ? a : T, b_tc = dynamic_tckd ? b : T;
     const double a_nc = dynamic_nckd ? a : T, b_nc = dynamic_nckd ? b : T;
     const int shared = a_tc == a_nc && b_tc == b_nc;
-    const float shift_s = non_target_max(s, y, C), shift_t = non_target_max(t, y, C);
+    /* Non-target maxima: the row maxima unless the target holds them. */
+    const float shift_s = s[y] < m_s ? m_s : non_target_max(s, y, C);
+    const float shift_t = t[y] < m_t ? m_t : non_target_max(t, y, C);
 
     dkd_terms tc, nc;
     dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C);
