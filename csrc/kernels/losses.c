@@ -86,6 +86,10 @@ INLINE float range_max(const float *x, long lo, long hi)
     return m;
 }
 
+/* Sums over a row run in blocks: within a block each SIMD lane adds a few terms in float
+ * (so the loop vectorizes without spilling), and block sums are added in double. */
+#define SUM_BLOCK 128L
+
 /* Row maxima of s and t in one pass; returns 0 if either row holds NaN or Inf (x * 0 is 0 for
  * finite x and NaN otherwise). */
 INLINE int pair_max_finite(const float *s, const float *t, long n, float *m_s, float *m_t)
@@ -107,14 +111,15 @@ INLINE int pair_max_finite(const float *s, const float *t, long n, float *m_s, f
 INLINE long first_index_of(const float *x, float m, long n)
 {
     long first = n - 1;
-#pragma omp simd reduction(min : first)
-    for (long j = 0; j < n; j++) first = x[j] == m && j < first ? j : first;
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {   /* int lanes: twice the width of long */
+        const int len = (int)(j0 + SUM_BLOCK < n ? SUM_BLOCK : n - j0);
+        int hit = len;
+#pragma omp simd reduction(min : hit)
+        for (int j = 0; j < len; j++) hit = x[j0 + j] == m && j < hit ? j : hit;
+        if (hit < len) return j0 + hit;
+    }
     return first;
 }
-
-/* Sums over a row run in blocks: within a block each SIMD lane adds a few terms in float
- * (so the loop vectorizes without spilling), and block sums are added in double. */
-#define SUM_BLOCK 128L
 
 /* sum over j in [lo, hi) of exp((x_j - shift) / T). */
 INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, long hi)
@@ -157,8 +162,8 @@ INLINE double range_dot(const float *x, const float *y, long n)
     return z;
 }
 
-/* Unnormalized moments of a softmax pair over a row (class `skip` left out; -1: none), with v = (s - shift_s) / T_s,
- * u = (t - shift_t) / T_t, e_q = exp(v), e_p = exp(u):
+/* Unnormalized moments of a softmax pair over a row (class `skip` left out; -1: none), with
+ * v = (s - shift_s) / T_s, u = (t - shift_t) / T_t, e_q = exp(v), e_p = exp(u):
  * zq = sum e_q, zp = sum e_p, p_u = sum e_p u, p_v = sum e_p v, q_v = sum e_q v,
  * p_uu = sum e_p u^2, p_uv = sum e_p u v. They give KL and its derivatives in T_s, T_t.
  * When exp_s / exp_t are given, e_q and e_p are also stored there (index j), so that the
