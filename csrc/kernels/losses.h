@@ -1,7 +1,8 @@
 /* losses.h -- distillation losses on logits: softmax family, cross-entropy, KD, DTKD, DKD.
  *
- * Every kernel takes float32 logits of shape (N, C) row-major, accumulates in double, works on
- * rows in parallel (OpenMP, when N*C is large enough to pay) and returns DTKD_OK or an error
+ * Every kernel takes float32 logits of shape (N, C) row-major, sums in double (over float
+ * partial sums of at most 128 logits), works on rows in parallel (OpenMP, when N*C is large
+ * enough to pay), picks its SIMD path at run time and returns DTKD_OK or an error
  * code (DTKD_ERR_SHAPE, DTKD_ERR_NONFINITE, DTKD_ERR_LABEL, DTKD_ERR_VALUE). Forward kernels
  * write per-sample losses and the per-sample values their backward needs into caller-owned
  * buffers; backward kernels write the gradient of  dloss * sum_i loss_i  w.r.t. the student
