@@ -37,8 +37,27 @@
      : dtkd_isa() == DTKD_ISA_AVX2 ? name##_avx2                                                  \
                                    : name##_portable)
 
-#define PARALLEL_ROWS(N, C)                                                                      \
-    num_threads(dtkd_get_num_threads()) if ((N) * (C) >= PARALLEL_MIN_ELEMENTS) schedule(static)
+/* Runs the row status expression `row_status` (an int that may use the row index i: < 0 for a
+ * non-finite row, > 0 for a DTKD fallback row) for i in [0, N), counting into the caller's
+ * `bad` and `fallbacks`. Rows go to the OpenMP team only when N*C pays for it: below that even
+ * an if(0) parallel region costs about a microsecond per call. */
+#define FOR_EACH_ROW(N, C, row_status)                                                           \
+    do {                                                                                          \
+        if ((N) * (C) >= PARALLEL_MIN_ELEMENTS) {                                                 \
+            _Pragma("omp parallel for num_threads(dtkd_get_num_threads()) schedule(static) reduction(| : bad) reduction(+ : fallbacks)") \
+            for (long i = 0; i < (N); i++) {                                                      \
+                int st_ = (row_status);                                                           \
+                bad |= st_ < 0;                                                                   \
+                fallbacks += st_ > 0;                                                             \
+            }                                                                                     \
+        } else {                                                                                  \
+            for (long i = 0; i < (N); i++) {                                                      \
+                int st_ = (row_status);                                                           \
+                bad |= st_ < 0;                                                                   \
+                fallbacks += st_ > 0;                                                             \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Row primitives                                                                             */
@@ -375,8 +394,8 @@ static int run_rowwise(rowwise_fn row, float *out, long out_stride, const float 
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
     const float inv_t = (float)(1.0 / temperature);
     int bad = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad)
-    for (long i = 0; i < N; i++) bad |= row(out + i * out_stride, x + i * C, inv_t, C) < 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(out + i * out_stride, x + i * C, inv_t, C));
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
@@ -403,8 +422,9 @@ static int run_rowwise_backward(rowwise_backward_fn row, float *dx, const float 
     if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
     const float inv_t = (float)(1.0 / temperature);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(dx + i * C, dout + i * C, out + i * C, inv_t, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dx + i * C, dout + i * C, out + i * C, inv_t, C));
     return DTKD_OK;
 }
 
@@ -428,8 +448,9 @@ int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const 
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
     const float inv_t = (float)(1.0 / temperature);
     int (*row)(float *, float, const float *, float, float, long) = ISA_PICK(logsumexp_backward_row);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(dx + i * C, dout[i], x + i * C, out[i], inv_t, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dx + i * C, dout[i], x + i * C, out[i], inv_t, C));
     return DTKD_OK;
 }
 
@@ -437,23 +458,31 @@ int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const 
 /* DTKD temperatures and cross-entropy                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
+INLINE int dynamic_temperature_row(float *t_student, float *t_teacher, const float *s,
+                                   const float *t, float T, long C)
+{
+    float m_s, m_t;
+    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
+    double a, b;
+    int fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
+    *t_student = (float)a;
+    *t_teacher = (float)b;
+    return fallback;
+}
+ISA_VARIANTS(int, dynamic_temperature_row,
+             (float *t_student, float *t_teacher, const float *s, const float *t, float T, long C),
+             (t_student, t_teacher, s, t, T, C))
+
 int dtkd_dynamic_temperatures(float *t_student, float *t_teacher, long *n_fallback,
                               const float *s, const float *t, float temperature, long N, long C)
 {
     if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    int (*row)(float *, float *, const float *, const float *, float, long) =
+        ISA_PICK(dynamic_temperature_row);
     int bad = 0;
     long fallbacks = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
-    for (long i = 0; i < N; i++) {
-        const float *si = s + i * C, *ti = t + i * C;
-        float m_s, m_t;
-        bad |= !pair_max_finite(si, ti, C, &m_s, &m_t);
-        double a, b;
-        fallbacks += dynamic_temperature_pair(m_s, m_t, temperature, &a, &b);
-        t_student[i] = (float)a;
-        t_teacher[i] = (float)b;
-    }
+    FOR_EACH_ROW(N, C, row(t_student + i, t_teacher + i, s + i * C, t + i * C, temperature, C));
     *n_fallback = fallbacks;
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
@@ -496,8 +525,8 @@ int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const
     if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
     int (*row)(float *, double *, const float *, int64_t, long) = ISA_PICK(cross_entropy_row);
     int bad = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad)
-    for (long i = 0; i < N; i++) bad |= row(loss + i, log_z + i, s + i * C, y[i], C) < 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, log_z + i, s + i * C, y[i], C));
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
@@ -508,8 +537,9 @@ int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, 
     if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
     int (*row)(float *, double, const float *, int64_t, float, long) =
         ISA_PICK(cross_entropy_backward_row);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(ds + i * C, log_z[i], s + i * C, y[i], dloss, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(ds + i * C, log_z[i], s + i * C, y[i], dloss, C));
     return DTKD_OK;
 }
 
@@ -586,13 +616,8 @@ int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_sav
                const float *, float, enum dtkd_kl_mode, long) = ISA_PICK(kl_row_forward);
     int bad = 0;
     long fallbacks = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
-    for (long i = 0; i < N; i++) {
-        int st = row(loss + i, t_student + i, t_teacher + i, saved + i, exp_s + i * C,
-                     exp_t + i * C, s + i * C, t + i * C, temperature, mode, C);
-        bad |= st < 0;
-        fallbacks += st > 0;
-    }
+    FOR_EACH_ROW(N, C, row(loss + i, t_student + i, t_teacher + i, saved + i, exp_s + i * C,
+                           exp_t + i * C, s + i * C, t + i * C, temperature, mode, C));
     *n_fallback = fallbacks;
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
@@ -603,8 +628,9 @@ int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
     if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     int (*row)(float *, const dtkd_kl_saved *, const float *, const float *, float, long) =
         ISA_PICK(kl_row_backward);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, dloss, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, dloss, C));
     return DTKD_OK;
 }
 
@@ -757,14 +783,9 @@ int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, fl
                enum dtkd_kl_mode, long) = ISA_PICK(dkd_row_forward);
     int bad = 0;
     long fallbacks = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
-    for (long i = 0; i < N; i++) {
-        int st = row(loss + i, tckd + i, nckd + i, t_student + i, t_teacher + i, saved + i,
-                     exp_s + i * C, exp_t + i * C, s + i * C, t + i * C, y[i], alpha, beta, temperature, dynamic_tckd,
-                     dynamic_nckd, mode, C);
-        bad |= st < 0;
-        fallbacks += st > 0;
-    }
+    FOR_EACH_ROW(N, C, row(loss + i, tckd + i, nckd + i, t_student + i, t_teacher + i, saved + i,
+                           exp_s + i * C, exp_t + i * C, s + i * C, t + i * C, y[i], alpha, beta,
+                           temperature, dynamic_tckd, dynamic_nckd, mode, C));
     *n_fallback = fallbacks;
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
@@ -777,9 +798,9 @@ int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s
     if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
     int (*row)(float *, const dtkd_dkd_saved *, const float *, const float *, const float *,
                const float *, int64_t, float, long) = ISA_PICK(dkd_row_backward);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++)
-        row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, s + i * C, t + i * C, y[i],
-            dloss, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, s + i * C,
+                           t + i * C, y[i], dloss, C));
     return DTKD_OK;
 }
