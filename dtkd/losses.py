@@ -45,7 +45,8 @@ __all__ = [
     "cross_entropy", "kd", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
 ]
 
-#: A sample whose max logits sum to at most this falls back to T_s = T_t = T.
+#: A sample whose max logits sum to at most this falls back to T_s = T_t = T
+#: (mirrors DTKD_TEMPERATURE_EPS in csrc/kernels/losses.h; a test checks they agree).
 FALLBACK_EPS = 1e-6
 
 _KL_FIXED, _KL_DYNAMIC, _KL_DYNAMIC_DETACHED = 0, 1, 2
