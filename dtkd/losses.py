@@ -111,8 +111,12 @@ del _index, _name
 
 # ---- argument conversion (fast path for arrays that are already what the kernels take) ----
 
+_FLOAT32 = np.dtype(np.float32)
+_INT64 = np.dtype(np.int64)
+
+
 def _logits(x, name):
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 2 and x.flags.c_contiguous:
         return x
     # NaN / Inf (also from float64 values beyond float32's range) are found by the kernels,
     # which then name the argument.
@@ -121,7 +125,7 @@ def _logits(x, name):
 
 
 def _labels(y, n, num_classes):
-    if (type(y) is np.ndarray and y.dtype == np.int64 and y.shape == (n,)
+    if (type(y) is np.ndarray and y.dtype is _INT64 and y.shape == (n,)
             and y.flags.c_contiguous):
         return y  # the kernel checks the range and names `labels`
     return as_labels(y, "labels", n, num_classes)
@@ -257,7 +261,7 @@ def cross_entropy(logits, labels, reduction="mean"):
     s = _logits(logits, "logits")
     y = _labels(labels, s.shape[0], s.shape[1])
     n = s.shape[0]
-    total, per_sample, grad = _C.cross_entropy(s, y, _dloss(reduction, max(n, 1)))
+    total, per_sample, grad = _C.cross_entropy(s, y, _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, ce=loss)
 
@@ -270,7 +274,7 @@ def kd(student, teacher, temperature=4.0, reduction="mean"):
     s, t = _check_pair(student, teacher)
     n = s.shape[0]
     total, per_sample, _, _, _, grad = _C.kl(s, t, _temperature(temperature), _KL_FIXED,
-                                             _dloss(reduction, max(n, 1)))
+                                             _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, kd=loss)
 
@@ -286,7 +290,7 @@ def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction=
     n = s.shape[0]
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     total, per_sample, ts, tt, n_fallback, grad = _C.kl(s, t, _temperature(temperature), mode,
-                                                        _dloss(reduction, max(n, 1)))
+                                                        _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, t_student=ts, t_teacher=tt, n_fallback=n_fallback, dtkd=loss)
 
@@ -312,7 +316,7 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     total, per_sample, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
         s, t, y, as_float(alpha, "alpha"), as_float(beta, "beta"), _temperature(temperature),
-        dyn_tc, dyn_nc, mode, _dloss(reduction, max(n, 1)))
+        dyn_tc, dyn_nc, mode, _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     fields = dict(tckd=_reduce_term(tckd, reduction), nckd=_reduce_term(nckd, reduction))
     if dyn_tc or dyn_nc:
@@ -344,7 +348,7 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
-    inv_n = 1.0 / max(n, 1)
+    inv_n = 1.0 / (n or 1)
     dt_total, _, ts, tt, n_fallback, grad = _C.kl(s, t, T, mode, wf * alpha * inv_n)
     kd_total, _, _, _, _, kd_grad = _C.kl(s, t, T, _KL_FIXED, wf * beta * inv_n)
     ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
@@ -372,7 +376,7 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     wf = _warmup_factor(epoch, warmup)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
-    inv_n = 1.0 / max(n, 1)
+    inv_n = 1.0 / (n or 1)
     dkd_total, _, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
         s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n)
     ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
