@@ -60,7 +60,8 @@ def numpy_dkd(s, t, y, alpha=1.0, beta=8.0):
     zs, zt = np.where(gt, -np.inf, s / T), np.where(gt, -np.inf, t / T)
     lqh, lph = _log_softmax(zs), _log_softmax(zt)
     qh, ph = np.exp(lqh), np.exp(lph)
-    nckd = np.where(gt, 0.0, ph * (lph - lqh)).sum()
+    with np.errstate(invalid="ignore"):  # -inf - -inf at the target, masked out
+        nckd = np.where(gt, 0.0, ph * (lph - lqh)).sum()
     g = alpha * (py - qy)[:, None] * qh + beta * (qh - ph)
     g[gt] = alpha * (qy - py)
     return T * T * (alpha * tckd + beta * nckd) / n, T * g / n
