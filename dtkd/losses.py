@@ -45,7 +45,8 @@ __all__ = [
     "cross_entropy", "kd", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
 ]
 
-#: A sample whose max logits sum to at most this falls back to T_s = T_t = T.
+#: A sample whose max logits sum to at most this falls back to T_s = T_t = T
+#: (mirrors DTKD_TEMPERATURE_EPS in csrc/kernels/losses.h; a test checks they agree).
 FALLBACK_EPS = 1e-6
 
 _KL_FIXED, _KL_DYNAMIC, _KL_DYNAMIC_DETACHED = 0, 1, 2
@@ -67,16 +68,15 @@ class LossResult:
     warmup_factor : float, min(epoch / warmup, 1) (objectives)
     """
 
-    __slots__ = ("loss", "grad", "t_student", "t_teacher", "n_fallback", "ce", "kd", "dtkd",
-                 "tckd", "nckd", "warmup_factor")
+    _FIELDS = ("loss", "grad", "t_student", "t_teacher", "n_fallback", "ce", "kd", "dtkd",
+               "tckd", "nckd", "warmup_factor")
+    __slots__ = ("_values",)
 
-    def __init__(self, loss, grad, **fields):
-        for name in self.__slots__:
-            object.__setattr__(self, name, None)
-        object.__setattr__(self, "loss", loss)
-        object.__setattr__(self, "grad", grad)
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
+    def __init__(self, loss, grad, t_student=None, t_teacher=None, n_fallback=None, ce=None,
+                 kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None):
+        # One tuple behind read-only properties (as namedtuple does): cheap to build.
+        object.__setattr__(self, "_values", (loss, grad, t_student, t_teacher, n_fallback, ce,
+                                             kd, dtkd, tckd, nckd, warmup_factor))
 
     def __setattr__(self, name, value):
         raise AttributeError("LossResult is read-only")
@@ -86,8 +86,7 @@ class LossResult:
 
     def __repr__(self):
         parts = []
-        for name in self.__slots__:
-            value = getattr(self, name)
+        for name, value in zip(self._FIELDS, self._values):
             if value is None:
                 continue
             if isinstance(value, np.ndarray):
@@ -101,10 +100,23 @@ class LossResult:
         return f"LossResult({', '.join(parts)})"
 
 
+def _field(index, name):
+    return property(lambda self: self._values[index], doc=f"The {name} field (read-only).")
+
+
+for _index, _name in enumerate(LossResult._FIELDS):
+    setattr(LossResult, _name, _field(_index, _name))
+del _index, _name
+
+
 # ---- argument conversion (fast path for arrays that are already what the kernels take) ----
 
+_FLOAT32 = np.dtype(np.float32)
+_INT64 = np.dtype(np.int64)
+
+
 def _logits(x, name):
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 2 and x.flags.c_contiguous:
         return x
     # NaN / Inf (also from float64 values beyond float32's range) are found by the kernels,
     # which then name the argument.
@@ -113,14 +125,17 @@ def _logits(x, name):
 
 
 def _labels(y, n, num_classes):
-    if (type(y) is np.ndarray and y.dtype == np.int64 and y.shape == (n,)
+    if (type(y) is np.ndarray and y.dtype is _INT64 and y.shape == (n,)
             and y.flags.c_contiguous):
         return y  # the kernel checks the range and names `labels`
     return as_labels(y, "labels", n, num_classes)
 
 
+_INF = float("inf")
+
+
 def _temperature(temperature, name="temperature"):
-    if type(temperature) is float and 0.0 < temperature < float("inf"):
+    if type(temperature) is float and 0.0 < temperature < _INF:
         return temperature
     return as_positive_float(temperature, name)
 
@@ -246,7 +261,7 @@ def cross_entropy(logits, labels, reduction="mean"):
     s = _logits(logits, "logits")
     y = _labels(labels, s.shape[0], s.shape[1])
     n = s.shape[0]
-    total, per_sample, grad = _C.cross_entropy(s, y, _dloss(reduction, max(n, 1)))
+    total, per_sample, grad = _C.cross_entropy(s, y, _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, ce=loss)
 
@@ -259,7 +274,7 @@ def kd(student, teacher, temperature=4.0, reduction="mean"):
     s, t = _check_pair(student, teacher)
     n = s.shape[0]
     total, per_sample, _, _, _, grad = _C.kl(s, t, _temperature(temperature), _KL_FIXED,
-                                             _dloss(reduction, max(n, 1)))
+                                             _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, kd=loss)
 
@@ -275,7 +290,7 @@ def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction=
     n = s.shape[0]
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     total, per_sample, ts, tt, n_fallback, grad = _C.kl(s, t, _temperature(temperature), mode,
-                                                        _dloss(reduction, max(n, 1)))
+                                                        _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, t_student=ts, t_teacher=tt, n_fallback=n_fallback, dtkd=loss)
 
@@ -301,7 +316,7 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     total, per_sample, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
         s, t, y, as_float(alpha, "alpha"), as_float(beta, "beta"), _temperature(temperature),
-        dyn_tc, dyn_nc, mode, _dloss(reduction, max(n, 1)))
+        dyn_tc, dyn_nc, mode, _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     fields = dict(tckd=_reduce_term(tckd, reduction), nckd=_reduce_term(nckd, reduction))
     if dyn_tc or dyn_nc:
@@ -333,7 +348,7 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
-    inv_n = 1.0 / max(n, 1)
+    inv_n = 1.0 / (n or 1)
     dt_total, _, ts, tt, n_fallback, grad = _C.kl(s, t, T, mode, wf * alpha * inv_n)
     kd_total, _, _, _, _, kd_grad = _C.kl(s, t, T, _KL_FIXED, wf * beta * inv_n)
     ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
@@ -361,7 +376,7 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     wf = _warmup_factor(epoch, warmup)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
-    inv_n = 1.0 / max(n, 1)
+    inv_n = 1.0 / (n or 1)
     dkd_total, _, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
         s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n)
     ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)

@@ -103,6 +103,19 @@ def test_dynamic_temperatures_fall_back_to_reference_temperature(rng):
     np.testing.assert_array_equal(tt[:3], T)
 
 
+def test_fallback_threshold_is_fallback_eps_on_the_sum_of_max_logits():
+    eps = losses.FALLBACK_EPS
+    s = np.full((2, 3), -1.0, np.float32)
+    t = np.full((2, 3), -1.0, np.float32)
+    s[0, 0] = t[0, 0] = np.float32(0.4 * eps)     # m_s + m_t = 0.8 eps: falls back
+    s[1, 0] = np.float32(eps)
+    t[1, 0] = np.float32(3 * eps)                  # m_s + m_t = 4 eps: the rule applies
+    ts, tt, n_fallback = losses.dynamic_temperatures(s, t, temperature=T)
+    assert n_fallback == 1
+    np.testing.assert_allclose([ts[0], tt[0]], [T, T])
+    np.testing.assert_allclose([ts[1], tt[1]], [2 * 0.25 * T, 2 * 0.75 * T], rtol=1e-5)
+
+
 # ---- cross-entropy ----
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

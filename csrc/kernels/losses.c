@@ -37,8 +37,27 @@
      : dtkd_isa() == DTKD_ISA_AVX2 ? name##_avx2                                                  \
                                    : name##_portable)
 
-#define PARALLEL_ROWS(N, C)                                                                      \
-    num_threads(dtkd_get_num_threads()) if ((N) * (C) >= PARALLEL_MIN_ELEMENTS) schedule(static)
+/* Runs the row status expression `row_status` (an int that may use the row index i: < 0 for a
+ * non-finite row, > 0 for a DTKD fallback row) for i in [0, N), counting into the caller's
+ * `bad` and `fallbacks`. Rows go to the OpenMP team only when N*C pays for it: below that even
+ * an if(0) parallel region costs about a microsecond per call. */
+#define FOR_EACH_ROW(N, C, row_status)                                                           \
+    do {                                                                                          \
+        if ((N) * (C) >= PARALLEL_MIN_ELEMENTS) {                                                 \
+            _Pragma("omp parallel for num_threads(dtkd_get_num_threads()) schedule(static) reduction(| : bad) reduction(+ : fallbacks)") \
+            for (long i = 0; i < (N); i++) {                                                      \
+                int st_ = (row_status);                                                           \
+                bad |= st_ < 0;                                                                   \
+                fallbacks += st_ > 0;                                                             \
+            }                                                                                     \
+        } else {                                                                                  \
+            for (long i = 0; i < (N); i++) {                                                      \
+                int st_ = (row_status);                                                           \
+                bad |= st_ < 0;                                                                   \
+                fallbacks += st_ > 0;                                                             \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Row primitives                                                                             */
@@ -86,19 +105,40 @@ INLINE float range_max(const float *x, long lo, long hi)
     return m;
 }
 
+/* Sums over a row run in blocks: within a block each SIMD lane adds a few terms in float
+ * (so the loop vectorizes without spilling), and block sums are added in double. */
+#define SUM_BLOCK 128L
+
+/* Row maxima of s and t in one pass; returns 0 if either row holds NaN or Inf (x * 0 is 0 for
+ * finite x and NaN otherwise). */
+INLINE int pair_max_finite(const float *s, const float *t, long n, float *m_s, float *m_t)
+{
+    float ms = -INFINITY, mt = -INFINITY, poison = 0.0f;
+#pragma omp simd reduction(max : ms, mt) reduction(+ : poison)
+    for (long j = 0; j < n; j++) {
+        ms = s[j] > ms ? s[j] : ms;
+        mt = t[j] > mt ? t[j] : mt;
+        poison += s[j] * 0.0f + t[j] * 0.0f;
+    }
+    *m_s = ms;
+    *m_t = mt;
+    return poison == 0.0f;
+}
+
 /* First index of the value m in x (m is its max): the arg-max, ties to the first index.
  * A min-reduction over the row rather than an early-exit scan, so that it vectorizes. */
 INLINE long first_index_of(const float *x, float m, long n)
 {
     long first = n - 1;
-#pragma omp simd reduction(min : first)
-    for (long j = 0; j < n; j++) first = x[j] == m && j < first ? j : first;
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {   /* int lanes: twice the width of long */
+        const int len = (int)(j0 + SUM_BLOCK < n ? SUM_BLOCK : n - j0);
+        int hit = len;
+#pragma omp simd reduction(min : hit)
+        for (int j = 0; j < len; j++) hit = x[j0 + j] == m && j < hit ? j : hit;
+        if (hit < len) return j0 + hit;
+    }
     return first;
 }
-
-/* Sums over a row run in blocks: within a block each SIMD lane adds a few terms in float
- * (so the loop vectorizes without spilling), and block sums are added in double. */
-#define SUM_BLOCK 128L
 
 /* sum over j in [lo, hi) of exp((x_j - shift) / T). */
 INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, long hi)
@@ -141,17 +181,21 @@ INLINE double range_dot(const float *x, const float *y, long n)
     return z;
 }
 
-/* Unnormalized moments of a softmax pair over a class range, with v = (s - shift_s) / T_s,
- * u = (t - shift_t) / T_t, e_q = exp(v), e_p = exp(u):
+/* Unnormalized moments of a softmax pair over a row (class `skip` left out; -1: none), with
+ * v = (s - shift_s) / T_s, u = (t - shift_t) / T_t, e_q = exp(v), e_p = exp(u):
  * zq = sum e_q, zp = sum e_p, p_u = sum e_p u, p_v = sum e_p v, q_v = sum e_q v,
- * p_uu = sum e_p u^2, p_uv = sum e_p u v. They give KL and its derivatives in T_s, T_t. */
+ * p_uu = sum e_p u^2, p_uv = sum e_p u v. They give KL and its derivatives in T_s, T_t.
+ * When exp_s / exp_t are given, e_q and e_p are also stored there (index j), so that the
+ * backward needs no exps of its own. */
 typedef struct {
     double zq, zp, p_u, p_v, q_v, p_uu, p_uv;
 } pair_moments;
 
-INLINE void pair_moments_range(pair_moments *acc, const float *s, const float *t,
-                               const dtkd_softmax_pair *pr, long lo, long hi)
+INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, const float *s,
+                             const float *t, const dtkd_softmax_pair *pr, long skip, long n)
 {
+    const int store = exp_s != NULL;
+    const long lo = 0, hi = n;
     const float ss = pr->shift_s, st = pr->shift_t, ia = pr->inv_ts, ib = pr->inv_tt;
     for (long j0 = lo; j0 < hi; j0 += SUM_BLOCK) {
         const long j1 = j0 + SUM_BLOCK < hi ? j0 + SUM_BLOCK : hi;
@@ -159,7 +203,12 @@ INLINE void pair_moments_range(pair_moments *acc, const float *s, const float *t
 #pragma omp simd reduction(+ : zq, zp, p_u, p_v, q_v, p_uu, p_uv)
         for (long j = j0; j < j1; j++) {
             float v = (s[j] - ss) * ia, u = (t[j] - st) * ib;
-            float eq = exp_nonpos(v), ep = exp_nonpos(u);
+            /* the skipped class (may have v, u > 0) is selected away, exp and all */
+            float eq = j == skip ? 0.0f : exp_nonpos(v), ep = j == skip ? 0.0f : exp_nonpos(u);
+            if (store) {
+                exp_s[j] = eq;
+                exp_t[j] = ep;
+            }
             float epu = ep * u;
             zq += eq;
             zp += ep;
@@ -177,6 +226,17 @@ INLINE void pair_moments_range(pair_moments *acc, const float *s, const float *t
         acc->p_uu += p_uu;
         acc->p_uv += p_uv;
     }
+}
+
+/* ds[j] = dloss (coef_q q_j - coef_p p_j) for j in [0, n) from the exps the forward stored
+ * (q_j = exp_s[j] / zq, p_j = exp_t[j] / zp). ds may be exp_s: each entry is read, then written. */
+INLINE void pair_backward_cached_row(float *ds, const float *exp_s, const float *exp_t,
+                                     const dtkd_softmax_pair *pr, float dloss, long n)
+{
+    const float cq = (float)(dloss * pr->coef_q * exp(-pr->log_zs));
+    const float cp = (float)(dloss * pr->coef_p * exp(-pr->log_zt));
+#pragma omp simd
+    for (long j = 0; j < n; j++) ds[j] = cq * exp_s[j] - cp * exp_t[j];
 }
 
 /* ds[j] (=, or += when accumulate) dloss (coef_q q_j - coef_p p_j) for j in [0, n), with
@@ -334,8 +394,8 @@ static int run_rowwise(rowwise_fn row, float *out, long out_stride, const float 
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
     const float inv_t = (float)(1.0 / temperature);
     int bad = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad)
-    for (long i = 0; i < N; i++) bad |= row(out + i * out_stride, x + i * C, inv_t, C) < 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(out + i * out_stride, x + i * C, inv_t, C));
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
@@ -362,8 +422,9 @@ static int run_rowwise_backward(rowwise_backward_fn row, float *dx, const float 
     if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
     const float inv_t = (float)(1.0 / temperature);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(dx + i * C, dout + i * C, out + i * C, inv_t, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dx + i * C, dout + i * C, out + i * C, inv_t, C));
     return DTKD_OK;
 }
 
@@ -387,8 +448,9 @@ int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const 
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
     const float inv_t = (float)(1.0 / temperature);
     int (*row)(float *, float, const float *, float, float, long) = ISA_PICK(logsumexp_backward_row);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(dx + i * C, dout[i], x + i * C, out[i], inv_t, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dx + i * C, dout[i], x + i * C, out[i], inv_t, C));
     return DTKD_OK;
 }
 
@@ -396,23 +458,31 @@ int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const 
 /* DTKD temperatures and cross-entropy                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
+INLINE int dynamic_temperature_row(float *t_student, float *t_teacher, const float *s,
+                                   const float *t, float T, long C)
+{
+    float m_s, m_t;
+    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
+    double a, b;
+    int fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
+    *t_student = (float)a;
+    *t_teacher = (float)b;
+    return fallback;
+}
+ISA_VARIANTS(int, dynamic_temperature_row,
+             (float *t_student, float *t_teacher, const float *s, const float *t, float T, long C),
+             (t_student, t_teacher, s, t, T, C))
+
 int dtkd_dynamic_temperatures(float *t_student, float *t_teacher, long *n_fallback,
                               const float *s, const float *t, float temperature, long N, long C)
 {
     if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    int (*row)(float *, float *, const float *, const float *, float, long) =
+        ISA_PICK(dynamic_temperature_row);
     int bad = 0;
     long fallbacks = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
-    for (long i = 0; i < N; i++) {
-        const float *si = s + i * C, *ti = t + i * C;
-        bad |= !row_finite(si, C) || !row_finite(ti, C);
-        double a, b;
-        fallbacks += dynamic_temperature_pair(range_max(si, 0, C), range_max(ti, 0, C),
-                                              temperature, &a, &b);
-        t_student[i] = (float)a;
-        t_teacher[i] = (float)b;
-    }
+    FOR_EACH_ROW(N, C, row(t_student + i, t_teacher + i, s + i * C, t + i * C, temperature, C));
     *n_fallback = fallbacks;
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
@@ -455,8 +525,8 @@ int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const
     if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
     int (*row)(float *, double *, const float *, int64_t, long) = ISA_PICK(cross_entropy_row);
     int bad = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad)
-    for (long i = 0; i < N; i++) bad |= row(loss + i, log_z + i, s + i * C, y[i], C) < 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, log_z + i, s + i * C, y[i], C));
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
@@ -467,8 +537,9 @@ int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, 
     if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
     int (*row)(float *, double, const float *, int64_t, float, long) =
         ISA_PICK(cross_entropy_backward_row);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(ds + i * C, log_z[i], s + i * C, y[i], dloss, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(ds + i * C, log_z[i], s + i * C, y[i], dloss, C));
     return DTKD_OK;
 }
 
@@ -483,17 +554,18 @@ int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, 
  * (KL depends on s only through s/T_s, so dKL/dT_s = -sum_j s_j dKL/ds_j / T_s, and likewise
  * for t), and m_s moves T_s and T_t by +-temperature_slope. */
 INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv,
-                          const float *s, const float *t, float T, enum dtkd_kl_mode mode, long C)
+                          float *exp_s, float *exp_t, const float *s, const float *t, float T,
+                          enum dtkd_kl_mode mode, long C)
 {
-    if (!row_finite(s, C) || !row_finite(t, C)) return -1;
-    const float m_s = range_max(s, 0, C), m_t = range_max(t, 0, C);
+    float m_s, m_t;
+    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
     double a = T, b = T;
     int fallback = 0;
     if (mode != DTKD_KL_FIXED) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
     dtkd_softmax_pair *pr = &sv->pair;
     set_pair(pr, m_s, m_t, a, b);
     pair_moments mo = {0};
-    pair_moments_range(&mo, s, t, pr, 0, C);
+    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, -1, C);
 
     const double lzq = log(mo.zq), lzp = log(mo.zp);
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
@@ -517,51 +589,48 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     return fallback;
 }
 ISA_VARIANTS(int, kl_row_forward,
-             (float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv, const float *s,
-              const float *t, float T, enum dtkd_kl_mode mode, long C),
-             (loss, t_student, t_teacher, sv, s, t, T, mode, C))
+             (float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv, float *exp_s,
+              float *exp_t, const float *s, const float *t, float T, enum dtkd_kl_mode mode,
+              long C),
+             (loss, t_student, t_teacher, sv, exp_s, exp_t, s, t, T, mode, C))
 
-INLINE int kl_row_backward(float *ds, const dtkd_kl_saved *sv, const float *s, const float *t,
-                           float dloss, long C)
+INLINE int kl_row_backward(float *ds, const dtkd_kl_saved *sv, const float *exp_s,
+                           const float *exp_t, float dloss, long C)
 {
-    pair_backward_row(ds, s, t, &sv->pair, dloss, 0, C);
+    pair_backward_cached_row(ds, exp_s, exp_t, &sv->pair, dloss, C);
     ds[sv->argmax_s] += (float)(dloss * sv->dmax);
     return 0;
 }
 ISA_VARIANTS(int, kl_row_backward,
-             (float *ds, const dtkd_kl_saved *sv, const float *s, const float *t, float dloss,
-              long C),
-             (ds, sv, s, t, dloss, C))
+             (float *ds, const dtkd_kl_saved *sv, const float *exp_s, const float *exp_t,
+              float dloss, long C),
+             (ds, sv, exp_s, exp_t, dloss, C))
 
 int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *saved,
-                    long *n_fallback, const float *s, const float *t, float temperature,
-                    enum dtkd_kl_mode mode, long N, long C)
+                    float *exp_s, float *exp_t, long *n_fallback, const float *s, const float *t,
+                    float temperature, enum dtkd_kl_mode mode, long N, long C)
 {
     if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
-    int (*row)(float *, float *, float *, dtkd_kl_saved *, const float *, const float *, float,
-               enum dtkd_kl_mode, long) = ISA_PICK(kl_row_forward);
+    int (*row)(float *, float *, float *, dtkd_kl_saved *, float *, float *, const float *,
+               const float *, float, enum dtkd_kl_mode, long) = ISA_PICK(kl_row_forward);
     int bad = 0;
     long fallbacks = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
-    for (long i = 0; i < N; i++) {
-        int st = row(loss + i, t_student + i, t_teacher + i, saved + i, s + i * C, t + i * C,
-                     temperature, mode, C);
-        bad |= st < 0;
-        fallbacks += st > 0;
-    }
+    FOR_EACH_ROW(N, C, row(loss + i, t_student + i, t_teacher + i, saved + i, exp_s + i * C,
+                           exp_t + i * C, s + i * C, t + i * C, temperature, mode, C));
     *n_fallback = fallbacks;
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
-int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *s, const float *t,
-                     float dloss, long N, long C)
+int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
+                     const float *exp_t, float dloss, long N, long C)
 {
     if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     int (*row)(float *, const dtkd_kl_saved *, const float *, const float *, float, long) =
         ISA_PICK(kl_row_backward);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(ds + i * C, saved + i, s + i * C, t + i * C, dloss, C);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, dloss, C));
     return DTKD_OK;
 }
 
@@ -580,13 +649,13 @@ typedef struct {
     double tckd, nckd, dtckd_da, dtckd_db, dnckd_da, dnckd_db, qy_minus_py;
 } dkd_terms;
 
-INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, const float *s, const float *t,
-                           int64_t y, float shift_s, float shift_t, double a, double b, long C)
+INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, float *exp_t,
+                           const float *s, const float *t, int64_t y, float shift_s,
+                           float shift_t, double a, double b, long C)
 {
     set_pair(pr, shift_s, shift_t, a, b);
     pair_moments mo = {0};
-    pair_moments_range(&mo, s, t, pr, 0, y);
-    pair_moments_range(&mo, s, t, pr, y + 1, C);
+    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, y, C);
     const double lzq = log(mo.zq), lzp = log(mo.zp);
     pr->log_zs = lzq;
     pr->log_zt = lzp;
@@ -618,30 +687,28 @@ INLINE float non_target_max(const float *x, int64_t y, long C)
 }
 
 INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_student,
-                           float *t_teacher, dtkd_dkd_saved *sv, const float *s, const float *t,
-                           int64_t y, float alpha, float beta, float T, int dynamic_tckd,
+                           float *t_teacher, dtkd_dkd_saved *sv, float *exp_s, float *exp_t,
+                           const float *s, const float *t, int64_t y, float alpha, float beta, float T, int dynamic_tckd,
                            int dynamic_nckd, enum dtkd_kl_mode mode, long C)
 {
-    if (!row_finite(s, C) || !row_finite(t, C)) return -1;
+    float m_s, m_t;
+    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
     double a = T, b = T;
     int fallback = 0;
-    float m_s = 0.0f, m_t = 0.0f;
-    if (dynamic_tckd || dynamic_nckd) {
-        m_s = range_max(s, 0, C);
-        m_t = range_max(t, 0, C);
-        fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
-    }
+    if (dynamic_tckd || dynamic_nckd) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
     *t_student = (float)a;
     *t_teacher = (float)b;
     const double a_tc = dynamic_tckd ? a : T, b_tc = dynamic_tckd ? b : T;
     const double a_nc = dynamic_nckd ? a : T, b_nc = dynamic_nckd ? b : T;
     const int shared = a_tc == a_nc && b_tc == b_nc;
-    const float shift_s = non_target_max(s, y, C), shift_t = non_target_max(t, y, C);
+    /* Non-target maxima: the row maxima unless the target holds them. */
+    const float shift_s = s[y] < m_s ? m_s : non_target_max(s, y, C);
+    const float shift_t = t[y] < m_t ? m_t : non_target_max(t, y, C);
 
     dkd_terms tc, nc;
-    dkd_pair_terms(&tc, &sv->pair[0], s, t, y, shift_s, shift_t, a_tc, b_tc, C);
+    dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C);
     if (shared) nc = tc;
-    else dkd_pair_terms(&nc, &sv->pair[1], s, t, y, shift_s, shift_t, a_nc, b_nc, C);
+    else dkd_pair_terms(&nc, &sv->pair[1], NULL, NULL, s, t, y, shift_s, shift_t, a_nc, b_nc, C);
     sv->n_pairs = shared ? 1 : 2;
 
     const double w_tc = a_tc * b_tc, w_nc = a_nc * b_nc;
@@ -679,59 +746,61 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
 }
 ISA_VARIANTS(int, dkd_row_forward,
              (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
-              dtkd_dkd_saved *sv, const float *s, const float *t, int64_t y, float alpha,
-              float beta, float T, int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode,
-              long C),
-             (loss, tckd, nckd, t_student, t_teacher, sv, s, t, y, alpha, beta, T, dynamic_tckd,
-              dynamic_nckd, mode, C))
+              dtkd_dkd_saved *sv, float *exp_s, float *exp_t, const float *s, const float *t,
+              int64_t y, float alpha, float beta, float T, int dynamic_tckd, int dynamic_nckd,
+              enum dtkd_kl_mode mode, long C),
+             (loss, tckd, nckd, t_student, t_teacher, sv, exp_s, exp_t, s, t, y, alpha, beta, T,
+              dynamic_tckd, dynamic_nckd, mode, C))
 
-INLINE int dkd_row_backward(float *ds, const dtkd_dkd_saved *sv, const float *s, const float *t,
-                            int64_t y, float dloss, long C)
+INLINE int dkd_row_backward(float *ds, const dtkd_dkd_saved *sv, const float *exp_s,
+                            const float *exp_t, const float *s, const float *t, int64_t y,
+                            float dloss, long C)
 {
-    /* The pair loops run over all classes for speed; the target entry is then overwritten. */
-    for (int k = 0; k < sv->n_pairs; k++) pair_backward_row(ds, s, t, &sv->pair[k], dloss, k > 0, C);
+    /* Pair 0 from the stored exps, a second pair (other temperatures) recomputed; the loops
+     * run over all classes for speed and the target entry is then overwritten. */
+    pair_backward_cached_row(ds, exp_s, exp_t, &sv->pair[0], dloss, C);
+    if (sv->n_pairs == 2) pair_backward_row(ds, s, t, &sv->pair[1], dloss, 1, C);
     ds[y] = (float)(dloss * sv->grad_target);
     ds[sv->argmax_s] += (float)(dloss * sv->dmax);
     return 0;
 }
 ISA_VARIANTS(int, dkd_row_backward,
-             (float *ds, const dtkd_dkd_saved *sv, const float *s, const float *t, int64_t y,
-              float dloss, long C),
-             (ds, sv, s, t, y, dloss, C))
+             (float *ds, const dtkd_dkd_saved *sv, const float *exp_s, const float *exp_t,
+              const float *s, const float *t, int64_t y, float dloss, long C),
+             (ds, sv, exp_s, exp_t, s, t, y, dloss, C))
 
 int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
-                     dtkd_dkd_saved *saved, long *n_fallback, const float *s, const float *t,
-                     const int64_t *y, float alpha, float beta, float temperature,
-                     int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, long N, long C)
+                     dtkd_dkd_saved *saved, float *exp_s, float *exp_t, long *n_fallback,
+                     const float *s, const float *t, const int64_t *y, float alpha, float beta,
+                     float temperature, int dynamic_tckd, int dynamic_nckd,
+                     enum dtkd_kl_mode mode, long N, long C)
 {
     if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
     if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
     if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
-    int (*row)(float *, float *, float *, float *, float *, dtkd_dkd_saved *, const float *,
-               const float *, int64_t, float, float, float, int, int, enum dtkd_kl_mode, long) =
-        ISA_PICK(dkd_row_forward);
+    int (*row)(float *, float *, float *, float *, float *, dtkd_dkd_saved *, float *, float *,
+               const float *, const float *, int64_t, float, float, float, int, int,
+               enum dtkd_kl_mode, long) = ISA_PICK(dkd_row_forward);
     int bad = 0;
     long fallbacks = 0;
-#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
-    for (long i = 0; i < N; i++) {
-        int st = row(loss + i, tckd + i, nckd + i, t_student + i, t_teacher + i, saved + i,
-                     s + i * C, t + i * C, y[i], alpha, beta, temperature, dynamic_tckd,
-                     dynamic_nckd, mode, C);
-        bad |= st < 0;
-        fallbacks += st > 0;
-    }
+    FOR_EACH_ROW(N, C, row(loss + i, tckd + i, nckd + i, t_student + i, t_teacher + i, saved + i,
+                           exp_s + i * C, exp_t + i * C, s + i * C, t + i * C, y[i], alpha, beta,
+                           temperature, dynamic_tckd, dynamic_nckd, mode, C));
     *n_fallback = fallbacks;
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
-int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *s, const float *t,
-                      const int64_t *y, float dloss, long N, long C)
+int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s,
+                      const float *exp_t, const float *s, const float *t, const int64_t *y,
+                      float dloss, long N, long C)
 {
     if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
     if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
-    int (*row)(float *, const dtkd_dkd_saved *, const float *, const float *, int64_t, float,
-               long) = ISA_PICK(dkd_row_backward);
-#pragma omp parallel for PARALLEL_ROWS(N, C)
-    for (long i = 0; i < N; i++) row(ds + i * C, saved + i, s + i * C, t + i * C, y[i], dloss, C);
+    int (*row)(float *, const dtkd_dkd_saved *, const float *, const float *, const float *,
+               const float *, int64_t, float, long) = ISA_PICK(dkd_row_backward);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, s + i * C,
+                           t + i * C, y[i], dloss, C));
     return DTKD_OK;
 }

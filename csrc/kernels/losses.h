@@ -1,7 +1,8 @@
 /* losses.h -- distillation losses on logits: softmax family, cross-entropy, KD, DTKD, DKD.
  *
- * Every kernel takes float32 logits of shape (N, C) row-major, accumulates in double, works on
- * rows in parallel (OpenMP, when N*C is large enough to pay) and returns DTKD_OK or an error
+ * Every kernel takes float32 logits of shape (N, C) row-major, sums in double (over float
+ * partial sums of at most 128 logits), works on rows in parallel (OpenMP, when N*C is large
+ * enough to pay), picks its SIMD path at run time and returns DTKD_OK or an error
  * code (DTKD_ERR_SHAPE, DTKD_ERR_NONFINITE, DTKD_ERR_LABEL, DTKD_ERR_VALUE). Forward kernels
  * write per-sample losses and the per-sample values their backward needs into caller-owned
  * buffers; backward kernels write the gradient of  dloss * sum_i loss_i  w.r.t. the student
@@ -90,15 +91,17 @@ int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const
 int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, const int64_t *y,
                                 float dloss, long N, long C);
 
-/* ---- KD / DTKD: w KL(softmax(t / T_t) || softmax(s / T_s)) ---- */
+/* ---- KD / DTKD: w KL(softmax(t / T_t) || softmax(s / T_s)) ----
+ * The forward stores the shifted exps exp((s - max s)/T_s), exp((t - max t)/T_t) in exp_s,
+ * exp_t (N,C) for the backward, which then needs no exp of its own (halves the exps). */
 
-/* loss, t_student, t_teacher (N); saved (N); n_fallback; s, t (N,C). */
+/* loss, t_student, t_teacher (N); saved (N); exp_s, exp_t (N,C); n_fallback; s, t (N,C). */
 int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *saved,
-                    long *n_fallback, const float *s, const float *t, float temperature,
-                    enum dtkd_kl_mode mode, long N, long C);
-/* ds (N,C) = d(dloss sum_i loss_i)/ds. */
-int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *s, const float *t,
-                     float dloss, long N, long C);
+                    float *exp_s, float *exp_t, long *n_fallback, const float *s, const float *t,
+                    float temperature, enum dtkd_kl_mode mode, long N, long C);
+/* ds (N,C) = d(dloss sum_i loss_i)/ds. ds may be exp_s (updated in place). */
+int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
+                     const float *exp_t, float dloss, long N, long C);
 
 /* ---- DKD: alpha TCKD + beta NCKD (C >= 2) ----
  * TCKD = KL over (target, rest), NCKD = KL over the non-target classes (the target excluded
@@ -106,13 +109,16 @@ int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *s, cons
  * temperatures (T_s, T_t) and weight T_s T_t instead; mode says whether they are detached
  * (DTKD_KL_DYNAMIC_DETACHED) or not (any other value). */
 
-/* tckd, nckd, loss = alpha tckd + beta nckd, t_student, t_teacher (N); saved (N). */
+/* tckd, nckd, loss = alpha tckd + beta nckd, t_student, t_teacher (N); saved (N); exp_s, exp_t
+ * (N,C): the first pair's non-target exps, kept for the backward as in the KL kernel. */
 int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
-                     dtkd_dkd_saved *saved, long *n_fallback, const float *s, const float *t,
-                     const int64_t *y, float alpha, float beta, float temperature,
-                     int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, long N, long C);
-/* ds (N,C) = d(dloss sum_i loss_i)/ds. */
-int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *s, const float *t,
-                      const int64_t *y, float dloss, long N, long C);
+                     dtkd_dkd_saved *saved, float *exp_s, float *exp_t, long *n_fallback,
+                     const float *s, const float *t, const int64_t *y, float alpha, float beta,
+                     float temperature, int dynamic_tckd, int dynamic_nckd,
+                     enum dtkd_kl_mode mode, long N, long C);
+/* ds (N,C) = d(dloss sum_i loss_i)/ds; ds may be exp_s. */
+int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s,
+                      const float *exp_t, const float *s, const float *t, const int64_t *y,
+                      float dloss, long N, long C);
 
 #endif

@@ -289,14 +289,17 @@ static PyObject *py_kl(PyObject *self, PyObject *args)
     PyObject *loss = new_array(1, n, 0), *ts = new_array(1, n, 0), *tt = new_array(1, n, 0);
     PyObject *grad = new_array(2, n, c);
     dtkd_kl_saved *saved = PyMem_Malloc(n * sizeof(dtkd_kl_saved));
-    if (!loss || !ts || !tt || !grad || !saved) {
+    float *exp_t = PyMem_Malloc(n * c * sizeof(float));
+    if (!loss || !ts || !tt || !grad || !saved || !exp_t) {
         Py_XDECREF(loss);
         Py_XDECREF(ts);
         Py_XDECREF(tt);
         Py_XDECREF(grad);
         PyMem_Free(saved);
+        PyMem_Free(exp_t);
         return PyErr_NoMemory();
     }
+    float *gp = PyArray_DATA((PyArrayObject *)grad); /* also holds the student exps */
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     float *lp = PyArray_DATA((PyArrayObject *)loss);
     long n_fallback = 0;
@@ -304,12 +307,13 @@ static PyObject *py_kl(PyObject *self, PyObject *args)
     int st;
     DTKD_BEGIN_NOGIL
     st = dtkd_kl_forward(lp, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
-                         saved, &n_fallback, sp, tp, temperature, (enum dtkd_kl_mode)mode, n, c);
-    if (st == DTKD_OK)
-        st = dtkd_kl_backward(PyArray_DATA((PyArrayObject *)grad), saved, sp, tp, dloss, n, c);
+                         saved, gp, exp_t, &n_fallback, sp, tp, temperature,
+                         (enum dtkd_kl_mode)mode, n, c);
+    if (st == DTKD_OK) st = dtkd_kl_backward(gp, saved, gp, exp_t, dloss, n, c);
     if (st == DTKD_OK) total = sum_f32(lp, n);
     DTKD_END_NOGIL
     PyMem_Free(saved);
+    PyMem_Free(exp_t);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(ts);
@@ -345,7 +349,8 @@ static PyObject *py_dkd(PyObject *self, PyObject *args)
     PyObject *loss = new_array(1, n, 0), *tckd = new_array(1, n, 0), *nckd = new_array(1, n, 0);
     PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
     dtkd_dkd_saved *saved = PyMem_Malloc(n * sizeof(dtkd_dkd_saved));
-    if (!loss || !tckd || !nckd || !ts || !tt || !grad || !saved) {
+    float *exp_t = PyMem_Malloc(n * c * sizeof(float));
+    if (!loss || !tckd || !nckd || !ts || !tt || !grad || !saved || !exp_t) {
         Py_XDECREF(loss);
         Py_XDECREF(tckd);
         Py_XDECREF(nckd);
@@ -353,8 +358,10 @@ static PyObject *py_dkd(PyObject *self, PyObject *args)
         Py_XDECREF(tt);
         Py_XDECREF(grad);
         PyMem_Free(saved);
+        PyMem_Free(exp_t);
         return PyErr_NoMemory();
     }
+    float *gp = PyArray_DATA((PyArrayObject *)grad); /* also holds the student exps */
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     const int64_t *yp = PyArray_DATA(y);
     float *lp = PyArray_DATA((PyArrayObject *)loss);
@@ -364,13 +371,13 @@ static PyObject *py_dkd(PyObject *self, PyObject *args)
     DTKD_BEGIN_NOGIL
     st = dtkd_dkd_forward(lp, PyArray_DATA((PyArrayObject *)tckd), PyArray_DATA((PyArrayObject *)nckd),
                           PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt), saved,
-                          &n_fallback, sp, tp, yp, alpha, beta, temperature, dyn_tc, dyn_nc,
-                          (enum dtkd_kl_mode)mode, n, c);
-    if (st == DTKD_OK)
-        st = dtkd_dkd_backward(PyArray_DATA((PyArrayObject *)grad), saved, sp, tp, yp, dloss, n, c);
+                          gp, exp_t, &n_fallback, sp, tp, yp, alpha, beta, temperature, dyn_tc,
+                          dyn_nc, (enum dtkd_kl_mode)mode, n, c);
+    if (st == DTKD_OK) st = dtkd_dkd_backward(gp, saved, gp, exp_t, sp, tp, yp, dloss, n, c);
     if (st == DTKD_OK) total = sum_f32(lp, n);
     DTKD_END_NOGIL
     PyMem_Free(saved);
+    PyMem_Free(exp_t);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(tckd);
