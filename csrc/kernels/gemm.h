@@ -2,6 +2,8 @@
 #ifndef DTKD_GEMM_H
 #define DTKD_GEMM_H
 
+#include "dtkd.h"
+
 /* C = alpha * op(A) * op(B) + beta * C, all row-major.
  * op(A) is M x K: A is M x K with row stride lda (trans_a == 0) or K x M (trans_a != 0).
  * op(B) is K x N: B is K x N with row stride ldb (trans_b == 0) or N x K (trans_b != 0).
@@ -10,5 +12,27 @@
  * inside an OpenMP parallel region. Returns DTKD_OK or DTKD_ERR_SHAPE / DTKD_ERR_NOMEM. */
 int dtkd_sgemm(int trans_a, int trans_b, long M, long N, long K, float alpha, const float *A,
                long lda, const float *B, long ldb, float beta, float *C, long ldc);
+
+/* Micro-kernel: c (MR x NR, row stride ldc) = alpha * a_panel * b_panel + beta * c, where
+ * a_panel is kc x MR (MR contiguous floats per k) and b_panel is kc x NR (NR per k), both
+ * 64-byte aligned. beta == 0: c is not read. */
+typedef void (*dtkd_sgemm_kernel_fn)(long kc, const float *a_panel, const float *b_panel,
+                                     float *c, long ldc, float alpha, float beta);
+
+/* One instruction set's micro-kernel and its cache blocking (BLIS names): the packed B block
+ * is kc x nc (L3), the packed A block mc x kc (L2), a B micro-panel kc x nr (L1). */
+struct dtkd_sgemm_config {
+    int mr, nr;
+    long kc, mc, nc; /* mc is a multiple of mr, nc of nr */
+    dtkd_sgemm_kernel_fn kernel;
+};
+extern const struct dtkd_sgemm_config dtkd_sgemm_config_scalar; /* gemm_scalar.c */
+extern const struct dtkd_sgemm_config dtkd_sgemm_config_avx2;   /* gemm_avx2.c */
+extern const struct dtkd_sgemm_config dtkd_sgemm_config_avx512; /* gemm_avx512.c */
+
+/* FP32 FMA throughput of `isa` on `nthreads` threads, measured for about `seconds` by a loop
+ * of 12 independent FMA chains (fma_peak.c). Returns GFLOP/s (an FMA counts 2 flops), or a
+ * negative value when the CPU lacks `isa`. The scalar path counts a multiply plus an add. */
+double dtkd_fma_peak_gflops(enum dtkd_isa isa, double seconds, int nthreads);
 
 #endif

@@ -1,0 +1,57 @@
+/* gemm_avx512.c -- AVX-512 SGEMM micro-kernel: an MR x NR tile of C held in MR * NR/16 zmm
+ * accumulators; per k, NR/16 vector loads of B and MR broadcasts of A. */
+#include "kernels/gemm.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#ifndef AVX512_MR
+#define AVX512_MR 14
+#endif
+#ifndef AVX512_NR
+#define AVX512_NR 32
+#endif
+#define MR AVX512_MR
+#define NR AVX512_NR
+#define NV (NR / 16)
+
+/* c (MR x NR) = alpha * a_panel (kc x MR) . b_panel (kc x NR) + beta * c */
+__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void
+sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, float *restrict c,
+                    long ldc, float alpha, float beta)
+{
+    __m512 acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+    for (long p = 0; p < kc; p++) {
+        __m512 bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + p * NR + 16 * v);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[p * MR + i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+        }
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + i * ldc;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __m512 r = _mm512_mul_ps(va, acc[i][v]);
+            if (beta != 0.0f) r = _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci + 16 * v), r);
+            _mm512_storeu_ps(ci + 16 * v, r);
+        }
+    }
+}
+
+const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {
+    .mr = MR, .nr = NR, .kc = 192, .mc = 14 * 24, .nc = 4096, .kernel = sgemm_kernel_avx512,
+};
+#else
+const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {0};
+#endif
