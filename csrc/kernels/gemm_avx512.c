@@ -5,14 +5,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#ifndef AVX512_MR
-#define AVX512_MR 14
-#endif
-#ifndef AVX512_NR
-#define AVX512_NR 32
-#endif
-#define MR AVX512_MR
-#define NR AVX512_NR
+/* 8 x 32 (16 accumulators) measured as fast as 6x64, 14x32 and 12x32 at 1024^3 and faster on
+ * conv shapes, whose M (output channels) is a power of two that 8 divides. */
+#define MR 8
+#define NR 32
 #define NV (NR / 16)
 
 /* c (MR x NR) = alpha * a_panel (kc x MR) . b_panel (kc x NR) + beta * c */
@@ -20,6 +16,12 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void
 sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, float *restrict c,
                     long ldc, float alpha, float beta)
 {
+    /* C's rows are far apart (a cache/TLB miss each): start fetching them now, so the miss
+     * overlaps the k loop instead of stalling the stores (measured +5% at 1024^3). */
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) _mm_prefetch((const char *)(c + i * ldc + 16 * v), _MM_HINT_T0);
     __m512 acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
@@ -49,8 +51,9 @@ sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, f
     }
 }
 
+/* Measured on Zen 4 (1 MB L2, 32 MB L3) over kc 128..1024, mc 24..192, nc 1024..4096. */
 const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {
-    .mr = MR, .nr = NR, .kc = 192, .mc = 14 * 24, .nc = 4096, .kernel = sgemm_kernel_avx512,
+    .mr = MR, .nr = NR, .kc = 512, .mc = 64, .nc = 2048, .kernel = sgemm_kernel_avx512,
 };
 #else
 const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {0};
