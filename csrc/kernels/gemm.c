@@ -62,14 +62,37 @@ static float *workspace_get(size_t n)
 
 /* ---- packing ---- */
 
+/* d[0:n] = s[0:n] for the panel widths in use, with n known at compile time in each case so
+ * the copy becomes a few vector moves instead of a memcpy call or a scalar loop. */
+static inline void copy_panel_row(float *restrict d, const float *restrict s, int n)
+{
+    switch (n) {
+    case 4: memcpy(d, s, 4 * sizeof(float)); break;
+    case 6: memcpy(d, s, 6 * sizeof(float)); break;
+    case 8: memcpy(d, s, 8 * sizeof(float)); break;
+    case 16: memcpy(d, s, 16 * sizeof(float)); break;
+    case 32: memcpy(d, s, 32 * sizeof(float)); break;
+    case 64: memcpy(d, s, 64 * sizeof(float)); break;
+    default: memcpy(d, s, (size_t)n * sizeof(float));
+    }
+}
+
 /* Pack op(A)[i0:i0+mc, p0:p0+kc] into ceil(mc/mr) panels, each kc x mr (mr floats per k),
  * zero-padding rows past mc. */
 static void pack_a(float *restrict dst, int trans_a, const float *A, long lda, long i0, long mc,
-                   long p0, long kc, int mr)
+                   long p0, long kc, int mr, const struct dtkd_sgemm_config *cfg)
 {
-    for (long ir = 0; ir < mc; ir += mr) {
+    long full = trans_a ? mc / mr * mr : 0;
+    if (full) { /* A is K x M: walk each k row once, mr contiguous floats to every panel */
+        for (long p = 0; p < kc; p++) {
+            const float *s = A + (p0 + p) * lda + i0;
+            for (long ir = 0; ir < full; ir += mr) copy_panel_row(dst + ir * kc + p * mr, s + ir, mr);
+        }
+        dst += (size_t)full * kc;
+    }
+    for (long ir = full; ir < mc; ir += mr) {
         long rows = mc - ir < mr ? mc - ir : mr;
-        if (trans_a) { /* A is K x M: each k gives mr contiguous floats */
+        if (trans_a) { /* the partial last panel: each k gives `rows` contiguous floats */
             const float *src = A + p0 * lda + i0 + ir;
             for (long p = 0; p < kc; p++) {
                 float *d = dst + p * mr;
@@ -77,6 +100,9 @@ static void pack_a(float *restrict dst, int trans_a, const float *A, long lda, l
                 for (long i = 0; i < rows; i++) d[i] = s[i];
                 for (long i = rows; i < mr; i++) d[i] = 0.0f;
             }
+        } else if (cfg->pack_8rows && rows == mr && mr % 8 == 0) { /* SIMD transposes */
+            for (long i = 0; i < mr; i += 8)
+                cfg->pack_8rows(dst + i, mr, A + (i0 + ir + i) * lda + p0, lda, kc);
         } else { /* A is M x K: read each row contiguously, write it strided by mr */
             for (long i = 0; i < rows; i++) {
                 const float *s = A + (i0 + ir + i) * lda + p0;
@@ -93,9 +119,12 @@ static void pack_a(float *restrict dst, int trans_a, const float *A, long lda, l
 /* Pack one nr-wide panel of op(B)[p0:p0+kc, j0:j0+cols] as kc x nr (nr floats per k),
  * zero-padding columns past cols. */
 static void pack_b_panel(float *restrict dst, int trans_b, const float *B, long ldb, long p0,
-                         long kc, long j0, long cols, int nr)
+                         long kc, long j0, long cols, int nr, const struct dtkd_sgemm_config *cfg)
 {
-    if (trans_b) { /* B is N x K: read each column of op(B) contiguously */
+    if (trans_b && cfg->pack_8rows && cols == nr && nr % 8 == 0) { /* SIMD transposes */
+        for (long j = 0; j < nr; j += 8)
+            cfg->pack_8rows(dst + j, nr, B + (j0 + j) * ldb + p0, ldb, kc);
+    } else if (trans_b) { /* B is N x K: read each column of op(B) contiguously */
         for (long j = 0; j < cols; j++) {
             const float *s = B + (j0 + j) * ldb + p0;
             float *d = dst + j;
@@ -109,7 +138,7 @@ static void pack_b_panel(float *restrict dst, int trans_b, const float *B, long 
             float *d = dst + p * nr;
             const float *s = src + p * ldb;
             if (cols == nr) {
-                memcpy(d, s, (size_t)nr * sizeof(float));
+                copy_panel_row(d, s, nr);
             } else {
                 for (long j = 0; j < cols; j++) d[j] = s[j];
                 for (long j = cols; j < nr; j++) d[j] = 0.0f;
@@ -198,7 +227,7 @@ static void gemm_thread(const struct gemm_problem *g, int t, int nt)
             for (long jp = jp_lo; jp < jp_hi; jp++) {
                 long cols = nc - jp * nr < nr ? nc - jp * nr : nr;
                 pack_b_panel(g->b_pack + (size_t)jp * nr * kc, g->trans_b, g->B, g->ldb, pc, kc,
-                             jc + jp * nr, cols, nr);
+                             jc + jp * nr, cols, nr, cfg);
             }
             if (nt > 1) {
 #pragma omp barrier
@@ -211,7 +240,7 @@ static void gemm_thread(const struct gemm_problem *g, int t, int nt)
             if (use_lo < use_hi) {
                 for (long ic = m_lo; ic < m_hi; ic += cfg->mc) {
                     long mc = m_hi - ic < cfg->mc ? m_hi - ic : cfg->mc;
-                    pack_a(a_pack, g->trans_a, g->A, g->lda, ic, mc, pc, kc, mr);
+                    pack_a(a_pack, g->trans_a, g->A, g->lda, ic, mc, pc, kc, mr, cfg);
                     macro_kernel(g, a_pack, g->b_pack, mc, nc, kc, use_lo, use_hi,
                                  g->C + ic * g->ldc + jc, beta);
                 }

@@ -25,10 +25,14 @@ struct dtkd_sgemm_config {
     int mr, nr;
     long kc, mc, nc; /* mc is a multiple of mr, nc of nr */
     dtkd_sgemm_kernel_fn kernel;
+    /* Optional SIMD transposing copy for the packing (NULL: portable loops):
+     * dst[p * ldd + r] = src[r * lds + p] for r < 8, p < kc. */
+    void (*pack_8rows)(float *dst, long ldd, const float *src, long lds, long kc);
 };
 extern const struct dtkd_sgemm_config dtkd_sgemm_config_scalar; /* gemm_scalar.c */
 extern const struct dtkd_sgemm_config dtkd_sgemm_config_avx2;   /* gemm_avx2.c */
 extern const struct dtkd_sgemm_config dtkd_sgemm_config_avx512; /* gemm_avx512.c */
+void dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, long kc);
 
 /* FP32 FMA throughput of `isa` on `nthreads` threads, measured for about `seconds` by a loop
  * of 12 independent FMA chains (fma_peak.c). Returns GFLOP/s (an FMA counts 2 flops), or a

@@ -54,6 +54,7 @@ sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, f
 /* Measured on Zen 4 (1 MB L2, 32 MB L3) over kc 128..1024, mc 24..192, nc 1024..4096. */
 const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {
     .mr = MR, .nr = NR, .kc = 512, .mc = 64, .nc = 2048, .kernel = sgemm_kernel_avx512,
+    .pack_8rows = dtkd_sgemm_pack_8rows_avx2,
 };
 #else
 const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {0};
