@@ -121,16 +121,17 @@ static void pack_a(float *restrict dst, int trans_a, const float *A, long lda, l
 static void pack_b_panel(float *restrict dst, int trans_b, const float *B, long ldb, long p0,
                          long kc, long j0, long cols, int nr, const struct dtkd_sgemm_config *cfg)
 {
-    if (trans_b && cfg->pack_8rows && cols == nr && nr % 8 == 0) { /* SIMD transposes */
-        for (long j = 0; j < nr; j += 8)
-            cfg->pack_8rows(dst + j, nr, B + (j0 + j) * ldb + p0, ldb, kc);
-    } else if (trans_b) { /* B is N x K: read each column of op(B) contiguously */
-        for (long j = 0; j < cols; j++) {
+    if (trans_b) { /* B is N x K: read each column of op(B) contiguously */
+        long j = 0;
+        if (cfg->pack_8rows) /* SIMD transposes, 8 columns at a time */
+            for (; j + 8 <= cols; j += 8)
+                cfg->pack_8rows(dst + j, nr, B + (j0 + j) * ldb + p0, ldb, kc);
+        for (; j < cols; j++) {
             const float *s = B + (j0 + j) * ldb + p0;
             float *d = dst + j;
             for (long p = 0; p < kc; p++) d[p * nr] = s[p];
         }
-        for (long j = cols; j < nr; j++)
+        for (j = cols; j < nr; j++)
             for (long p = 0; p < kc; p++) dst[p * nr + j] = 0.0f;
     } else { /* B is K x N: each k gives cols contiguous floats */
         const float *src = B + p0 * ldb + j0;
