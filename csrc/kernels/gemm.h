@@ -35,7 +35,8 @@ extern const struct dtkd_sgemm_config dtkd_sgemm_config_avx512; /* gemm_avx512.c
 void dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, long kc);
 
 /* FP32 FMA throughput of `isa` on `nthreads` threads, measured for about `seconds` by a loop
- * of 12 independent FMA chains (fma_peak.c). Returns GFLOP/s (an FMA counts 2 flops), or a
+ * of 12 independent FMA chains (fma_peak.c), each thread timed by its own CPU time (so load
+ * from other processes does not lower it). Returns GFLOP/s (an FMA counts 2 flops), or a
  * negative value when the CPU lacks `isa`. For the portable path: a 4-lane (SSE2 baseline)
  * multiply plus add, what the compiler makes of the scalar micro-kernel. */
 double dtkd_fma_peak_gflops(enum dtkd_isa isa, double seconds, int nthreads);
