@@ -73,8 +73,9 @@ dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, lon
         for (int r = 0; r < 8; r++) dst[p * ldd + r] = src[r * lds + p];
 }
 
+/* Measured on Zen 4 over kc 256..512, mc 48..120, nc 1024..4096 (differences within ~3%). */
 const struct dtkd_sgemm_config dtkd_sgemm_config_avx2 = {
-    .mr = MR, .nr = NR, .kc = 256, .mc = 120, .nc = 4096, .kernel = sgemm_kernel_avx2,
+    .mr = MR, .nr = NR, .kc = 384, .mc = 96, .nc = 2048, .kernel = sgemm_kernel_avx2,
     .pack_8rows = dtkd_sgemm_pack_8rows_avx2,
 };
 #else
