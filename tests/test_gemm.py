@@ -70,11 +70,12 @@ def assert_matches(c, ref, tol):
 
 
 # Sizes around the tile shapes (4x8, 6x16, 14x32) and past the K block (192..256),
-# the M block (120..336) and, in one case, the N block (2048..4096).
+# the M block (64..128) and, in one case, the N block (2048); M <= 2 * mc with a short B row
+# stride takes the path that reads B in place.
 SIZES = [
     (1, 1, 1), (1, 37, 5), (37, 1, 5), (5, 7, 3), (6, 16, 8), (14, 32, 9), (15, 33, 17),
     (13, 31, 1), (29, 65, 40), (64, 64, 64), (100, 47, 300), (341, 97, 83),
-    (3, 4200, 7),
+    (3, 4200, 7), (40, 100, 600), (130, 70, 530),
 ]
 
 

@@ -14,10 +14,11 @@ int dtkd_sgemm(int trans_a, int trans_b, long M, long N, long K, float alpha, co
                long lda, const float *B, long ldb, float beta, float *C, long ldc);
 
 /* Micro-kernel: c (MR x NR, row stride ldc) = alpha * a_panel * b_panel + beta * c, where
- * a_panel is kc x MR (MR contiguous floats per k) and b_panel is kc x NR (NR per k), both
- * 64-byte aligned. beta == 0: c is not read. */
+ * a_panel is kc x MR (MR contiguous floats per k, 64-byte aligned) and b_panel is kc x NR with
+ * row stride ldb (NR when packed; B's own stride when B is read in place). beta == 0: c is not
+ * read. */
 typedef void (*dtkd_sgemm_kernel_fn)(long kc, const float *a_panel, const float *b_panel,
-                                     float *c, long ldc, float alpha, float beta);
+                                     long ldb, float *c, long ldc, float alpha, float beta);
 
 /* One instruction set's micro-kernel and its cache blocking (BLIS names): the packed B block
  * is kc x nc (L3), the packed A block mc x kc (L2), a B micro-panel kc x nr (L1). */

@@ -9,14 +9,14 @@
 
 /* c (6 x 16) = alpha * a_panel (kc x 6) . b_panel (kc x 16) + beta * c */
 __attribute__((target("avx2,fma"))) static void
-sgemm_kernel_avx2(long kc, const float *restrict a, const float *restrict b, float *restrict c,
-                  long ldc, float alpha, float beta)
+sgemm_kernel_avx2(long kc, const float *restrict a, const float *restrict b, long ldb,
+                  float *restrict c, long ldc, float alpha, float beta)
 {
     __m256 acc[MR][2];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (long p = 0; p < kc; p++) {
-        __m256 b0 = _mm256_load_ps(b + p * NR), b1 = _mm256_load_ps(b + p * NR + 8);
+        __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + p * ldb + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
             __m256 ai = _mm256_broadcast_ss(a + p * MR + i);

@@ -13,8 +13,8 @@
 
 /* c (MR x NR) = alpha * a_panel (kc x MR) . b_panel (kc x NR) + beta * c */
 __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void
-sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, float *restrict c,
-                    long ldc, float alpha, float beta)
+sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, long ldb,
+                    float *restrict c, long ldc, float alpha, float beta)
 {
     /* C's rows are far apart (a cache/TLB miss each): start fetching them now, so the miss
      * overlaps the k loop instead of stalling the stores (measured +5% at 1024^3). */
@@ -30,7 +30,7 @@ sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, f
     for (long p = 0; p < kc; p++) {
         __m512 bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + p * NR + 16 * v);
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + p * ldb + 16 * v);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++) {
             __m512 ai = _mm512_set1_ps(a[p * MR + i]);

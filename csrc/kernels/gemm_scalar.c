@@ -7,12 +7,12 @@
 
 /* c (MR x NR) = alpha * a_panel (kc x MR) . b_panel (kc x NR) + beta * c */
 static void sgemm_kernel_scalar(long kc, const float *restrict a, const float *restrict b,
-                                float *restrict c, long ldc, float alpha, float beta)
+                                long ldb, float *restrict c, long ldc, float alpha, float beta)
 {
     float acc[MR][NR] = {{0.0f}};
     for (long p = 0; p < kc; p++)
         for (int i = 0; i < MR; i++)
-            for (int j = 0; j < NR; j++) acc[i][j] += a[p * MR + i] * b[p * NR + j];
+            for (int j = 0; j < NR; j++) acc[i][j] += a[p * MR + i] * b[p * ldb + j];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++)
             c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j]
