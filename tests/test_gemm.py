@@ -1,6 +1,6 @@
 """SGEMM (csrc/kernels/gemm*.c) against a float64 NumPy reference, on every SIMD path.
 
-The scalar, AVX2 and AVX-512 micro-kernels have different tile shapes (4x8, 6x16, 14x32), so
+The scalar, AVX2 and AVX-512 micro-kernels have different tile shapes (4x8, 6x16, 8x32), so
 the odd sizes below hit full tiles, edge tiles and several K/M/N cache blocks of each.
 """
 import threading
@@ -69,7 +69,7 @@ def assert_matches(c, ref, tol):
         f"tolerance {tol[worst]:.3g}")
 
 
-# Sizes around the tile shapes (4x8, 6x16, 14x32) and past the K block (192..256),
+# Sizes around the tile shapes (4x8, 6x16, 8x32) and past the K block (256..512),
 # the M block (64..128) and, in one case, the N block (2048); M <= 2 * mc with a short B row
 # stride takes the path that reads B in place.
 SIZES = [
