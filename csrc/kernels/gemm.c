@@ -239,7 +239,10 @@ static void gemm_thread(const struct gemm_problem *g, int t, int nt)
                 pack_b_panel(g->b_pack + (size_t)jp * nr * kc, g->trans_b, g->B, g->ldb, pc, kc,
                              jc + jp * nr, cols, nr, cfg);
             }
-            if (nt > 1) {
+            /* Split rows share the whole B block: wait until all of it is packed. Split
+             * columns use only the panels they packed themselves, so they never wait (no
+             * barrier means no spinning while a thread is descheduled on a busy machine). */
+            if (nt > 1 && g->split_m) {
 #pragma omp barrier
             }
 
@@ -257,7 +260,7 @@ static void gemm_thread(const struct gemm_problem *g, int t, int nt)
                 }
             }
             /* Nobody repacks B while another thread still reads it. */
-            if (nt > 1) {
+            if (nt > 1 && g->split_m) {
 #pragma omp barrier
             }
         }
