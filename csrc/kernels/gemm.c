@@ -307,9 +307,11 @@ int dtkd_sgemm(int trans_a, int trans_b, long M, long N, long K, float alpha, co
     long m_panels = (M + mr - 1) / mr, n_panels = (N + nr - 1) / nr;
     if (nt > m_panels * n_panels) nt = (int)(m_panels * n_panels);
     if (nt < 1) nt = 1;
-    /* Split rows when there are enough row panels to balance; else split the column panels
-     * (each thread then packs the whole, small, A). */
-    int split_m = m_panels >= 8L * nt || m_panels >= n_panels;
+    /* Split the columns when each thread gets enough of them: the threads then share nothing
+     * and never wait for each other; each packs all of A, which costs little when every
+     * packed float of A serves >= 2 * 256 flops (N / nt >= 256). Else split whichever of
+     * rows and columns has more micro-panels (split rows share the packed B block). */
+    int split_m = (N >= 256L * nt && n_panels >= 4L * nt) ? 0 : m_panels >= n_panels;
     /* A row-major B used by few rows of C is read in place: each of its floats then serves
      * only M/mr micro-kernel calls, too few to repay a packing copy. Not for long rows, whose
      * stride defeats the prefetcher. Measured (1 thread, AVX-512): per-image conv shapes
