@@ -70,6 +70,14 @@ def best_seconds(fn, clock=time.perf_counter, min_time=0.25, min_reps=3, max_rep
     return best
 
 
+def settle(threads):
+    """Before timing another library on several threads: let the previous one's worker
+    threads, which spin-wait for a while after their last task (OpenBLAS's for ~0.1 s),
+    go to sleep, so they do not steal a core from the one being timed."""
+    if threads > 1:
+        time.sleep(0.3)
+
+
 def operands(M, N, K, ta, tb, rng):
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
@@ -108,6 +116,7 @@ def run(threads, isas, problems, args):
                 cells.append("-")  # minutes on the portable path; not informative
                 continue
             _C.set_isa(isa)
+            settle(threads)
             t = best_seconds(lambda: _C.sgemm(a, b, trans_a=bool(ta), trans_b=bool(tb), c=c),
                              clock)
             gf = flops / t * 1e-9
@@ -117,6 +126,7 @@ def run(threads, isas, problems, args):
         opa, opb = (a.T if ta else a), (b.T if tb else b)
         out_np = np.empty((M, N), np.float32)
         if threadpool_limits is not None:
+            settle(threads)
             with threadpool_limits(limits=threads, user_api="blas"):
                 t_np = best_seconds(lambda: np.matmul(opa, opb, out=out_np), clock)
             np_cell = f"{flops / t_np * 1e-9:.1f}"
@@ -126,6 +136,7 @@ def run(threads, isas, problems, args):
             ta_t, tb_t = torch.from_numpy(a), torch.from_numpy(b)
             ta_t, tb_t = (ta_t.t() if ta else ta_t), (tb_t.t() if tb else tb_t)
             out_t = torch.empty((M, N), dtype=torch.float32)
+            settle(threads)
             t_t = best_seconds(lambda: torch.mm(ta_t, tb_t, out=out_t), clock)
             t_cell = f"{flops / t_t * 1e-9:.1f}"
         else:
