@@ -2,11 +2,13 @@
  * into contiguous micro-panels. Only the micro-kernels (gemm_avx512.c, gemm_avx2.c,
  * gemm_scalar.c) depend on the instruction set; this file is portable C.
  *
- * Loops (per thread):  jc over N by nc   -> pc over K by kc -> pack B block (shared, L3)
+ * Loops (per thread):  jc over N by nc   -> pc over K by kc -> pack B block (L3)
  *                      ic over M by mc   -> pack A block (this thread's, L2)
  *                      jr over nr-panels -> ir over mr-panels -> micro-kernel.
- * Transposes are absorbed by the packing; edge tiles run the micro-kernel on zero-padded
- * panels into a small temporary and copy the valid part out. */
+ * Threads split either the columns (each packs and reads only its own B panels: no waiting)
+ * or the rows of C (sharing one packed B block). Transposes are absorbed by the packing; edge
+ * tiles run the micro-kernel on zero-padded panels into a small temporary and copy the valid
+ * part out. */
 #include "kernels/gemm.h"
 
 #include <omp.h>
@@ -16,7 +18,6 @@
 
 #define GEMM_ALIGN 64
 #define GEMM_MAX_TILE (16 * 64) /* largest MR * NR of any config */
-
 
 /* ---- packing buffers: one set per calling thread, grown on demand, reused across calls ---- */
 
