@@ -19,7 +19,7 @@ class Parameter:
     __slots__ = ("data", "grad")
 
     def __init__(self, data):
-        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.data = np.array(data, dtype=np.float32, order="C", copy=True)  # owns its memory
         self.grad = np.zeros_like(self.data)
 
     @property
