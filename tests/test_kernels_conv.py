@@ -259,3 +259,35 @@ def test_conv2d_backward_rejects_bad_gradient_buffers():
     readonly.setflags(write=False)
     with pytest.raises(ValueError, match="dw: output array is read-only"):
         _C.conv2d_backward(dy, x, w, 1, 1, 1, 1, 2, readonly, None, True)
+
+
+def test_conv2d_random_geometries_match_reference():
+    """Property test: any valid geometry (kernel, stride, padding, groups) matches the reference
+    forward, and the backward satisfies the adjoint identity <dy, conv(x)> = <dx, x> (no bias)
+    and <dy, conv(x)> = <dw, w> for conv's bilinearity."""
+    hypothesis = pytest.importorskip("hypothesis", reason="hypothesis not installed")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
+    @hypothesis.given(N=st.integers(1, 3), groups=st.integers(1, 3), cg=st.integers(1, 3),
+                      og=st.integers(1, 3), H=st.integers(1, 9), W=st.integers(1, 9),
+                      KH=st.integers(1, 4), KW=st.integers(1, 4), sh=st.integers(1, 3),
+                      sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
+                      seed=st.integers(0, 2 ** 16))
+    def check(N, groups, cg, og, H, W, KH, KW, sh, sw, ph, pw, seed):
+        hypothesis.assume(H + 2 * ph >= KH and W + 2 * pw >= KW)
+        C, O = groups * cg, groups * og
+        geo = (sh, sw, ph, pw, groups)
+        x, w, b, _ = make_problem((N, C, H, W, O, KH, KW) + geo[:4] + (groups,), seed)
+        y = _C.conv2d_forward(x, w, b, *geo)
+        x64, w64 = x.astype(np.float64), w.astype(np.float64)
+        np.testing.assert_allclose(y, conv2d_reference(x64, w64, b.astype(np.float64), *geo),
+                                   rtol=1e-5, atol=1e-5)
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+        dw = np.zeros_like(w)
+        dx = _C.conv2d_backward(dy, x, w, *geo, dw, None, True)
+        inner = float(np.sum(conv2d_reference(x64, w64, None, *geo) * dy))
+        np.testing.assert_allclose(float(np.sum(dx * x64)), inner, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(float(np.sum(dw * w64)), inner, rtol=1e-4, atol=1e-4)
+
+    check()

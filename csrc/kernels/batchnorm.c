@@ -1,8 +1,9 @@
 /* Batch normalization, NCHW. One channel per loop iteration (channels run in parallel); a
- * channel's values sit in N strided runs of H*W floats. Sums are float within a run (short,
- * vectorizable) and double across runs and for the final statistics. */
+ * channel's values sit in N strided runs of H*W floats. Sums are float lanes within a run
+ * (kernels/reduce.h) and double across runs and for the final statistics. */
 #include "dtkd.h"
 #include "kernels/batchnorm.h"
+#include "kernels/reduce.h"
 
 #include <math.h>
 
@@ -18,19 +19,9 @@ int dtkd_batchnorm2d_forward_train(float *y, float *save_mean, float *save_invst
     for (long c = 0; c < C; c++) {
         /* Two passes (mean, then squared deviations) to avoid cancellation in the variance. */
         double sum = 0.0;
-        for (long n = 0; n < N; n++) {
-            const float *p = x + (n * C + c) * HW;
-            float part = 0.0f;
-            for (long i = 0; i < HW; i++) part += p[i];
-            sum += part;
-        }
+        for (long n = 0; n < N; n++) sum += dtkd_sum(x + (n * C + c) * HW, HW);
         double mean = sum / M, ssd = 0.0;
-        for (long n = 0; n < N; n++) {
-            const float *p = x + (n * C + c) * HW;
-            float part = 0.0f, m = (float)mean;
-            for (long i = 0; i < HW; i++) part += (p[i] - m) * (p[i] - m);
-            ssd += part;
-        }
+        for (long n = 0; n < N; n++) ssd += dtkd_sum_sqdev(x + (n * C + c) * HW, (float)mean, HW);
         if (!isfinite(mean) || !isfinite(ssd)) {
             bad = 1;
             continue;
@@ -69,12 +60,8 @@ int dtkd_batchnorm2d_forward_eval(float *y, const float *x, const float *gamma,
             float shift = (float)(beta[c] - running_mean[c] * (double)gamma[c] * invstd);
             const float *p = x + (n * C + c) * HW;
             float *q = y + (n * C + c) * HW;
-            float check = 0.0f;
-            for (long i = 0; i < HW; i++) {
-                q[i] = p[i] * scale + shift;
-                check += p[i] * 0.0f; /* NaN/Inf in x makes this NaN; stays 0 otherwise */
-            }
-            bad |= check != 0.0f;
+            bad |= dtkd_any_nonfinite(p, HW);
+            for (long i = 0; i < HW; i++) q[i] = p[i] * scale + shift;
         }
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
@@ -91,13 +78,8 @@ int dtkd_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const floa
         double sum_dy = 0.0, sum_dy_xhat = 0.0;
         for (long n = 0; n < N; n++) {
             const float *g = dy + (n * C + c) * HW, *p = x + (n * C + c) * HW;
-            float a = 0.0f, b = 0.0f;
-            for (long i = 0; i < HW; i++) {
-                a += g[i];
-                b += g[i] * (p[i] - mean);
-            }
-            sum_dy += a;
-            sum_dy_xhat += b;
+            sum_dy += dtkd_sum(g, HW);
+            sum_dy_xhat += dtkd_dot_dev(g, p, mean, HW);
         }
         sum_dy_xhat *= invstd;
         dgamma[c] += (float)sum_dy_xhat;

@@ -10,6 +10,7 @@
 #include "dtkd.h"
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
+#include "kernels/reduce.h"
 
 #include <omp.h>
 #include <string.h>
@@ -125,7 +126,12 @@ static void col2im(float *dx, const float *col, long Cg, const struct dtkd_conv2
                     if (ih < 0 || ih >= H) continue;
                     const float *r = row + oh * OW;
                     float *xr = dx + (c * H + ih) * W;
-                    for (long ow = lo; ow < hi; ow++) xr[ow * d->SW - d->PW + kw] += r[ow];
+                    if (d->SW == 1) { /* unit stride: a plain vectorizable row add */
+                        float *dst = xr + kw - d->PW;
+                        for (long ow = lo; ow < hi; ow++) dst[ow] += r[ow];
+                    } else {
+                        for (long ow = lo; ow < hi; ow++) xr[ow * d->SW - d->PW + kw] += r[ow];
+                    }
                 }
             }
 }
@@ -320,12 +326,7 @@ static void bias_backward(float *db, const float *dy, const struct dtkd_conv2d_d
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads())
     for (long o = 0; o < d->O; o++) {
         double acc = 0.0;
-        for (long n = 0; n < d->N; n++) {
-            const float *p = dy + (n * d->O + o) * OHW;
-            float part = 0.0f;
-            for (long i = 0; i < OHW; i++) part += p[i];
-            acc += part;
-        }
+        for (long n = 0; n < d->N; n++) acc += dtkd_sum(dy + (n * d->O + o) * OHW, OHW);
         db[o] += (float)acc;
     }
 }

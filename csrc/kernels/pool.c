@@ -1,6 +1,7 @@
 /* Pooling kernels, NCHW; one (n, c) plane per parallel iteration. */
 #include "dtkd.h"
 #include "kernels/pool.h"
+#include "kernels/reduce.h"
 
 #include <math.h>
 #include <string.h>
@@ -24,7 +25,7 @@ int dtkd_maxpool2d_forward(float *y, int64_t *argmax, const float *x, long NC, l
 #pragma omp parallel for schedule(static) reduction(|:bad) num_threads(dtkd_get_num_threads())
     for (long p = 0; p < NC; p++) {
         const float *xp = x + p * H * W;
-        for (long i = 0; i < H * W; i++) bad |= !isfinite(xp[i]);
+        bad |= dtkd_any_nonfinite(xp, H * W);
         for (long oh = 0; oh < OH; oh++)
             for (long ow = 0; ow < OW; ow++) {
                 long h0 = oh * stride - pad, w0 = ow * stride - pad;
@@ -118,9 +119,7 @@ int dtkd_global_avgpool_forward(float *y, const float *x, long NC, long HW)
     int bad = 0;
 #pragma omp parallel for schedule(static) reduction(|:bad) num_threads(dtkd_get_num_threads())
     for (long p = 0; p < NC; p++) {
-        const float *xp = x + p * HW;
-        double sum = 0.0;
-        for (long i = 0; i < HW; i++) sum += xp[i];
+        double sum = dtkd_sum(x + p * HW, HW);
         bad |= !isfinite(sum);
         y[p] = (float)(sum / HW);
     }
