@@ -146,8 +146,8 @@ def test_resnet8_gradients_match_finite_differences(training):
 def test_overfit_small_batch():
     rng = np.random.default_rng(2)
     m = models.create("resnet8", num_classes=10, seed=2)
-    x = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, size=16)
+    x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, size=8)
     opt = SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     losses = []
     for _ in range(30):
@@ -201,8 +201,8 @@ def test_peak_memory_flat_across_steps():
     rng = np.random.default_rng(3)
     m = models.create("resnet8", num_classes=10)
     opt = SGD(m.parameters(), lr=0.01, momentum=0.9)
-    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, size=4)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, size=2)
 
     def step():
         _, dlogits = softmax_cross_entropy(m(x), y)
@@ -325,8 +325,8 @@ def test_matches_pytorch(name, training):
     assert list(m2.state_dict()) == list(tm_weights.state_dict())
     initial_state = tm_weights.state_dict()
 
-    x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
-    dlogits = (rng.standard_normal((8, 100)) / 8).astype(np.float32)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    dlogits = (rng.standard_normal((4, 100)) / 4).astype(np.float32)
     for model in (m, m2):
         model.train(training)
         logits = model(x)
