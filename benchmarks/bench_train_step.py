@@ -1,7 +1,7 @@
 """Images/s of one SGD training step (forward + backward + update) of resnet8x4 and resnet32,
 and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs: dtkd against PyTorch
 CPU eager on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd's
-time split by op.
+time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
 
     python benchmarks/bench_train_step.py [--threads 1 2] [--steps 10] [--batch 64] [--out FILE]
 
@@ -91,11 +91,22 @@ def run_dtkd(name, mode, threads, steps, n):
         model.eval()
 
         def step():
-            model(x)
+            with dtkd.nn.no_grad():  # as torch.no_grad below: BN folds into the convs
+                model(x)
     times = timed_steps(step, steps)
     # a second pass with per-op timers (the wrappers cost microseconds per call)
     totals = defaultdict(float)
     instrument(model, opt, totals)
+    if mode == "eval":  # folded conv+BN calls the kernel directly
+        from dtkd.models import resnet
+        fused = resnet.conv_bn
+
+        def timed_conv_bn(conv, bn, inp):
+            t0 = time.perf_counter()
+            out = fused(conv, bn, inp)
+            totals[(op_name(conv) + "+BN folded", "forward")] += time.perf_counter() - t0
+            return out
+        resnet.conv_bn = timed_conv_bn
     split_steps = max(3, steps // 2)
     t0 = time.perf_counter()
     for _ in range(split_steps):

@@ -349,3 +349,32 @@ def test_matches_pytorch(name, training):
         tbufs = dict(tm.named_buffers())
         for key, b in model.named_buffers():
             np.testing.assert_allclose(b, tbufs[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_no_grad_eval_folds_batchnorm_exactly():
+    import dtkd.nn as nn
+    rng = np.random.default_rng(6)
+    m = models.create("resnet8x4", seed=6)
+    for key, b in m.named_buffers():
+        if key.endswith("running_mean"):
+            b[...] = rng.standard_normal(b.shape).astype(np.float32) * 0.1
+        elif key.endswith("running_var"):
+            b[...] = 0.5 + rng.random(b.shape).astype(np.float32)
+    for key, p in m.named_parameters():
+        if ".bn" in key or "downsample.1" in key or key.startswith("bn1"):
+            p.data[...] = rng.standard_normal(p.data.shape).astype(np.float32) * 0.3 + (key.endswith("weight"))
+    m.eval()
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    want = m(x)
+    with nn.no_grad():
+        assert not nn.is_grad_enabled()
+        got = m(x)
+    assert nn.is_grad_enabled()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(RuntimeError, match="no_grad"):
+        m.backward(np.ones_like(got))
+    # in training mode no_grad still uses batch statistics (no folding)
+    m.train()
+    with nn.no_grad():
+        train_logits = m(x)
+    assert not np.allclose(train_logits, want, rtol=1e-2)

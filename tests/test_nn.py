@@ -274,3 +274,14 @@ def test_default_init_matches_pytorch_statistics():
     a = nn.Conv2d(3, 4, 3, rng=np.random.default_rng(15))
     b = nn.Conv2d(3, 4, 3, rng=np.random.default_rng(15))
     np.testing.assert_array_equal(a.weight.data, b.weight.data)
+
+
+def test_no_grad_keeps_nothing_for_backward():
+    net = build_composite(np.random.default_rng(16))
+    x = rand(np.random.default_rng(17), 2, 2, 8, 8)
+    with nn.no_grad():
+        y = net(x)
+    assert all(getattr(m, "_saved", None) is None for m in net.modules())
+    with pytest.raises(RuntimeError, match="before forward"):
+        net.backward(np.ones_like(y))
+    np.testing.assert_array_equal(net.eval()(x), net(x))  # and forwards work as usual after it

@@ -14,6 +14,7 @@ from .. import _C
 from .. import nn
 from ..nn import init
 from ..nn._checks import check_grad
+from ..nn.fused import conv_bn
 
 # name -> (depth, widths [stem, layer1, layer2, layer3])
 ARCHS = {
@@ -48,10 +49,10 @@ class BasicBlock(nn.Module):
         self._saved = None
 
     def forward(self, x):
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        residual = x if self.downsample is None else self.downsample(x)
+        out = conv_bn(self.conv2, self.bn2, self.relu(conv_bn(self.conv1, self.bn1, x)))
+        residual = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
         y = _C.add_relu_forward(out, residual)  # fused residual add + ReLU
-        self._saved = y
+        self._save_for_backward(y)
         return y
 
     def backward(self, grad_out):
@@ -129,7 +130,7 @@ class ResNet(nn.Module):
 
     def forward(self, x, return_features=False):
         self.check_input(x)
-        h = self.relu(self.bn1(self.conv1(x)))
+        h = self.relu(conv_bn(self.conv1, self.bn1, x))
         h = self.layer3(self.layer2(self.layer1(h)))
         feature = self.flatten(self.avgpool(h))
         logits = self.fc(feature)

@@ -6,6 +6,8 @@
     logits = net(x)                 # x: float32 (N, 3, H, W), C-contiguous
     dx = net.backward(dlogits)      # parameter gradients accumulate in p.grad
     net.zero_grad()
+    with nn.no_grad():              # evaluation / a KD teacher: nothing kept for backward
+        logits = net.eval()(x)
 
 Parameters are float32 NumPy arrays in PyTorch's layout and ``state_dict()`` uses PyTorch's
 names, so weights move between the two one to one.
@@ -14,10 +16,11 @@ from . import init
 from .activation import ReLU
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d
+from .grad_mode import is_grad_enabled, no_grad
 from .linear import Flatten, Identity, Linear
 from .module import IncompatibleKeys, Module, Parameter, Sequential
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["Parameter", "Module", "Sequential", "IncompatibleKeys", "Conv2d", "BatchNorm2d",
            "ReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten", "Identity",
-           "init"]
+           "init", "no_grad", "is_grad_enabled"]

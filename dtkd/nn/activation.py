@@ -14,7 +14,7 @@ class ReLU(Module):
     def forward(self, x):
         check_activation(x, "x", "ReLU", x.ndim if hasattr(x, "ndim") else -1)
         y = _C.relu_forward(x)
-        self._saved = y  # the output says where the gradient passes
+        self._save_for_backward(y)  # the output says where the gradient passes
         return y
 
     def backward(self, grad_out):

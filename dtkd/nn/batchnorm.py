@@ -45,7 +45,7 @@ class BatchNorm2d(Module):
             # Eval normalises with fixed statistics: an affine map whose backward is a scale.
             invstd = (1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)).astype(np.float32)
             mean = self.running_mean.copy()
-        self._saved = (x, mean, invstd, self.training)
+        self._save_for_backward((x, mean, invstd, self.training))
         return y
 
     def backward(self, grad_out):

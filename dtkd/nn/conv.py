@@ -41,7 +41,7 @@ class Conv2d(Module):
                              f"smaller than the kernel {self.kernel_size}")
         y = _C.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
                               sh, sw, ph, pw, self.groups)
-        self._saved = (x, y.shape)
+        self._save_for_backward((x, y.shape))
         return y
 
     def backward(self, grad_out, need_dx=True):

@@ -23,7 +23,7 @@ class Linear(Module):
     def forward(self, x):
         check_activation(x, "x", "Linear", 2, self.in_features)
         y = _C.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
-        self._saved = x
+        self._save_for_backward(x)
         return y
 
     def backward(self, grad_out):
@@ -48,7 +48,7 @@ class Flatten(Module):
 
     def forward(self, x):
         check_activation(x, "x", "Flatten", x.ndim if hasattr(x, "ndim") else -1)
-        self._saved = x.shape
+        self._save_for_backward(x.shape)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out):

@@ -10,6 +10,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .grad_mode import is_grad_enabled
+
 __all__ = ["Parameter", "Module", "Sequential", "IncompatibleKeys"]
 
 
@@ -80,11 +82,15 @@ class Module:
     def backward(self, grad_out):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
+    def _save_for_backward(self, value):
+        """Keep what backward needs (nothing under ``no_grad``)."""
+        self._saved = value if is_grad_enabled() else None
+
     def _saved_for_backward(self, saved):
         """What the last forward stored, or a clear error when backward comes first."""
         if saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward "
-                               "(or twice after one forward)")
+                               "(or twice after one forward, or after a forward under no_grad)")
         return saved
 
     # -- traversal --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ class MaxPool2d(Module):
         check_activation(x, "x", "MaxPool2d", 4)
         _check_fits(x, self.kernel_size, self.padding, "MaxPool2d")
         y, argmax = _C.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        self._saved = (argmax, x.shape)
+        self._save_for_backward((argmax, x.shape))
         return y
 
     def backward(self, grad_out):
@@ -63,7 +63,7 @@ class AvgPool2d(Module):
             y = _C.global_avgpool_forward(x).reshape(n, c, 1, 1)
         else:
             y = _C.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        self._saved = (x.shape, y.shape, is_global)
+        self._save_for_backward((x.shape, y.shape, is_global))
         return y
 
     def backward(self, grad_out):
@@ -92,7 +92,7 @@ class AdaptiveAvgPool2d(Module):
 
     def forward(self, x):
         check_activation(x, "x", "AdaptiveAvgPool2d", 4)
-        self._saved = x.shape
+        self._save_for_backward(x.shape)
         return _C.global_avgpool_forward(x).reshape(x.shape[0], x.shape[1], 1, 1)
 
     def backward(self, grad_out):
