@@ -1,0 +1,265 @@
+"""Images/s of one SGD training step (forward + backward + update) of resnet8x4 and resnet32,
+and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs: dtkd against PyTorch
+CPU eager on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd's
+time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
+
+    python benchmarks/bench_train_step.py [--threads 1 2] [--steps 10] [--batch 64] [--out FILE]
+
+Every (framework, workload, threads) runs in its own subprocess, so thread counts are set
+before any pool starts and the peak RSS (ru_maxrss) belongs to that run alone. Times are the
+median of --steps steps after 2 warm-up steps. The loss is softmax cross-entropy on random
+labels (NumPy for dtkd, F.cross_entropy for PyTorch); SGD lr 0.05, momentum 0.9, wd 5e-4.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+WORKLOADS = [("resnet8x4", "train"), ("resnet32", "train"), ("resnet32x4", "eval")]
+ARCH = {"resnet8x4": (8, (32, 64, 128, 256)), "resnet32": (32, (16, 16, 32, 64)),
+        "resnet32x4": (32, (32, 64, 128, 256))}
+
+
+def batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 3, 32, 32)).astype(np.float32),
+            rng.integers(0, 100, size=n))
+
+
+def cross_entropy_grad(logits, labels):
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1.0
+    return (p / len(labels)).astype(np.float32)
+
+
+# -- dtkd -----------------------------------------------------------------------------------------
+
+def op_name(module):
+    name = type(module).__name__
+    if name == "Conv2d":
+        name += f" {module.kernel_size[0]}x{module.kernel_size[1]}"
+    return name
+
+
+def instrument(model, opt, totals):
+    """Wrap every leaf module's forward/backward and the optimizer step with timers."""
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            totals[key] += time.perf_counter() - t0
+            return out
+        return wrapper
+
+    for m in model.modules():
+        if not list(m.children()):
+            object.__setattr__(m, "forward", timed(m.forward, (op_name(m), "forward")))
+            object.__setattr__(m, "backward", timed(m.backward, (op_name(m), "backward")))
+    if opt is not None:
+        opt.step = timed(opt.step, ("SGD", "step"))
+
+
+def run_dtkd(name, mode, threads, steps, n):
+    sys.path.insert(0, ROOT)
+    import dtkd
+    from dtkd import models
+    from dtkd.optim import SGD
+    dtkd.set_num_threads(threads)
+    model = models.create(name, num_classes=100)
+    x, y = batch(n)
+    opt = None
+    if mode == "train":
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            dlogits = cross_entropy_grad(model(x), y)
+            opt.zero_grad()
+            model.backward(dlogits)
+            opt.step()
+    else:
+        model.eval()
+
+        def step():
+            with dtkd.nn.no_grad():  # as torch.no_grad below: BN folds into the convs
+                model(x)
+    times = timed_steps(step, steps)
+    # a second pass with per-op timers (the wrappers cost microseconds per call)
+    totals = defaultdict(float)
+    instrument(model, opt, totals)
+    if mode == "eval":  # folded conv+BN calls the kernel directly
+        from dtkd.models import resnet
+        fused = resnet.conv_bn
+
+        def timed_conv_bn(conv, bn, inp):
+            t0 = time.perf_counter()
+            out = fused(conv, bn, inp)
+            totals[(op_name(conv) + "+BN folded", "forward")] += time.perf_counter() - t0
+            return out
+        resnet.conv_bn = timed_conv_bn
+    split_steps = max(3, steps // 2)
+    t0 = time.perf_counter()
+    for _ in range(split_steps):
+        step()
+    wall = (time.perf_counter() - t0) / split_steps
+    split = {f"{k[0]} {k[1]}": v / split_steps for k, v in totals.items()}
+    split["other (residual add+ReLU, loss, Python)"] = wall - sum(split.values())
+    return {"step_s": statistics.median(times), "split": split,
+            "flops": models.count_flops(model, (1, 3, 32, 32)) * n}
+
+
+# -- PyTorch --------------------------------------------------------------------------------------
+
+def torch_resnet(torch, depth, widths, num_classes=100):
+    """mdistiller's CIFAR ResNet written from the architecture (BasicBlock, 1x1+BN shortcut)."""
+    tnn = torch.nn
+
+    class Block(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                 tnn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    layers, cin = [], widths[0]
+    for cout, stride in zip(widths[1:], (1, 2, 2)):
+        layers += [Block(cin if j == 0 else cout, cout, stride if j == 0 else 1)
+                   for j in range((depth - 2) // 6)]
+        cin = cout
+    return tnn.Sequential(tnn.Conv2d(3, widths[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(widths[0]),
+                          tnn.ReLU(), *layers, tnn.AvgPool2d(8), tnn.Flatten(),
+                          tnn.Linear(widths[3], num_classes))
+
+
+def run_torch(name, mode, threads, steps, n):
+    import torch
+    torch.set_num_threads(threads)
+    model = torch_resnet(torch, *ARCH[name])
+    x, y = batch(n)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    if mode == "train":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(x)
+    return {"step_s": statistics.median(timed_steps(step, steps)),
+            "version": torch.__version__}
+
+
+def timed_steps(step, steps):
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def worker(args):
+    run = run_dtkd if args.framework == "dtkd" else run_torch
+    result = run(args.model, args.mode, args.threads, args.steps, args.batch)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+def spawn(framework, model, mode, threads, steps, n):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, model, mode,
+           "--threads", str(threads), "--steps", str(steps), "--batch", str(n)]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{framework} {model} {mode} t={threads} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--out", default=None, help="also write the markdown report to this file")
+    ap.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "MODE"))
+    args = ap.parse_args()
+    if args.worker:
+        args.framework, args.model, args.mode = args.worker
+        args.threads = args.threads[0]
+        return worker(args)
+
+    try:
+        import torch  # noqa: F401
+        have_torch = True
+    except ImportError:
+        have_torch = False
+    lines = ["| workload | threads | dtkd img/s | torch img/s | dtkd/torch | dtkd GFLOP/s "
+             "| dtkd peak RSS MB | torch peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    splits, by_threads = {}, defaultdict(dict)
+    for model, mode in WORKLOADS:
+        for t in args.threads:
+            d = spawn("dtkd", model, mode, t, args.steps, args.batch)
+            tr = spawn("torch", model, mode, t, args.steps, args.batch) if have_torch else None
+            ips = args.batch / d["step_s"]
+            tips = args.batch / tr["step_s"] if tr else float("nan")
+            # a training step is ~3x the forward FLOPs (forward, input grads, weight grads)
+            flops = d["flops"] * (3 if mode == "train" else 1)
+            lines.append(f"| {model} {mode} | {t} | {ips:.0f} | {tips:.0f} | {ips / tips:.2f}x "
+                         f"| {flops / d['step_s'] / 1e9:.0f} | {d['peak_rss_mb']:.0f} "
+                         f"| {tr['peak_rss_mb'] if tr else float('nan'):.0f} |")
+            print(lines[-1], flush=True)
+            splits[(model, mode, t)] = (d["step_s"], d["split"])
+            by_threads[(model, mode)][t] = (ips, tips)
+    report = [f"Batch {args.batch}, 32x32x3, median of {args.steps} steps; "
+              f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
+              + (f", torch {tr['version']}" if have_torch else ""), ""] + lines
+    if len(args.threads) > 1:
+        t1, t2 = args.threads[0], args.threads[-1]
+        report += ["", f"Thread scaling ({t1} -> {t2} threads, speed-up of img/s):", "",
+                   "| workload | dtkd | torch |", "|---|---|---|"]
+        for (model, mode), r in by_threads.items():
+            report.append(f"| {model} {mode} | {r[t2][0] / r[t1][0]:.2f}x | {r[t2][1] / r[t1][1]:.2f}x |")
+    report += ["", "dtkd time split by op (ms per step; per-op timers on a second pass):", ""]
+    for (model, mode, t), (step_s, split) in splits.items():
+        total = sum(split.values())
+        report.append(f"- {model} {mode}, {t} thread(s), step {step_s * 1e3:.1f} ms: " + ", ".join(
+            f"{k} {v * 1e3:.1f} ({100 * v / total:.0f}%)"
+            for k, v in sorted(split.items(), key=lambda kv: -kv[1]) if v * 1e3 >= 0.05))
+    text = "\n".join(report)
+    print("\n" + text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

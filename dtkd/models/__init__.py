@@ -1,0 +1,66 @@
+"""Backbones by mdistiller name. ``create("resnet8x4", num_classes=100)`` builds one with
+weights drawn from ``numpy.random.default_rng(seed)``; its ``state_dict`` keys and shapes are
+the PyTorch model's."""
+import numpy as np
+
+from .. import nn
+from . import resnet as _resnet
+from .resnet import BasicBlock, ResNet
+
+__all__ = ["create", "names", "count_parameters", "count_flops", "ResNet", "BasicBlock"]
+
+_REGISTRY = {name: _resnet.resnet for name in _resnet.ARCHS}
+
+
+def names():
+    """Names accepted by :func:`create`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name, num_classes=100, in_channels=3, seed=0):
+    """Build backbone ``name`` (see :func:`names`) for ``num_classes`` classes and
+    ``in_channels``-channel 32x32 inputs, initialised from ``default_rng(seed)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"name: unknown model {name!r}; available: {', '.join(names())}")
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{arg}: expected a positive int, got {value!r}")
+    return _REGISTRY[name](name, num_classes=int(num_classes), in_channels=int(in_channels),
+                           rng=np.random.default_rng(seed))
+
+
+def count_parameters(model):
+    """Number of trainable scalars (what ``sum(p.numel() for p in model.parameters())`` gives)."""
+    return int(sum(p.data.size for p in model.parameters()))
+
+
+def count_flops(model, input_shape=(1, 3, 32, 32)):
+    """Forward FLOPs (2 x multiply-adds) of the convolutions and linear layers for a batch of
+    ``input_shape``; BN, ReLU, pooling and adds are left out (a few percent). Runs one forward
+    on zeros in eval mode to learn each layer's output size; the training flag is restored."""
+    was_training = model.training
+    sizes = {}
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    originals = {id(m): m.forward for m in layers}
+
+    def recording(m):
+        def forward(x, *args, **kwargs):
+            y = originals[id(m)](x, *args, **kwargs)
+            sizes[id(m)] = y.shape
+            return y
+        return forward
+
+    try:
+        for m in layers:
+            object.__setattr__(m, "forward", recording(m))
+        model.eval()
+        model(np.zeros(input_shape, dtype=np.float32))
+    finally:
+        for m in layers:
+            object.__delattr__(m, "forward")
+        model.train(was_training)
+    macs = 0
+    for m in layers:
+        out = sizes[id(m)]
+        macs += int(np.prod(out)) * int(np.prod(m.weight.data.shape[1:]))
+    return 2 * macs
