@@ -76,7 +76,14 @@ def build_parser():
 def main(argv=None):
     """Entry point; returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        # the demo has its own options (--out, --epochs, ...): argparse's REMAINDER would
+        # refuse them as unknown options of this parser, so hand them over untouched
+        args, _ = parser.parse_known_args(["demo"])
+        args.demo_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
