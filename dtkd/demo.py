@@ -170,6 +170,9 @@ def plot(results, teacher_acc, path):
                           label=f"T_{who[0]} (min-max)")
     ax_t.set(xlabel="epoch", ylabel="temperature", title="DTKD per-sample temperatures (T = 4)")
     ax_t.legend()
+    from matplotlib.ticker import MaxNLocator
+    for ax in (ax_acc, ax_t):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
