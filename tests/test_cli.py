@@ -5,19 +5,24 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+import dtkd
 from dtkd.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+# The subprocess must import the dtkd this process imported (an installed one, or a source tree
+# with the extension built in place), and must not start in a source tree whose dtkd/ has no
+# compiled extension: `python -m` puts the working directory first on sys.path.
+PACKAGE_PARENT = Path(dtkd.__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT))
     return subprocess.run([sys.executable, "-m", "dtkd", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=600)
+                          cwd=cwd or tempfile.gettempdir(), env=env, timeout=600)
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["demo"], ["models"], ["configs"]])
