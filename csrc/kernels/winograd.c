@@ -1,0 +1,384 @@
+/* winograd.c -- Winograd F(m x m, 3x3) forward convolution, m = 2 or 4 (see winograd.h).
+ *
+ * Tiles: the output is cut into m x m tiles, each reading an a x a input patch (a = m + 2,
+ * pad 1; patches of neighbouring tiles overlap by 2). Tiles are numbered over (n, tile row,
+ * tile column) and processed in blocks of `block_tiles`, one block per OpenMP iteration, each
+ * thread with its own slice of the workspace:
+ *   1. input transform  V[xi][t][c] = (B^T d B)[xi] for the block's tiles, 16 channels at a
+ *      time: the patch rows are first copied channel-last into a strip (zero padding at the
+ *      borders and for channels >= C), so the transform runs on 16-channel vectors;
+ *   2. a*a GEMMs        M[xi] (tiles x O) = V[xi] (tiles x C) x u[xi] (C x O)   (dtkd_sgemm,
+ *      which runs on the calling thread inside the parallel region);
+ *   3. output transform y = A^T M A (+ bias) into an output strip, copied back to NCHW with
+ *      the partial tiles at the right and bottom edges cut.
+ * Channels live in the last dimension of V and M, so both transforms are vector operations
+ * over 16 channels; the same source is compiled for AVX-512, AVX2 and portable C (GCC vector
+ * extensions), chosen at run time by dtkd_isa().
+ *
+ * Transform matrices (Lavin & Gray 2015; points 0, +-1, +-2 and infinity for m = 4):
+ *   m = 2: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1],
+ *          G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+ *   m = 4: B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+ *                 0 4 0 -5 0 1],
+ *          A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1],
+ *          G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]. */
+#include "kernels/winograd.h"
+
+#include <omp.h>
+#include <string.h>
+
+#include "dtkd.h"
+#include "kernels/gemm.h"
+
+#define LANES 16          /* channels per vector (one AVX-512 register) */
+#define ALIGN_FLOATS 16   /* 64-byte alignment of every workspace piece */
+#define MAX_A 6           /* largest input tile side (m = 4) */
+
+typedef float vec16 __attribute__((vector_size(64)));
+
+/* ---- weight transform: u[xi][c][o] = (G g G^T)[xi], in double, once per weight version ---- */
+
+static void weight_transform_1d(double *out, const double *g, int m, long stride_g)
+{
+    double g0 = g[0], g1 = g[stride_g], g2 = g[2 * stride_g];
+    if (m == 2) {
+        out[0] = g0;
+        out[1] = 0.5 * (g0 + g1 + g2);
+        out[2] = 0.5 * (g0 - g1 + g2);
+        out[3] = g2;
+    } else {
+        out[0] = g0 / 4.0;
+        out[1] = -(g0 + g1 + g2) / 6.0;
+        out[2] = -(g0 - g1 + g2) / 6.0;
+        out[3] = g0 / 24.0 + g1 / 12.0 + g2 / 6.0;
+        out[4] = g0 / 24.0 - g1 / 12.0 + g2 / 6.0;
+        out[5] = g2;
+    }
+}
+
+int winograd_transform_weights(float *u, const float *w, long O, long C, int m)
+{
+    if (O <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (m != 2 && m != 4) return DTKD_ERR_VALUE;
+    const int a = m + 2;
+#pragma omp parallel for num_threads(dtkd_get_num_threads()) schedule(static)
+    for (long o = 0; o < O; o++)
+        for (long c = 0; c < C; c++) {
+            const float *g = w + (o * C + c) * 9;
+            double gd[9], rows[3][MAX_A], full[MAX_A][MAX_A];
+            for (int k = 0; k < 9; k++) gd[k] = g[k];
+            for (int r = 0; r < 3; r++) weight_transform_1d(rows[r], gd + 3 * r, m, 1);
+            for (int j = 0; j < a; j++) {
+                double col[3] = {rows[0][j], rows[1][j], rows[2][j]}, out[MAX_A];
+                weight_transform_1d(out, col, m, 1);
+                for (int i = 0; i < a; i++) full[i][j] = out[i];
+            }
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < a; j++) u[((long)(i * a + j) * C + c) * O + o] = (float)full[i][j];
+        }
+    return DTKD_OK;
+}
+
+/* ---- geometry and workspace ---- */
+
+struct wino_geom {
+    long N, C, H, W, O;
+    int m, a;
+    long tiles_h, tiles_w, tiles;   /* tile grid per image and in total */
+    long c_pad, o_pad;              /* C, O rounded up to LANES */
+    long block_tiles, blocks;
+    long strip_w;                   /* input strip width in columns (one full tile row + 2) */
+    size_t v_floats, m_floats, in_strip_floats, out_strip_floats, per_thread;
+};
+
+static size_t round_up(size_t n, size_t k) { return (n + k - 1) / k * k; }
+
+/* Tiles per block: GEMMs of tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
+ * on every call), while V and M of one block (a*a*tiles*(C+O) floats) should stay near the
+ * L2 cache. Multiples of 14 match the AVX-512 GEMM's 14-row micro-tile. */
+static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles)
+{
+    const long budget_floats = 384 * 1024;  /* 1.5 MB: about the L2 per core here */
+    long t = budget_floats / ((long)a * a * (c_pad + o_pad));
+    t = t / 14 * 14;
+    if (t < 56) t = 56;
+    if (t > 224) t = 224;
+    if (t > tiles) t = tiles;
+    return t;
+}
+
+static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O, int m)
+{
+    if (N <= 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0) return DTKD_ERR_SHAPE;
+    if (m != 2 && m != 4) return DTKD_ERR_VALUE;
+    g->N = N, g->C = C, g->H = H, g->W = W, g->O = O, g->m = m, g->a = m + 2;
+    g->tiles_h = (H + m - 1) / m;
+    g->tiles_w = (W + m - 1) / m;
+    g->tiles = N * g->tiles_h * g->tiles_w;
+    g->c_pad = (long)round_up((size_t)C, LANES);
+    g->o_pad = (long)round_up((size_t)O, LANES);
+    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, g->a, g->tiles);
+    g->blocks = (g->tiles + g->block_tiles - 1) / g->block_tiles;
+    g->strip_w = g->tiles_w * m + 2;
+    const size_t aa = (size_t)g->a * g->a;
+    g->v_floats = round_up(aa * g->block_tiles * g->c_pad, ALIGN_FLOATS);
+    g->m_floats = round_up(aa * g->block_tiles * g->o_pad, ALIGN_FLOATS);
+    g->in_strip_floats = round_up((size_t)g->a * g->strip_w * LANES, ALIGN_FLOATS);
+    g->out_strip_floats = round_up((size_t)m * g->tiles_w * m * LANES, ALIGN_FLOATS);
+    g->per_thread = g->v_floats + g->m_floats + g->in_strip_floats + g->out_strip_floats;
+    return DTKD_OK;
+}
+
+size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, int nthreads)
+{
+    struct wino_geom g;
+    if (geom_init(&g, N, C, H, W, O, m) != DTKD_OK || nthreads < 1) return 0;
+    return g.per_thread * (size_t)nthreads + ALIGN_FLOATS; /* + slack to align the base */
+}
+
+/* ---- strips: NCHW rows <-> channel-last rows of 16 channels ---- */
+
+/* strip[r][j][l] = x[c0 + l][h0 + r][w0 + j] for r < rows, j < cols; zero outside the image
+ * and for channels >= C. x points at one image (C, H, W). */
+static inline __attribute__((always_inline)) void
+pack_input_strip(float *strip, long strip_w, const float *x, long c0, long C, long H, long W,
+                 long h0, long w0, int rows, long cols)
+{
+    for (int r = 0; r < rows; r++) {
+        float *srow = strip + (size_t)r * strip_w * LANES;
+        long h = h0 + r;
+        if (h < 0 || h >= H) {
+            memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
+            continue;
+        }
+        long j_lo = w0 < 0 ? -w0 : 0;                 /* first column inside the image */
+        long j_hi = W - w0 < cols ? W - w0 : cols;    /* one past the last */
+        for (long j = 0; j < j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (long j = j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (int l = 0; l < LANES; l++) {
+            if (c0 + l < C) {
+                const float *xrow = x + ((c0 + l) * H + h) * W + w0;
+                for (long j = j_lo; j < j_hi; j++) srow[j * LANES + l] = xrow[j];
+            } else {
+                for (long j = j_lo; j < j_hi; j++) srow[j * LANES + l] = 0.0f;
+            }
+        }
+    }
+}
+
+/* y[o0 + l][h0 + r][w0 + j] = strip[r][j][l] + bias for the parts inside y and channels < O. */
+static inline __attribute__((always_inline)) void
+unpack_output_strip(float *y, const float *strip, long strip_w, const float *bias, long o0,
+                    long O, long H, long W, long h0, long w0, int rows, long cols)
+{
+    if (rows > H - h0) rows = (int)(H - h0);
+    if (cols > W - w0) cols = W - w0;
+    for (int l = 0; l < LANES && o0 + l < O; l++) {
+        const float b = bias ? bias[o0 + l] : 0.0f;
+        for (int r = 0; r < rows; r++) {
+            const float *srow = strip + (size_t)r * strip_w * LANES + l;
+            float *yrow = y + ((o0 + l) * H + h0 + r) * W + w0;
+            for (long j = 0; j < cols; j++) yrow[j] = srow[j * LANES] + b;
+        }
+    }
+}
+
+/* ---- transforms on 16-channel vectors ---- */
+
+#define LD(p) (*(const vec16 *)(p))
+#define ST(p, v) (*(vec16 *)(p) = (v))
+
+/* 1-D input transforms B^T d, d given as a vectors. */
+static inline __attribute__((always_inline)) void input_1d_f2(vec16 *r, const vec16 *d)
+{
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+}
+
+static inline __attribute__((always_inline)) void input_1d_f4(vec16 *r, const vec16 *d)
+{
+    const vec16 d4_m4d2 = d[4] - 4.0f * d[2], d3_m4d1 = d[3] - 4.0f * d[1];
+    const vec16 d4_md2 = d[4] - d[2], d3_md1 = d[3] - d[1];
+    r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+    r[1] = d4_m4d2 + d3_m4d1;
+    r[2] = d4_m4d2 - d3_m4d1;
+    r[3] = d4_md2 + 2.0f * d3_md1;
+    r[4] = d4_md2 - 2.0f * d3_md1;
+    r[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+/* 1-D output transforms A^T v. */
+static inline __attribute__((always_inline)) void output_1d_f2(vec16 *r, const vec16 *v)
+{
+    r[0] = v[0] + v[1] + v[2];
+    r[1] = v[1] - v[2] - v[3];
+}
+
+static inline __attribute__((always_inline)) void output_1d_f4(vec16 *r, const vec16 *v)
+{
+    const vec16 s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
+    r[0] = v[0] + s12 + s34;
+    r[1] = d12 + 2.0f * d34;
+    r[2] = s12 + 4.0f * s34;
+    r[3] = d12 + 8.0f * d34 + v[5];
+}
+
+/* V[xi * v_stride] = (B^T d B)[xi] for one tile; d is the a x a patch at `patch` in a strip
+ * with row stride row_stride floats. */
+static inline __attribute__((always_inline)) void
+input_transform(float *v, size_t v_stride, const float *patch, size_t row_stride, int m)
+{
+    const int a = m + 2;
+    vec16 rows[MAX_A][MAX_A];  /* rows[i][j] = (d B)[i][j] after the first pass */
+    for (int i = 0; i < a; i++) {
+        vec16 d[MAX_A];
+        for (int j = 0; j < a; j++) d[j] = LD(patch + i * row_stride + j * LANES);
+        if (m == 2) input_1d_f2(rows[i], d);
+        else input_1d_f4(rows[i], d);
+    }
+    for (int j = 0; j < a; j++) {
+        vec16 col[MAX_A], out[MAX_A];
+        for (int i = 0; i < a; i++) col[i] = rows[i][j];
+        if (m == 2) input_1d_f2(out, col);
+        else input_1d_f4(out, col);
+        for (int i = 0; i < a; i++) ST(v + (size_t)(i * a + j) * v_stride, out[i]);
+    }
+}
+
+/* out tile (m x m, row stride row_stride floats) = A^T M A for one tile of M. */
+static inline __attribute__((always_inline)) void
+output_transform(float *tile, size_t row_stride, const float *mt, size_t m_stride, int m)
+{
+    const int a = m + 2;
+    vec16 rows[MAX_A][4];  /* rows[i][j] = (M A)[i][j] */
+    for (int i = 0; i < a; i++) {
+        vec16 v[MAX_A];
+        for (int j = 0; j < a; j++) v[j] = LD(mt + (size_t)(i * a + j) * m_stride);
+        if (m == 2) output_1d_f2(rows[i], v);
+        else output_1d_f4(rows[i], v);
+    }
+    for (int j = 0; j < m; j++) {
+        vec16 col[MAX_A], out[4];
+        for (int i = 0; i < a; i++) col[i] = rows[i][j];
+        if (m == 2) output_1d_f2(out, col);
+        else output_1d_f4(out, col);
+        for (int i = 0; i < m; i++) ST(tile + i * row_stride + j * LANES, out[i]);
+    }
+}
+
+/* ---- one block of tiles [t0, t1): transforms, GEMMs, inverse transforms ---- */
+
+/* Calls fn(n, th, tw0, tw1, t_local) for each tile-row segment of the block. */
+#define FOR_EACH_ROW_SEGMENT(g, t0, t1, BODY)                                                    \
+    for (long t_ = (t0); t_ < (t1);) {                                                           \
+        const long row_ = t_ / (g)->tiles_w, n = row_ / (g)->tiles_h, th = row_ % (g)->tiles_h;  \
+        const long tw0 = t_ % (g)->tiles_w;                                                      \
+        const long tw1 = (g)->tiles_w < tw0 + ((t1) - t_) ? (g)->tiles_w : tw0 + ((t1) - t_);    \
+        const long t_local = t_ - (t0);                                                          \
+        BODY;                                                                                    \
+        t_ += tw1 - tw0;                                                                         \
+    }
+
+static inline __attribute__((always_inline)) int
+process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
+              const float *bias, long t0, long t1, float *ws)
+{
+    const int m = g->m, a = g->a, aa = a * a;
+    const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
+    float *V = ws, *M = V + g->v_floats, *in_strip = M + g->m_floats;
+    float *out_strip = in_strip + g->in_strip_floats;
+    const size_t v_stride = (size_t)g->block_tiles * g->c_pad;  /* between points xi */
+    const size_t m_stride = (size_t)g->block_tiles * g->o_pad;
+
+    for (long c0 = 0; c0 < g->c_pad; c0 += LANES)
+        FOR_EACH_ROW_SEGMENT(g, t0, t1, {
+            const long cols = (tw1 - tw0) * m + 2;
+            pack_input_strip(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C, H, W,
+                             th * m - 1, tw0 * m - 1, a, cols);
+            for (long tw = tw0; tw < tw1; tw++)
+                input_transform(V + (size_t)(t_local + tw - tw0) * g->c_pad + c0, v_stride,
+                                in_strip + (tw - tw0) * m * LANES, (size_t)g->strip_w * LANES, m);
+        })
+
+    for (int xi = 0; xi < aa; xi++) {
+        int st = dtkd_sgemm(0, 0, nt, O, C, 1.0f, V + xi * v_stride, g->c_pad,
+                            u + (size_t)xi * C * O, O, 0.0f, M + xi * m_stride, g->o_pad);
+        if (st != DTKD_OK) return st;
+    }
+
+    const long out_w = g->tiles_w * m;  /* output strip row width in columns */
+    for (long o0 = 0; o0 < g->o_pad; o0 += LANES)
+        FOR_EACH_ROW_SEGMENT(g, t0, t1, {
+            for (long tw = tw0; tw < tw1; tw++)
+                output_transform(out_strip + (tw - tw0) * m * LANES, (size_t)out_w * LANES,
+                                 M + (size_t)(t_local + tw - tw0) * g->o_pad + o0, m_stride, m);
+            unpack_output_strip(y + (size_t)n * O * H * W, out_strip, out_w, bias, o0, O, H, W,
+                                th * m, tw0 * m, m, (tw1 - tw0) * m);
+        })
+    return DTKD_OK;
+}
+
+/* One copy of process_block per instruction set; vec16 arithmetic becomes one AVX-512
+ * instruction, two AVX2 ones, or four SSE ones. Separate m = 2 / m = 4 instances let the
+ * compiler unroll the transforms fully. */
+#define DEFINE_BLOCK_FN(name, attr)                                                            \
+    attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u,  \
+                         const float *bias, long t0, long t1, float *ws)                       \
+    {                                                                                          \
+        if (g->m == 2) {                                                                       \
+            struct wino_geom g2 = *g;                                                          \
+            g2.m = 2, g2.a = 4;                                                                \
+            return process_block(&g2, y, x, u, bias, t0, t1, ws);                              \
+        }                                                                                      \
+        struct wino_geom g4 = *g;                                                              \
+        g4.m = 4, g4.a = 6;                                                                    \
+        return process_block(&g4, y, x, u, bias, t0, t1, ws);                                  \
+    }
+
+DEFINE_BLOCK_FN(block_avx512, __attribute__((target("avx512f,avx512dq,avx2,fma"))))
+DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))))
+DEFINE_BLOCK_FN(block_portable, )
+
+int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
+                             long N, long C, long H, long W, long O, int m, float *workspace,
+                             size_t workspace_floats)
+{
+    struct wino_geom g;
+    int st = geom_init(&g, N, C, H, W, O, m);
+    if (st != DTKD_OK) return st;
+    /* Align the workspace base to 64 bytes: vec16 loads and stores assume it. */
+    size_t skip = (size_t)((-(uintptr_t)workspace / sizeof(float)) & (ALIGN_FLOATS - 1));
+    if (((uintptr_t)workspace & (sizeof(float) - 1)) || workspace_floats < skip + g.per_thread)
+        return DTKD_ERR_NOMEM;
+    float *ws = workspace + skip;
+    long nthreads = (long)((workspace_floats - skip) / g.per_thread);
+    if (nthreads > dtkd_get_num_threads()) nthreads = dtkd_get_num_threads();
+    if (nthreads > g.blocks) nthreads = g.blocks;
+
+    int (*block_fn)(const struct wino_geom *, float *, const float *, const float *,
+                    const float *, long, long, float *);
+    switch (dtkd_isa()) {
+    case DTKD_ISA_AVX512: block_fn = block_avx512; break;
+    case DTKD_ISA_AVX2: block_fn = block_avx2; break;
+    default: block_fn = block_portable; break;
+    }
+
+    int status = DTKD_OK;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *my_ws = ws + (size_t)omp_get_thread_num() * g.per_thread;
+#pragma omp for schedule(dynamic, 1)
+        for (long b = 0; b < g.blocks; b++) {
+            long t0 = b * g.block_tiles;
+            long t1 = t0 + g.block_tiles < g.tiles ? t0 + g.block_tiles : g.tiles;
+            int s = block_fn(&g, y, x, u, bias, t0, t1, my_ws);
+            if (s != DTKD_OK) {
+#pragma omp atomic write
+                status = s;
+            }
+        }
+    }
+    return status;
+}

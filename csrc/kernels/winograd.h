@@ -1,0 +1,36 @@
+/* winograd.h -- Winograd F(m x m, 3x3) convolution (Lavin & Gray, arXiv 1509.09308) for 3x3,
+ * stride-1, pad-1 convolutions, m = 2 (4x4 input tiles) or m = 4 (6x6 input tiles).
+ *
+ * Forward only, for inference: the eval path of the ResNets. Training keeps the direct /
+ * im2col convolution (csrc/kernels/conv.c), whose gradients are exact sums of products; the
+ * Winograd transforms add rounding that grows with m, which is acceptable for a forward
+ * pass checked against the direct one but would make the gradient checks of training
+ * depend on the tile size.
+ *
+ * Transformed weights u are (a*a, C, O) with a = m + 2: one C x O matrix per point of the
+ * transform, so the batched elementwise products are a*a GEMMs  [tiles x C] x [C x O]
+ * (dtkd_sgemm). They are computed once per weight version by winograd_transform_weights. */
+#ifndef DTKD_WINOGRAD_H
+#define DTKD_WINOGRAD_H
+
+#include <stddef.h>
+
+/* u (a*a, C, O) <- transform of w (O, C, 3, 3), a = m + 2; m is 2 or 4. Computed in double.
+ * Returns DTKD_OK, DTKD_ERR_SHAPE (O, C <= 0) or DTKD_ERR_VALUE (m not 2 or 4). */
+int winograd_transform_weights(float *u, const float *w, long O, long C, int m);
+
+/* Floats of workspace winograd_conv3x3_forward needs for these sizes when run on `nthreads`
+ * threads (0 if a size is invalid). */
+size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, int nthreads);
+
+/* y (N, O, H, W) <- conv3x3(x (N, C, H, W), weights, stride 1, pad 1) + bias (O,) (bias may be
+ * NULL), with u = winograd_transform_weights(w, m). Any H, W >= 1 (edge tiles are partial).
+ * workspace holds workspace_floats floats (from winograd_workspace_floats); the kernel uses
+ * as many of dtkd_get_num_threads() threads as it has room for.
+ * Returns DTKD_OK, DTKD_ERR_SHAPE, DTKD_ERR_VALUE (m) or DTKD_ERR_NOMEM (workspace too small
+ * for one thread). */
+int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
+                             long N, long C, long H, long W, long O, int m, float *workspace,
+                             size_t workspace_floats);
+
+#endif

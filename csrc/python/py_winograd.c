@@ -1,0 +1,147 @@
+/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c). Forward only: it serves
+ * the eval path; training uses the direct convolution (see winograd.h for why). */
+#include "boundary.h"
+
+#include <stdlib.h>
+
+#include "kernels/winograd.h"
+
+static int check_tile(int m)
+{
+    if (m != 2 && m != 4) {
+        PyErr_Format(PyExc_ValueError, "m: output tile size must be 2 or 4, got %d", m);
+        return -1;
+    }
+    return 0;
+}
+
+/* w (O, C, 3, 3) float32 -> u (a*a, C, O), a = m + 2. */
+static PyArrayObject *transform_weights(PyObject *w_obj, int m)
+{
+    const npy_intp w_shape[4] = {-1, -1, 3, 3};
+    PyArrayObject *w = dtkd_check_shape(w_obj, "w", NPY_FLOAT32, 4, w_shape);
+    if (!w) return NULL;
+    const npy_intp O = PyArray_DIM(w, 0), C = PyArray_DIM(w, 1);
+    if (O == 0 || C == 0) {
+        PyErr_Format(PyExc_ValueError, "w: expected a non-empty (O, C, 3, 3) array, got "
+                     "(%ld, %ld, 3, 3)", (long)O, (long)C);
+        return NULL;
+    }
+    if (dtkd_check_finite(w, "w")) return NULL;
+    const npy_intp u_shape[3] = {(npy_intp)(m + 2) * (m + 2), C, O};
+    PyArrayObject *u = (PyArrayObject *)PyArray_SimpleNew(3, u_shape, NPY_FLOAT32);
+    if (!u) return NULL;
+    int status;
+    DTKD_BEGIN_NOGIL
+    status = winograd_transform_weights((float *)PyArray_DATA(u),
+                                        (const float *)PyArray_DATA(w), (long)O, (long)C, m);
+    DTKD_END_NOGIL
+    if (status != DTKD_OK) {
+        Py_DECREF(u);
+        dtkd_raise_status(status, "winograd_transform_weights");
+        return NULL;
+    }
+    return u;
+}
+
+/* y = conv3x3(x, u) + b with u from transform_weights; u's first dim gives m. */
+static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject *b_obj)
+{
+    const npy_intp a2 = PyArray_DIM(u, 0);
+    if (a2 != 16 && a2 != 36)
+        return DTKD_VALUE_ERR("u: expected shape (16, C, O) for m=2 or (36, C, O) for m=4, got "
+                              "first dimension %ld", (long)a2);
+    const int m = a2 == 16 ? 2 : 4;
+    const npy_intp C = PyArray_DIM(u, 1), O = PyArray_DIM(u, 2);
+    if (C == 0 || O == 0) return DTKD_VALUE_ERR("u: empty C or O dimension");
+    const npy_intp x_shape[4] = {-1, C, -1, -1};
+    PyArrayObject *x = dtkd_check_shape(x_obj, "x", NPY_FLOAT32, 4, x_shape);
+    if (!x) return NULL;
+    const npy_intp *d = PyArray_DIMS(x);
+    const npy_intp N = d[0], H = d[2], W = d[3];
+    if (N == 0 || H == 0 || W == 0)
+        return DTKD_VALUE_ERR("x: expected a non-empty (N, C, H, W) array, got (%ld, %ld, %ld, "
+                              "%ld)", (long)N, (long)C, (long)H, (long)W);
+    if (dtkd_check_finite(x, "x")) return NULL;
+    const float *bias = NULL;
+    if (b_obj != Py_None) {
+        const npy_intp b_shape[1] = {O};
+        PyArrayObject *b = dtkd_check_shape(b_obj, "b", NPY_FLOAT32, 1, b_shape);
+        if (!b || dtkd_check_finite(b, "b")) return NULL;
+        bias = (const float *)PyArray_DATA(b);
+    }
+
+    const size_t ws_floats = winograd_workspace_floats((long)N, (long)C, (long)H, (long)W,
+                                                       (long)O, m, dtkd_get_num_threads());
+    float *ws = malloc(ws_floats * sizeof(float));
+    if (!ws) return PyErr_NoMemory();
+    const npy_intp y_shape[4] = {N, O, H, W};
+    PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, y_shape, NPY_FLOAT32);
+    if (!y) {
+        free(ws);
+        return NULL;
+    }
+    int status;
+    DTKD_BEGIN_NOGIL
+    status = winograd_conv3x3_forward((float *)PyArray_DATA(y), (const float *)PyArray_DATA(x),
+                                      (const float *)PyArray_DATA(u), bias, (long)N, (long)C,
+                                      (long)H, (long)W, (long)O, m, ws, ws_floats);
+    DTKD_END_NOGIL
+    free(ws);
+    if (status != DTKD_OK) {
+        Py_DECREF(y);
+        return dtkd_raise_status(status, "winograd_conv3x3_forward");
+    }
+    return (PyObject *)y;
+}
+
+static PyObject *py_winograd_transform_weights(PyObject *self, PyObject *args)
+{
+    PyObject *w_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "O|i:winograd_transform_weights", &w_obj, &m)) return NULL;
+    if (check_tile(m)) return NULL;
+    return (PyObject *)transform_weights(w_obj, m);
+}
+
+static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args)
+{
+    PyObject *x_obj, *w_obj, *b_obj = Py_None;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "OO|Oi:winograd_conv3x3_forward", &x_obj, &w_obj, &b_obj, &m))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    PyArrayObject *u = transform_weights(w_obj, m);
+    if (!u) return NULL;
+    PyObject *y = forward_transformed(x_obj, u, b_obj);
+    Py_DECREF(u);
+    return y;
+}
+
+static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObject *args)
+{
+    PyObject *x_obj, *u_obj, *b_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O:winograd_conv3x3_forward_transformed", &x_obj, &u_obj,
+                          &b_obj))
+        return NULL;
+    PyArrayObject *u = dtkd_check_array(u_obj, "u", NPY_FLOAT32, 3);
+    if (!u) return NULL;
+    return forward_transformed(x_obj, u, b_obj);
+}
+
+PyMethodDef dtkd_winograd_methods[] = {
+    {"winograd_transform_weights", py_winograd_transform_weights, METH_VARARGS,
+     "winograd_transform_weights(w, m=4) -> u float32 (a*a, C, O), a = m + 2: Winograd "
+     "F(m x m, 3x3) transform G g G^T of the (O, C, 3, 3) weights w, computed once per weight "
+     "version. m is 2 or 4."},
+    {"winograd_conv3x3_forward", py_winograd_conv3x3_forward, METH_VARARGS,
+     "winograd_conv3x3_forward(x, w, b=None, m=4) -> y (N, O, H, W): 3x3 convolution, stride "
+     "1, pad 1, of x (N, C, H, W) with w (O, C, 3, 3) and bias b (O,) or None, by Winograd "
+     "F(m x m, 3x3). Forward only (inference)."},
+    {"winograd_conv3x3_forward_transformed", py_winograd_conv3x3_forward_transformed,
+     METH_VARARGS,
+     "winograd_conv3x3_forward_transformed(x, u, b=None) -> y: as winograd_conv3x3_forward with "
+     "u = winograd_transform_weights(w, m) precomputed (m read from u.shape[0]: 16 -> 2, "
+     "36 -> 4)."},
+    {NULL, NULL, 0, NULL},
+};
