@@ -61,9 +61,10 @@ int winograd_transform_weights(float *u, const float *w, long O, long C, int m)
     if (O <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (m != 2 && m != 4) return DTKD_ERR_VALUE;
     const int a = m + 2;
+    /* Threads split the input channels, so each writes whole rows u[xi][c][:]. */
 #pragma omp parallel for num_threads(dtkd_get_num_threads()) schedule(static)
-    for (long o = 0; o < O; o++)
-        for (long c = 0; c < C; c++) {
+    for (long c = 0; c < C; c++)
+        for (long o = 0; o < O; o++) {
             const float *g = w + (o * C + c) * 9;
             double gd[9], rows[3][MAX_A], full[MAX_A][MAX_A];
             for (int k = 0; k < 9; k++) gd[k] = g[k];

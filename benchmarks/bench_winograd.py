@@ -1,0 +1,114 @@
+"""Winograd F(2x2,3x3) / F(4x4,3x3) forward convolution vs PyTorch conv2d and vs a direct
+im2col + SGEMM convolution, on the stride-1 3x3 convolutions of resnet32x4 at batch 64.
+
+GFLOP/s are "effective": direct-convolution FLOPs (2*N*O*C*9*H*W) over the time, so they
+compare with the FMA peak and with PyTorch as if all ran the same algorithm. Winograd times use
+weights transformed once beforehand (as the eval path caches them); the transform's own time is
+printed apart. Every row prints ratios measured in the same run.
+
+    python benchmarks/bench_winograd.py [--threads 1 2] [--batch 64] [--reps 10]
+"""
+import argparse
+import time
+
+import numpy as np
+
+import dtkd
+from dtkd import _C
+
+try:
+    import torch
+except ImportError:  # PyTorch is only the yardstick
+    torch = None
+
+# (C, O, H=W, how many such convs in resnet32x4): conv1, layer1.0.conv1, the rest of layer1,
+# and the stride-1 convs of layer2 and layer3 (their first conv1 has stride 2: not here).
+RESNET32X4_CONVS = [(3, 32, 32, 1), (32, 64, 32, 1), (64, 64, 32, 9), (128, 128, 16, 9),
+                    (256, 256, 8, 9)]
+
+
+def timeit(fn, reps):
+    fn()  # warm-up: page faults, thread start, GEMM packing buffers
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def im2col(x):
+    """(N, C, H, W) -> (C*9, N*H*W) columns for a 3x3, pad-1, stride-1 convolution."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))  # N,C,H,W,3,3
+    return np.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * 9, n * h * w)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+
+    has_sgemm = hasattr(_C, "sgemm")
+    peak = {}
+    for t in args.threads:
+        peak[t] = (_C.fma_peak_gflops("avx512", threads=t) if hasattr(_C, "fma_peak_gflops")
+                   else 270.0 * t)
+    print(f"dtkd isa={dtkd.cpu_features().get('isa')}  batch={args.batch}  "
+          f"torch={'%s' % torch.__version__ if torch else 'absent'}  "
+          f"FMA peak (AVX-512): " + ", ".join(f"{t} thr {peak[t]:.0f} GFLOP/s" for t in peak))
+    print("eff GFLOP/s = direct FLOPs / time; 'xTorch' = torch time / winograd time (>1: faster)")
+    rng = np.random.default_rng(0)
+    totals = {}
+    for t in args.threads:
+        dtkd.set_num_threads(t)
+        if torch is not None:
+            torch.set_num_threads(t)
+        print(f"\n== {t} thread(s) ==")
+        print(f"{'C':>4} {'O':>4} {'HxW':>6} | {'F2 ms':>7} {'F4 ms':>7} {'torch':>7} "
+              f"{'gemm':>7} {'i2c+gemm':>8} | {'F4 GF/s':>7} {'peak':>5} | {'F4xTorch':>8} "
+              f"{'F2xTorch':>8} {'F4xGemm':>7} | {'u(F4) ms':>8}")
+        for c, o, hw, count in RESNET32X4_CONVS:
+            x = rng.standard_normal((args.batch, c, hw, hw)).astype(np.float32)
+            w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+            b = rng.standard_normal(o).astype(np.float32)
+            flops = 2.0 * args.batch * o * c * 9 * hw * hw
+            u2 = _C.winograd_transform_weights(w, 2)
+            u4 = _C.winograd_transform_weights(w, 4)
+            t_f2 = timeit(lambda: _C.winograd_conv3x3_forward_transformed(x, u2, b), args.reps)
+            t_f4 = timeit(lambda: _C.winograd_conv3x3_forward_transformed(x, u4, b), args.reps)
+            t_u4 = timeit(lambda: _C.winograd_transform_weights(w, 4), args.reps)
+            t_torch = float("nan")
+            if torch is not None:
+                xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+                with torch.no_grad():
+                    t_torch = timeit(lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1),
+                                     args.reps)
+            t_gemm = t_i2c = float("nan")
+            if has_sgemm:
+                cols = im2col(x)
+                w2 = w.reshape(o, c * 9)
+                t_gemm = timeit(lambda: _C.sgemm(w2, cols), args.reps)
+                t_i2c = timeit(lambda: _C.sgemm(w2, im2col(x)), max(3, args.reps // 3))
+            row = totals.setdefault(t, {"f2": 0.0, "f4": 0.0, "torch": 0.0, "gemm": 0.0})
+            row["f2"] += count * t_f2
+            row["f4"] += count * t_f4
+            row["torch"] += count * t_torch
+            row["gemm"] += count * t_gemm
+            gf4 = flops / t_f4 / 1e9
+            print(f"{c:4d} {o:4d} {hw:>3d}^2  | {t_f2*1e3:7.2f} {t_f4*1e3:7.2f} "
+                  f"{t_torch*1e3:7.2f} {t_gemm*1e3:7.2f} {t_i2c*1e3:8.2f} | {gf4:7.0f} "
+                  f"{gf4/peak[t]:5.2f} | {t_torch/t_f4:8.2f} {t_torch/t_f2:8.2f} "
+                  f"{t_gemm/t_f4:7.2f} | {t_u4*1e3:8.2f}")
+        r = totals[t]
+        print(f"all stride-1 3x3 convs of resnet32x4 (weighted by count): F2 {r['f2']*1e3:.1f} ms,"
+              f" F4 {r['f4']*1e3:.1f} ms, torch {r['torch']*1e3:.1f} ms, gemm-only "
+              f"{r['gemm']*1e3:.1f} ms -> F4xTorch {r['torch']/r['f4']:.2f}, F2xTorch "
+              f"{r['torch']/r['f2']:.2f}, F4xGemm {r['gemm']/r['f4']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
