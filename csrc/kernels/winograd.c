@@ -24,6 +24,7 @@
  *          G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]. */
 #include "kernels/winograd.h"
 
+#include <immintrin.h>
 #include <omp.h>
 #include <string.h>
 
@@ -184,6 +185,96 @@ unpack_output_strip(float *y, const float *strip, long strip_w, const float *bia
     }
 }
 
+/* AVX-512 versions of the two strip copies: 16 x 16 blocks (16 channels x 16 columns) go
+ * through registers and a transpose instead of 256 scalar loads and stores. */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx2,fma")))
+
+/* r[i] = row i of a 16 x 16 block -> r[j] = column j. */
+static inline AVX512_TARGET void transpose16x16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* Within 128-bit lane L, r[4i + k] then holds column 4L + k of rows 4i..4i+3. */
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    /* Gather lane L of r[k], r[4+k], r[8+k], r[12+k] into column 4L + k. */
+    for (int k = 0; k < 4; k++) {
+        __m512 ab_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 ab_hi = _mm512_shuffle_f32x4(r[k], r[4 + k], _MM_SHUFFLE(3, 2, 3, 2));
+        __m512 cd_lo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 cd_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(3, 2, 3, 2));
+        t[k] = _mm512_shuffle_f32x4(ab_lo, cd_lo, _MM_SHUFFLE(2, 0, 2, 0));
+        t[4 + k] = _mm512_shuffle_f32x4(ab_lo, cd_lo, _MM_SHUFFLE(3, 1, 3, 1));
+        t[8 + k] = _mm512_shuffle_f32x4(ab_hi, cd_hi, _MM_SHUFFLE(2, 0, 2, 0));
+        t[12 + k] = _mm512_shuffle_f32x4(ab_hi, cd_hi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    for (int j = 0; j < 16; j++) r[j] = t[j];
+}
+
+static inline __mmask16 first_lanes(long n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
+
+/* As pack_input_strip. */
+static AVX512_TARGET void
+pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, long C, long H,
+                        long W, long h0, long w0, int rows, long cols)
+{
+    for (int r = 0; r < rows; r++) {
+        float *srow = strip + (size_t)r * strip_w * LANES;
+        long h = h0 + r;
+        if (h < 0 || h >= H) {
+            memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
+            continue;
+        }
+        long j_lo = w0 < 0 ? -w0 : 0;
+        long j_hi = W - w0 < cols ? W - w0 : cols;
+        for (long j = 0; j < j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (long j = j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (long j = j_lo; j < j_hi; j += 16) {
+            const long n = j_hi - j < 16 ? j_hi - j : 16;
+            const __mmask16 k = first_lanes(n);
+            __m512 v[16];
+            for (int l = 0; l < LANES; l++)
+                v[l] = c0 + l < C ? _mm512_maskz_loadu_ps(k, x + ((c0 + l) * H + h) * W + w0 + j)
+                                  : _mm512_setzero_ps();
+            transpose16x16(v);
+            for (long jj = 0; jj < n; jj++) _mm512_store_ps(srow + (j + jj) * LANES, v[jj]);
+        }
+    }
+}
+
+/* As unpack_output_strip. */
+static AVX512_TARGET void
+unpack_output_strip_avx512(float *y, const float *strip, long strip_w, const float *bias,
+                           long o0, long O, long H, long W, long h0, long w0, int rows, long cols)
+{
+    if (rows > H - h0) rows = (int)(H - h0);
+    if (cols > W - w0) cols = W - w0;
+    const int lanes = O - o0 < LANES ? (int)(O - o0) : LANES;
+    for (int r = 0; r < rows; r++) {
+        const float *srow = strip + (size_t)r * strip_w * LANES;
+        for (long j = 0; j < cols; j += 16) {
+            const long n = cols - j < 16 ? cols - j : 16;
+            const __mmask16 k = first_lanes(n);
+            __m512 v[16];
+            for (long jj = 0; jj < 16; jj++)
+                v[jj] = jj < n ? _mm512_load_ps(srow + (j + jj) * LANES) : _mm512_setzero_ps();
+            transpose16x16(v);
+            for (int l = 0; l < lanes; l++) {
+                const __m512 b = _mm512_set1_ps(bias ? bias[o0 + l] : 0.0f);
+                _mm512_mask_storeu_ps(y + ((o0 + l) * H + h0 + r) * W + w0 + j, k,
+                                      _mm512_add_ps(v[l], b));
+            }
+        }
+    }
+}
+
 /* ---- transforms on 16-channel vectors ---- */
 
 #define LD(p) (*(const vec16 *)(p))
@@ -284,7 +375,7 @@ output_transform(float *tile, size_t row_stride, const float *mt, size_t m_strid
 
 static inline __attribute__((always_inline)) int
 process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
-              const float *bias, long t0, long t1, float *ws)
+              const float *bias, long t0, long t1, float *ws, int avx512)
 {
     const int m = g->m, a = g->a, aa = a * a;
     const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
@@ -296,8 +387,12 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
     for (long c0 = 0; c0 < g->c_pad; c0 += LANES)
         FOR_EACH_ROW_SEGMENT(g, t0, t1, {
             const long cols = (tw1 - tw0) * m + 2;
-            pack_input_strip(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C, H, W,
-                             th * m - 1, tw0 * m - 1, a, cols);
+            if (avx512)
+                pack_input_strip_avx512(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C,
+                                        H, W, th * m - 1, tw0 * m - 1, a, cols);
+            else
+                pack_input_strip(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C, H, W,
+                                 th * m - 1, tw0 * m - 1, a, cols);
             for (long tw = tw0; tw < tw1; tw++)
                 input_transform(V + (size_t)(t_local + tw - tw0) * g->c_pad + c0, v_stride,
                                 in_strip + (tw - tw0) * m * LANES, (size_t)g->strip_w * LANES, m);
@@ -315,8 +410,12 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
             for (long tw = tw0; tw < tw1; tw++)
                 output_transform(out_strip + (tw - tw0) * m * LANES, (size_t)out_w * LANES,
                                  M + (size_t)(t_local + tw - tw0) * g->o_pad + o0, m_stride, m);
-            unpack_output_strip(y + (size_t)n * O * H * W, out_strip, out_w, bias, o0, O, H, W,
-                                th * m, tw0 * m, m, (tw1 - tw0) * m);
+            if (avx512)
+                unpack_output_strip_avx512(y + (size_t)n * O * H * W, out_strip, out_w, bias, o0,
+                                           O, H, W, th * m, tw0 * m, m, (tw1 - tw0) * m);
+            else
+                unpack_output_strip(y + (size_t)n * O * H * W, out_strip, out_w, bias, o0, O, H,
+                                    W, th * m, tw0 * m, m, (tw1 - tw0) * m);
         })
     return DTKD_OK;
 }
@@ -324,23 +423,23 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
 /* One copy of process_block per instruction set; vec16 arithmetic becomes one AVX-512
  * instruction, two AVX2 ones, or four SSE ones. Separate m = 2 / m = 4 instances let the
  * compiler unroll the transforms fully. */
-#define DEFINE_BLOCK_FN(name, attr)                                                            \
+#define DEFINE_BLOCK_FN(name, attr, avx512)                                                            \
     attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u,  \
                          const float *bias, long t0, long t1, float *ws)                       \
     {                                                                                          \
         if (g->m == 2) {                                                                       \
             struct wino_geom g2 = *g;                                                          \
             g2.m = 2, g2.a = 4;                                                                \
-            return process_block(&g2, y, x, u, bias, t0, t1, ws);                              \
+            return process_block(&g2, y, x, u, bias, t0, t1, ws, avx512);                        \
         }                                                                                      \
         struct wino_geom g4 = *g;                                                              \
         g4.m = 4, g4.a = 6;                                                                    \
-        return process_block(&g4, y, x, u, bias, t0, t1, ws);                                  \
+        return process_block(&g4, y, x, u, bias, t0, t1, ws, avx512);                            \
     }
 
-DEFINE_BLOCK_FN(block_avx512, __attribute__((target("avx512f,avx512dq,avx2,fma"))))
-DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))))
-DEFINE_BLOCK_FN(block_portable, )
+DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, 1)
+DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))), 0)
+DEFINE_BLOCK_FN(block_portable, , 0)
 
 int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
                              long N, long C, long H, long W, long O, int m, float *workspace,
