@@ -1,14 +1,16 @@
 """Winograd F(2x2,3x3) / F(4x4,3x3) forward convolution vs PyTorch conv2d and vs a direct
 im2col + SGEMM convolution, on the stride-1 3x3 convolutions of resnet32x4 at batch 64.
 
-GFLOP/s are "effective": direct-convolution FLOPs (2*N*O*C*9*H*W) over the time, so they
+Times are the minimum over --reps rounds in which all variants alternate. GFLOP/s are "effective": direct-convolution FLOPs (2*N*O*C*9*H*W) over the time, so they
 compare with the FMA peak and with PyTorch as if all ran the same algorithm. Winograd times use
 weights transformed once beforehand (as the eval path caches them); the transform's own time is
 printed apart. Every row prints ratios measured in the same run.
 
     python benchmarks/bench_winograd.py [--threads 1 2] [--batch 64] [--reps 10]
+                                        [--accuracy-batch 8]
 """
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -27,14 +29,18 @@ RESNET32X4_CONVS = [(3, 32, 32, 1), (32, 64, 32, 1), (64, 64, 32, 9), (128, 128,
                     (256, 256, 8, 9)]
 
 
-def timeit(fn, reps):
-    fn()  # warm-up: page faults, thread start, GEMM packing buffers
-    times = []
+def best_times(fns, reps):
+    """Minimum wall time of each callable over `reps` rounds; the callables alternate within a
+    round, so a burst of load from other processes hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up: page faults, thread start, GEMM packing buffers
+    best = {name: float("inf") for name in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def im2col(x):
@@ -45,11 +51,53 @@ def im2col(x):
     return np.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * 9, n * h * w)
 
 
+def conv3x3_float64(x, w):
+    """Direct 3x3 convolution, stride 1, pad 1, in float64 (the accuracy reference)."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    n, c, h, wd = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = np.zeros((n, w.shape[0], h, wd))
+    for i in range(3):
+        for j in range(3):
+            y += np.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + wd], w[:, :, i, j],
+                           optimize=True)
+    return y
+
+
+def accuracy(batch):
+    """Max and RMS error relative to max|y| of F(2x2), F(4x4) and float32 direct convolutions
+    (PyTorch, and im2col + dtkd sgemm) against float64, on post-ReLU activations (half-normal,
+    as after BN+ReLU) and Kaiming-normal weights, the scales resnet32x4 sees."""
+    print(f"\n== accuracy vs float64 direct (batch {batch}; max |err| / max |y|, rms err / rms y)")
+    rng = np.random.default_rng(1)
+    for c, o, hw, _ in RESNET32X4_CONVS[1:]:
+        x = np.maximum(rng.standard_normal((batch, c, hw, hw)), 0).astype(np.float32)
+        w = (rng.standard_normal((o, c, 3, 3)) * np.sqrt(2.0 / (9 * c))).astype(np.float32)
+        ref = conv3x3_float64(x, w)
+        results = {"F2": _C.winograd_conv3x3_forward(x, w, None, 2),
+                   "F4": _C.winograd_conv3x3_forward(x, w, None, 4)}
+        if torch is not None:
+            with torch.no_grad():
+                results["torch"] = torch.nn.functional.conv2d(
+                    torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+        if hasattr(_C, "sgemm"):
+            cols = _C.sgemm(w.reshape(o, c * 9), im2col(x))
+            results["im2col"] = cols.reshape(o, batch, hw, hw).transpose(1, 0, 2, 3)
+        scale, rms = np.abs(ref).max(), np.sqrt(np.mean(ref ** 2))
+        line = "  ".join(f"{k} {np.abs(v - ref).max() / scale:.1e} "
+                         f"{np.sqrt(np.mean((v - ref) ** 2)) / rms:.1e}"
+                         for k, v in results.items())
+        print(f"C={c:3d} O={o:3d} {hw:2d}x{hw:<2d}: {line}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--accuracy-batch", type=int, default=8,
+                    help="batch of the accuracy table (0: skip it)")
     args = ap.parse_args()
 
     has_sgemm = hasattr(_C, "sgemm")
@@ -78,21 +126,24 @@ def main():
             flops = 2.0 * args.batch * o * c * 9 * hw * hw
             u2 = _C.winograd_transform_weights(w, 2)
             u4 = _C.winograd_transform_weights(w, 4)
-            t_f2 = timeit(lambda: _C.winograd_conv3x3_forward_transformed(x, u2, b), args.reps)
-            t_f4 = timeit(lambda: _C.winograd_conv3x3_forward_transformed(x, u4, b), args.reps)
-            t_u4 = timeit(lambda: _C.winograd_transform_weights(w, 4), args.reps)
-            t_torch = float("nan")
+            fns = {
+                "f2": lambda: _C.winograd_conv3x3_forward_transformed(x, u2, b),
+                "f4": lambda: _C.winograd_conv3x3_forward_transformed(x, u4, b),
+                "u4": lambda: _C.winograd_transform_weights(w, 4),
+            }
             if torch is not None:
                 xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
-                with torch.no_grad():
-                    t_torch = timeit(lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1),
-                                     args.reps)
-            t_gemm = t_i2c = float("nan")
+                fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1)
             if has_sgemm:
                 cols = im2col(x)
                 w2 = w.reshape(o, c * 9)
-                t_gemm = timeit(lambda: _C.sgemm(w2, cols), args.reps)
-                t_i2c = timeit(lambda: _C.sgemm(w2, im2col(x)), max(3, args.reps // 3))
+                fns["gemm"] = lambda: _C.sgemm(w2, cols)
+                fns["i2c"] = lambda: _C.sgemm(w2, im2col(x))
+            with torch.no_grad() if torch is not None else contextlib.nullcontext():
+                best = best_times(fns, args.reps)
+            nan = float("nan")
+            t_f2, t_f4, t_u4 = best["f2"], best["f4"], best["u4"]
+            t_torch, t_gemm, t_i2c = best.get("torch", nan), best.get("gemm", nan), best.get("i2c", nan)
             row = totals.setdefault(t, {"f2": 0.0, "f4": 0.0, "torch": 0.0, "gemm": 0.0})
             row["f2"] += count * t_f2
             row["f4"] += count * t_f4
@@ -108,6 +159,8 @@ def main():
               f" F4 {r['f4']*1e3:.1f} ms, torch {r['torch']*1e3:.1f} ms, gemm-only "
               f"{r['gemm']*1e3:.1f} ms -> F4xTorch {r['torch']/r['f4']:.2f}, F2xTorch "
               f"{r['torch']/r['f2']:.2f}, F4xGemm {r['gemm']/r['f4']:.2f}")
+    if args.accuracy_batch:
+        accuracy(args.accuracy_batch)
 
 
 if __name__ == "__main__":

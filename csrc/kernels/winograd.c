@@ -57,26 +57,40 @@ static void weight_transform_1d(double *out, const double *g, int m, long stride
     }
 }
 
+/* full[i][j] = (G g G^T)[i][j] for one 3x3 filter g. */
+static void weight_transform_2d(double full[MAX_A][MAX_A], const float *g, int m)
+{
+    const int a = m + 2;
+    double gd[9], rows[3][MAX_A];
+    for (int k = 0; k < 9; k++) gd[k] = g[k];
+    for (int r = 0; r < 3; r++) weight_transform_1d(rows[r], gd + 3 * r, m, 1);
+    for (int j = 0; j < a; j++) {
+        double col[3] = {rows[0][j], rows[1][j], rows[2][j]}, out[MAX_A];
+        weight_transform_1d(out, col, m, 1);
+        for (int i = 0; i < a; i++) full[i][j] = out[i];
+    }
+}
+
 int winograd_transform_weights(float *u, const float *w, long O, long C, int m)
 {
     if (O <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (m != 2 && m != 4) return DTKD_ERR_VALUE;
-    const int a = m + 2;
-    /* Threads split the input channels, so each writes whole rows u[xi][c][:]. */
+    const int a = m + 2, aa = a * a;
+    /* Threads split the input channels, so each writes whole rows u[xi][c][:]. The a*a rows
+     * of one c are C*O floats apart (the same L1 set for typical sizes), so 16 outputs are
+     * gathered in `chunk` and each row is written a full cache line at a time. */
 #pragma omp parallel for num_threads(dtkd_get_num_threads()) schedule(static)
     for (long c = 0; c < C; c++)
-        for (long o = 0; o < O; o++) {
-            const float *g = w + (o * C + c) * 9;
-            double gd[9], rows[3][MAX_A], full[MAX_A][MAX_A];
-            for (int k = 0; k < 9; k++) gd[k] = g[k];
-            for (int r = 0; r < 3; r++) weight_transform_1d(rows[r], gd + 3 * r, m, 1);
-            for (int j = 0; j < a; j++) {
-                double col[3] = {rows[0][j], rows[1][j], rows[2][j]}, out[MAX_A];
-                weight_transform_1d(out, col, m, 1);
-                for (int i = 0; i < a; i++) full[i][j] = out[i];
+        for (long o0 = 0; o0 < O; o0 += LANES) {
+            const long lanes = O - o0 < LANES ? O - o0 : LANES;
+            float chunk[MAX_A * MAX_A][LANES];
+            for (long l = 0; l < lanes; l++) {
+                double full[MAX_A][MAX_A];
+                weight_transform_2d(full, w + ((o0 + l) * C + c) * 9, m);
+                for (int xi = 0; xi < aa; xi++) chunk[xi][l] = (float)full[xi / a][xi % a];
             }
-            for (int i = 0; i < a; i++)
-                for (int j = 0; j < a; j++) u[((long)(i * a + j) * C + c) * O + o] = (float)full[i][j];
+            for (int xi = 0; xi < aa; xi++)
+                memcpy(u + ((size_t)xi * C + c) * O + o0, chunk[xi], sizeof(float) * lanes);
         }
     return DTKD_OK;
 }
@@ -90,26 +104,37 @@ struct wino_geom {
     long c_pad, o_pad;              /* C, O rounded up to LANES */
     long block_tiles, blocks;
     long strip_w;                   /* input strip width in columns (one full tile row + 2) */
+    size_t v_stride, m_stride;      /* floats between the matrices of two points xi */
     size_t v_floats, m_floats, in_strip_floats, out_strip_floats, per_thread;
 };
 
 static size_t round_up(size_t n, size_t k) { return (n + k - 1) / k * k; }
 
-/* Tiles per block: GEMMs of tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
- * on every call), while V and M of one block (a*a*tiles*(C+O) floats) should stay near the
- * L2 cache. Multiples of 14 match the AVX-512 GEMM's 14-row micro-tile. */
-static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles)
+/* Tiles per block. The GEMMs tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
+ * on every call); V and M of a block (a*a*tiles*(C+O) floats) should stay near the L2 cache
+ * (up to 128 tiles are allowed past that: measured no slower); the blocks should split evenly
+ * over the threads; and the AVX-512 GEMM computes rows in panels of 14, so a block of 15 tiles
+ * costs as much as one of 28. Pick the size that minimizes the modelled time
+ * rounds * (rows computed + a fixed cost per block for packing u, ~16 rows). */
+static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles, int nthreads)
 {
-    const long budget_floats = 384 * 1024;  /* 1.5 MB: about the L2 per core here */
-    long t = budget_floats / ((long)a * a * (c_pad + o_pad));
-    t = t / 14 * 14;
-    if (t < 56) t = 56;
-    if (t > 224) t = 224;
-    if (t > tiles) t = tiles;
-    return t;
+    const long l2_floats = 384 * 1024;  /* 1.5 MB: about the L2 per core here */
+    long max_tiles = l2_floats / ((long)a * a * (c_pad + o_pad));
+    if (max_tiles < 128) max_tiles = 128;
+    if (max_tiles > 256) max_tiles = 256;
+    if (max_tiles > tiles) max_tiles = tiles;
+    long best = max_tiles, best_cost = -1;
+    for (long t = 14; t <= max_tiles; t++) {
+        long blocks = (tiles + t - 1) / t;
+        long rounds = (blocks + nthreads - 1) / nthreads;
+        long cost = rounds * ((t + 13) / 14 * 14 + 16);
+        if (best_cost < 0 || cost < best_cost) best = t, best_cost = cost;
+    }
+    return best;
 }
 
-static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O, int m)
+static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O, int m,
+                     int nthreads)
 {
     if (N <= 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0) return DTKD_ERR_SHAPE;
     if (m != 2 && m != 4) return DTKD_ERR_VALUE;
@@ -119,12 +144,16 @@ static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O
     g->tiles = N * g->tiles_h * g->tiles_w;
     g->c_pad = (long)round_up((size_t)C, LANES);
     g->o_pad = (long)round_up((size_t)O, LANES);
-    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, g->a, g->tiles);
+    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, g->a, g->tiles, nthreads);
     g->blocks = (g->tiles + g->block_tiles - 1) / g->block_tiles;
     g->strip_w = g->tiles_w * m + 2;
     const size_t aa = (size_t)g->a * g->a;
-    g->v_floats = round_up(aa * g->block_tiles * g->c_pad, ALIGN_FLOATS);
-    g->m_floats = round_up(aa * g->block_tiles * g->o_pad, ALIGN_FLOATS);
+    /* One extra cache line between the a*a matrices: a transform touches all of them for one
+     * tile, and at a power-of-two distance they would all fall in one L1 set. */
+    g->v_stride = (size_t)g->block_tiles * g->c_pad + LANES;
+    g->m_stride = (size_t)g->block_tiles * g->o_pad + LANES;
+    g->v_floats = aa * g->v_stride;
+    g->m_floats = aa * g->m_stride;
     g->in_strip_floats = round_up((size_t)g->a * g->strip_w * LANES, ALIGN_FLOATS);
     g->out_strip_floats = round_up((size_t)m * g->tiles_w * m * LANES, ALIGN_FLOATS);
     g->per_thread = g->v_floats + g->m_floats + g->in_strip_floats + g->out_strip_floats;
@@ -134,7 +163,7 @@ static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O
 size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, int nthreads)
 {
     struct wino_geom g;
-    if (geom_init(&g, N, C, H, W, O, m) != DTKD_OK || nthreads < 1) return 0;
+    if (nthreads < 1 || geom_init(&g, N, C, H, W, O, m, nthreads) != DTKD_OK) return 0;
     return g.per_thread * (size_t)nthreads + ALIGN_FLOATS; /* + slack to align the base */
 }
 
@@ -381,8 +410,7 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
     const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
     float *V = ws, *M = V + g->v_floats, *in_strip = M + g->m_floats;
     float *out_strip = in_strip + g->in_strip_floats;
-    const size_t v_stride = (size_t)g->block_tiles * g->c_pad;  /* between points xi */
-    const size_t m_stride = (size_t)g->block_tiles * g->o_pad;
+    const size_t v_stride = g->v_stride, m_stride = g->m_stride;
 
     for (long c0 = 0; c0 < g->c_pad; c0 += LANES)
         FOR_EACH_ROW_SEGMENT(g, t0, t1, {
@@ -445,17 +473,22 @@ int winograd_conv3x3_forward(float *y, const float *x, const float *u, const flo
                              long N, long C, long H, long W, long O, int m, float *workspace,
                              size_t workspace_floats)
 {
+    /* The block size depends on the thread count; if the workspace was sized for fewer
+     * threads than are set now (set_num_threads in between), run on one. */
     struct wino_geom g;
-    int st = geom_init(&g, N, C, H, W, O, m);
+    long nthreads = dtkd_get_num_threads();
+    int st = geom_init(&g, N, C, H, W, O, m, (int)nthreads);
     if (st != DTKD_OK) return st;
-    /* Align the workspace base to 64 bytes: vec16 loads and stores assume it. */
-    size_t skip = (size_t)((-(uintptr_t)workspace / sizeof(float)) & (ALIGN_FLOATS - 1));
-    if (((uintptr_t)workspace & (sizeof(float) - 1)) || workspace_floats < skip + g.per_thread)
-        return DTKD_ERR_NOMEM;
-    float *ws = workspace + skip;
-    long nthreads = (long)((workspace_floats - skip) / g.per_thread);
-    if (nthreads > dtkd_get_num_threads()) nthreads = dtkd_get_num_threads();
+    if (workspace_floats < winograd_workspace_floats(N, C, H, W, O, m, (int)nthreads)) {
+        nthreads = 1;
+        geom_init(&g, N, C, H, W, O, m, 1);
+        if (workspace_floats < winograd_workspace_floats(N, C, H, W, O, m, 1))
+            return DTKD_ERR_NOMEM;
+    }
     if (nthreads > g.blocks) nthreads = g.blocks;
+    /* Align the workspace base to 64 bytes: vec16 loads and stores assume it. */
+    if ((uintptr_t)workspace % sizeof(float)) return DTKD_ERR_NOMEM;
+    float *ws = workspace + ((-(uintptr_t)workspace / sizeof(float)) & (ALIGN_FLOATS - 1));
 
     int (*block_fn)(const struct wino_geom *, float *, const float *, const float *,
                     const float *, long, long, float *);
