@@ -134,6 +134,36 @@ def test_error_at_resnet32x4_widths_and_activation_scales(c, o, hw, m):
     assert_close_to_reference(_C.winograd_conv3x3_forward(x, w, b, m), x, w, b, m)
 
 
+@pytest.mark.parametrize("m", TILE_SIZES)
+def test_fused_residual_and_relu(m, isa_limit):
+    # The eval path's epilogue: y = relu(conv(x) + b + residual).
+    rng = np.random.default_rng(8)
+    x, w, b = random_problem(rng, 2, 18, 7, 19, 21)
+    residual = rng.standard_normal((2, 21, 7, 19)).astype(np.float32)
+    ref = conv3x3_reference(x, w, b) + residual
+    scale = conv3x3_reference(np.abs(x), np.abs(w)) + np.abs(b)[None, :, None, None] + np.abs(
+        residual)
+    for isa in available_isas():
+        isa_limit(isa)
+        for relu in (False, True):
+            y = _C.winograd_conv3x3_forward(x, w, b, m, residual=residual, relu=relu)
+            want = np.maximum(ref, 0) if relu else ref
+            assert np.all(np.abs(y - want) <= ERROR_BOUND[m] * scale), (isa, relu)
+            if relu:
+                assert y.min() >= 0.0
+        u = _C.winograd_transform_weights(w, m)
+        np.testing.assert_array_equal(
+            _C.winograd_conv3x3_forward_transformed(x, u, b, residual, True),
+            _C.winograd_conv3x3_forward(x, w, b, m, residual=residual, relu=True))
+
+
+def test_relu_without_bias_or_residual():
+    x, w, _ = random_problem(np.random.default_rng(9), 1, 4, 9, 9, 5)
+    y = _C.winograd_conv3x3_forward(x, w, relu=True)
+    ref = np.maximum(conv3x3_reference(x, w), 0)
+    assert np.all(np.abs(y - ref) <= ERROR_BOUND[4] * conv3x3_reference(np.abs(x), np.abs(w)))
+
+
 def transform_reference(w, m):
     """G g G^T per (o, c) in float64 with the matrices of Lavin & Gray, as (a*a, C, O)."""
     if m == 2:
@@ -202,6 +232,10 @@ def test_rejects_wrong_shapes():
         _C.winograd_conv3x3_forward(x, w, b[:3].copy())
     with pytest.raises(ValueError, match="u: expected shape"):
         _C.winograd_conv3x3_forward_transformed(x, np.zeros((25, 3, 4), np.float32), b)
+    with pytest.raises(ValueError, match=r"residual: expected shape \(2, 4, 5, 5\)"):
+        _C.winograd_conv3x3_forward(x, w, b, residual=np.zeros((2, 3, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="residual"):
+        _C.winograd_conv3x3_forward(x, w, b, residual=np.zeros((2, 4, 5, 5)))
 
 
 def test_rejects_empty_arrays():
@@ -216,13 +250,15 @@ def test_rejects_empty_arrays():
 
 def test_rejects_nonfinite_values():
     x, w, b = good_args()
-    for name, arr in (("x", x), ("w", w), ("b", b)):
+    residual = np.zeros((2, 4, 5, 5), np.float32)
+    for name, arr in (("x", x), ("w", w), ("b", b), ("residual", residual)):
         for bad in (np.nan, np.inf):
-            args = {"x": x, "w": w, "b": b}
+            args = {"x": x, "w": w, "b": b, "residual": residual}
             args[name] = arr.copy()
             args[name].flat[1] = bad
             with pytest.raises(ValueError, match=f"{name}: contains NaN or Inf"):
-                _C.winograd_conv3x3_forward(args["x"], args["w"], args["b"])
+                _C.winograd_conv3x3_forward(args["x"], args["w"], args["b"],
+                                            residual=args["residual"])
 
 
 def test_rejects_non_contiguous_arrays():

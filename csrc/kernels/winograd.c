@@ -9,8 +9,9 @@
  *      borders and for channels >= C), so the transform runs on 16-channel vectors;
  *   2. a*a GEMMs        M[xi] (tiles x O) = V[xi] (tiles x C) x u[xi] (C x O)   (dtkd_sgemm,
  *      which runs on the calling thread inside the parallel region);
- *   3. output transform y = A^T M A (+ bias) into an output strip, copied back to NCHW with
- *      the partial tiles at the right and bottom edges cut.
+ *   3. output transform y = A^T M A into an output strip, copied back to NCHW with the
+ *      partial tiles at the right and bottom edges cut, adding bias and residual and applying
+ *      ReLU on the way (the epilogue of the eval path, where BN is folded into the conv).
  * Channels live in the last dimension of V and M, so both transforms are vector operations
  * over 16 channels; the same source is compiled for AVX-512, AVX2 and portable C (GCC vector
  * extensions), chosen at run time by dtkd_isa().
@@ -197,19 +198,34 @@ pack_input_strip(float *strip, long strip_w, const float *x, long c0, long C, lo
     }
 }
 
-/* y[o0 + l][h0 + r][w0 + j] = strip[r][j][l] + bias for the parts inside y and channels < O. */
+/* What the output copy applies: y = relu?(conv + bias + residual); bias (O,) and residual
+ * (N, O, H, W) may be NULL. Fusing them here saves the eval path (BN folded into the conv)
+ * separate passes over y. */
+struct wino_epilogue {
+    const float *bias;
+    const float *residual;
+    int relu;
+};
+
+/* y[o0 + l][h0 + r][w0 + j] = epilogue(strip[r][j][l]) for the parts inside y and channels
+ * < O; y and res point at one image (O, H, W). */
 static inline __attribute__((always_inline)) void
-unpack_output_strip(float *y, const float *strip, long strip_w, const float *bias, long o0,
-                    long O, long H, long W, long h0, long w0, int rows, long cols)
+unpack_output_strip(float *y, const float *strip, long strip_w, const struct wino_epilogue *ep,
+                    const float *res, long o0, long O, long H, long W, long h0, long w0, int rows,
+                    long cols)
 {
     if (rows > H - h0) rows = (int)(H - h0);
     if (cols > W - w0) cols = W - w0;
     for (int l = 0; l < LANES && o0 + l < O; l++) {
-        const float b = bias ? bias[o0 + l] : 0.0f;
+        const float b = ep->bias ? ep->bias[o0 + l] : 0.0f;
         for (int r = 0; r < rows; r++) {
             const float *srow = strip + (size_t)r * strip_w * LANES + l;
-            float *yrow = y + ((o0 + l) * H + h0 + r) * W + w0;
-            for (long j = 0; j < cols; j++) yrow[j] = srow[j * LANES] + b;
+            const size_t at = ((o0 + l) * H + h0 + r) * W + w0;
+            for (long j = 0; j < cols; j++) {
+                float v = srow[j * LANES] + b;
+                if (res) v += res[at + j];
+                y[at + j] = ep->relu && !(v > 0.0f) ? 0.0f : v;
+            }
         }
     }
 }
@@ -280,8 +296,9 @@ pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, lon
 
 /* As unpack_output_strip. */
 static AVX512_TARGET void
-unpack_output_strip_avx512(float *y, const float *strip, long strip_w, const float *bias,
-                           long o0, long O, long H, long W, long h0, long w0, int rows, long cols)
+unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
+                           const struct wino_epilogue *ep, const float *res, long o0, long O,
+                           long H, long W, long h0, long w0, int rows, long cols)
 {
     if (rows > H - h0) rows = (int)(H - h0);
     if (cols > W - w0) cols = W - w0;
@@ -296,9 +313,11 @@ unpack_output_strip_avx512(float *y, const float *strip, long strip_w, const flo
                 v[jj] = jj < n ? _mm512_load_ps(srow + (j + jj) * LANES) : _mm512_setzero_ps();
             transpose16x16(v);
             for (int l = 0; l < lanes; l++) {
-                const __m512 b = _mm512_set1_ps(bias ? bias[o0 + l] : 0.0f);
-                _mm512_mask_storeu_ps(y + ((o0 + l) * H + h0 + r) * W + w0 + j, k,
-                                      _mm512_add_ps(v[l], b));
+                const size_t at = ((o0 + l) * H + h0 + r) * W + w0 + j;
+                __m512 out = _mm512_add_ps(v[l], _mm512_set1_ps(ep->bias ? ep->bias[o0 + l] : 0.0f));
+                if (res) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(k, res + at));
+                if (ep->relu) out = _mm512_max_ps(out, _mm512_setzero_ps());
+                _mm512_mask_storeu_ps(y + at, k, out);
             }
         }
     }
@@ -404,7 +423,7 @@ output_transform(float *tile, size_t row_stride, const float *mt, size_t m_strid
 
 static inline __attribute__((always_inline)) int
 process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
-              const float *bias, long t0, long t1, float *ws, int avx512)
+              const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512)
 {
     const int m = g->m, a = g->a, aa = a * a;
     const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
@@ -438,12 +457,14 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
             for (long tw = tw0; tw < tw1; tw++)
                 output_transform(out_strip + (tw - tw0) * m * LANES, (size_t)out_w * LANES,
                                  M + (size_t)(t_local + tw - tw0) * g->o_pad + o0, m_stride, m);
+            const size_t image = (size_t)n * O * H * W;
+            const float *res = ep->residual ? ep->residual + image : NULL;
             if (avx512)
-                unpack_output_strip_avx512(y + (size_t)n * O * H * W, out_strip, out_w, bias, o0,
-                                           O, H, W, th * m, tw0 * m, m, (tw1 - tw0) * m);
+                unpack_output_strip_avx512(y + image, out_strip, out_w, ep, res, o0, O, H, W,
+                                           th * m, tw0 * m, m, (tw1 - tw0) * m);
             else
-                unpack_output_strip(y + (size_t)n * O * H * W, out_strip, out_w, bias, o0, O, H,
-                                    W, th * m, tw0 * m, m, (tw1 - tw0) * m);
+                unpack_output_strip(y + image, out_strip, out_w, ep, res, o0, O, H, W, th * m,
+                                    tw0 * m, m, (tw1 - tw0) * m);
         })
     return DTKD_OK;
 }
@@ -453,16 +474,16 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
  * compiler unroll the transforms fully. */
 #define DEFINE_BLOCK_FN(name, attr, avx512)                                                            \
     attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u,  \
-                         const float *bias, long t0, long t1, float *ws)                       \
+                         const struct wino_epilogue *ep, long t0, long t1, float *ws)          \
     {                                                                                          \
         if (g->m == 2) {                                                                       \
             struct wino_geom g2 = *g;                                                          \
             g2.m = 2, g2.a = 4;                                                                \
-            return process_block(&g2, y, x, u, bias, t0, t1, ws, avx512);                        \
+            return process_block(&g2, y, x, u, ep, t0, t1, ws, avx512);                            \
         }                                                                                      \
         struct wino_geom g4 = *g;                                                              \
         g4.m = 4, g4.a = 6;                                                                    \
-        return process_block(&g4, y, x, u, bias, t0, t1, ws, avx512);                            \
+        return process_block(&g4, y, x, u, ep, t0, t1, ws, avx512);                                \
     }
 
 DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, 1)
@@ -470,8 +491,8 @@ DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))), 0)
 DEFINE_BLOCK_FN(block_portable, , 0)
 
 int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
-                             long N, long C, long H, long W, long O, int m, float *workspace,
-                             size_t workspace_floats)
+                             const float *residual, long N, long C, long H, long W, long O, int m,
+                             int relu, float *workspace, size_t workspace_floats)
 {
     /* The block size depends on the thread count; if the workspace was sized for fewer
      * threads than are set now (set_num_threads in between), run on one. */
@@ -490,8 +511,9 @@ int winograd_conv3x3_forward(float *y, const float *x, const float *u, const flo
     if ((uintptr_t)workspace % sizeof(float)) return DTKD_ERR_NOMEM;
     float *ws = workspace + ((-(uintptr_t)workspace / sizeof(float)) & (ALIGN_FLOATS - 1));
 
+    const struct wino_epilogue ep = {bias, residual, relu};
     int (*block_fn)(const struct wino_geom *, float *, const float *, const float *,
-                    const float *, long, long, float *);
+                    const struct wino_epilogue *, long, long, float *);
     switch (dtkd_isa()) {
     case DTKD_ISA_AVX512: block_fn = block_avx512; break;
     case DTKD_ISA_AVX2: block_fn = block_avx2; break;
@@ -506,7 +528,7 @@ int winograd_conv3x3_forward(float *y, const float *x, const float *u, const flo
         for (long b = 0; b < g.blocks; b++) {
             long t0 = b * g.block_tiles;
             long t1 = t0 + g.block_tiles < g.tiles ? t0 + g.block_tiles : g.tiles;
-            int s = block_fn(&g, y, x, u, bias, t0, t1, my_ws);
+            int s = block_fn(&g, y, x, u, &ep, t0, t1, my_ws);
             if (s != DTKD_OK) {
 #pragma omp atomic write
                 status = s;

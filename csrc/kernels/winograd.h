@@ -23,14 +23,15 @@ int winograd_transform_weights(float *u, const float *w, long O, long C, int m);
  * threads (0 if a size is invalid). */
 size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, int nthreads);
 
-/* y (N, O, H, W) <- conv3x3(x (N, C, H, W), weights, stride 1, pad 1) + bias (O,) (bias may be
- * NULL), with u = winograd_transform_weights(w, m). Any H, W >= 1 (edge tiles are partial).
+/* y (N, O, H, W) <- conv3x3(x (N, C, H, W), weights, stride 1, pad 1) + bias (O,)
+ * + residual (N, O, H, W), then max(., 0) if relu; bias and residual may be NULL (residual may
+ * be y itself: each element is read before it is written). u = winograd_transform_weights(w, m). Any H, W >= 1 (edge tiles are partial).
  * workspace holds workspace_floats floats (from winograd_workspace_floats); the kernel uses
  * as many of dtkd_get_num_threads() threads as it has room for.
  * Returns DTKD_OK, DTKD_ERR_SHAPE, DTKD_ERR_VALUE (m) or DTKD_ERR_NOMEM (workspace too small
  * for one thread). */
 int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
-                             long N, long C, long H, long W, long O, int m, float *workspace,
-                             size_t workspace_floats);
+                             const float *residual, long N, long C, long H, long W, long O, int m,
+                             int relu, float *workspace, size_t workspace_floats);
 
 #endif

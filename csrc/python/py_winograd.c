@@ -44,8 +44,10 @@ static PyArrayObject *transform_weights(PyObject *w_obj, int m)
     return u;
 }
 
-/* y = conv3x3(x, u) + b with u from transform_weights; u's first dim gives m. */
-static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject *b_obj)
+/* y = relu?(conv3x3(x, u) + b + residual) with u from transform_weights; u's first dim
+ * gives m. */
+static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject *b_obj,
+                                     PyObject *residual_obj, int relu)
 {
     const npy_intp a2 = PyArray_DIM(u, 0);
     if (a2 != 16 && a2 != 36)
@@ -70,6 +72,13 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
         if (!b || dtkd_check_finite(b, "b")) return NULL;
         bias = (const float *)PyArray_DATA(b);
     }
+    const float *residual = NULL;
+    if (residual_obj != Py_None) {
+        const npy_intp r_shape[4] = {N, O, H, W};
+        PyArrayObject *r = dtkd_check_shape(residual_obj, "residual", NPY_FLOAT32, 4, r_shape);
+        if (!r || dtkd_check_finite(r, "residual")) return NULL;
+        residual = (const float *)PyArray_DATA(r);
+    }
 
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)C, (long)H, (long)W,
                                                        (long)O, m, dtkd_get_num_threads());
@@ -84,8 +93,9 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
     int status;
     DTKD_BEGIN_NOGIL
     status = winograd_conv3x3_forward((float *)PyArray_DATA(y), (const float *)PyArray_DATA(x),
-                                      (const float *)PyArray_DATA(u), bias, (long)N, (long)C,
-                                      (long)H, (long)W, (long)O, m, ws, ws_floats);
+                                      (const float *)PyArray_DATA(u), bias, residual, (long)N,
+                                      (long)C, (long)H, (long)W, (long)O, m, relu, ws,
+                                      ws_floats);
     DTKD_END_NOGIL
     free(ws);
     if (status != DTKD_OK) {
@@ -104,29 +114,34 @@ static PyObject *py_winograd_transform_weights(PyObject *self, PyObject *args)
     return (PyObject *)transform_weights(w_obj, m);
 }
 
-static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args)
+static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *x_obj, *w_obj, *b_obj = Py_None;
-    int m = 4;
-    if (!PyArg_ParseTuple(args, "OO|Oi:winograd_conv3x3_forward", &x_obj, &w_obj, &b_obj, &m))
+    static char *kwlist[] = {"x", "w", "b", "m", "residual", "relu", NULL};
+    PyObject *x_obj, *w_obj, *b_obj = Py_None, *residual_obj = Py_None;
+    int m = 4, relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OiOp:winograd_conv3x3_forward", kwlist,
+                                     &x_obj, &w_obj, &b_obj, &m, &residual_obj, &relu))
         return NULL;
     if (check_tile(m)) return NULL;
     PyArrayObject *u = transform_weights(w_obj, m);
     if (!u) return NULL;
-    PyObject *y = forward_transformed(x_obj, u, b_obj);
+    PyObject *y = forward_transformed(x_obj, u, b_obj, residual_obj, relu);
     Py_DECREF(u);
     return y;
 }
 
-static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObject *args)
+static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObject *args,
+                                                         PyObject *kwargs)
 {
-    PyObject *x_obj, *u_obj, *b_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OO|O:winograd_conv3x3_forward_transformed", &x_obj, &u_obj,
-                          &b_obj))
+    static char *kwlist[] = {"x", "u", "b", "residual", "relu", NULL};
+    PyObject *x_obj, *u_obj, *b_obj = Py_None, *residual_obj = Py_None;
+    int relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOp:winograd_conv3x3_forward_transformed",
+                                     kwlist, &x_obj, &u_obj, &b_obj, &residual_obj, &relu))
         return NULL;
     PyArrayObject *u = dtkd_check_array(u_obj, "u", NPY_FLOAT32, 3);
     if (!u) return NULL;
-    return forward_transformed(x_obj, u, b_obj);
+    return forward_transformed(x_obj, u, b_obj, residual_obj, relu);
 }
 
 PyMethodDef dtkd_winograd_methods[] = {
@@ -134,14 +149,17 @@ PyMethodDef dtkd_winograd_methods[] = {
      "winograd_transform_weights(w, m=4) -> u float32 (a*a, C, O), a = m + 2: Winograd "
      "F(m x m, 3x3) transform G g G^T of the (O, C, 3, 3) weights w, computed once per weight "
      "version. m is 2 or 4."},
-    {"winograd_conv3x3_forward", py_winograd_conv3x3_forward, METH_VARARGS,
-     "winograd_conv3x3_forward(x, w, b=None, m=4) -> y (N, O, H, W): 3x3 convolution, stride "
-     "1, pad 1, of x (N, C, H, W) with w (O, C, 3, 3) and bias b (O,) or None, by Winograd "
-     "F(m x m, 3x3). Forward only (inference)."},
-    {"winograd_conv3x3_forward_transformed", py_winograd_conv3x3_forward_transformed,
-     METH_VARARGS,
-     "winograd_conv3x3_forward_transformed(x, u, b=None) -> y: as winograd_conv3x3_forward with "
-     "u = winograd_transform_weights(w, m) precomputed (m read from u.shape[0]: 16 -> 2, "
-     "36 -> 4)."},
+    {"winograd_conv3x3_forward", (PyCFunction)(void (*)(void))py_winograd_conv3x3_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "winograd_conv3x3_forward(x, w, b=None, m=4, residual=None, relu=False) -> y (N, O, H, W):\n"
+     "3x3 convolution, stride 1, pad 1, of x (N, C, H, W) with w (O, C, 3, 3), plus bias b (O,)"
+     " and residual (N, O, H, W) if given, then ReLU if relu; by Winograd F(m x m, 3x3). "
+     "Forward only (inference)."},
+    {"winograd_conv3x3_forward_transformed",
+     (PyCFunction)(void (*)(void))py_winograd_conv3x3_forward_transformed,
+     METH_VARARGS | METH_KEYWORDS,
+     "winograd_conv3x3_forward_transformed(x, u, b=None, residual=None, relu=False) -> y:\n"
+     "as winograd_conv3x3_forward with u = winograd_transform_weights(w, m) precomputed (m read "
+     "from u.shape[0]: 16 -> 2, 36 -> 4)."},
     {NULL, NULL, 0, NULL},
 };
