@@ -1,6 +1,6 @@
-"""Winograd F(2x2,3x3) / F(4x4,3x3) forward convolution (csrc/kernels/winograd.c) against a
-float64 NumPy direct convolution written here. Forward only: the family serves inference
-(training uses the direct convolution, whose gradients are checked in test_conv)."""
+"""Winograd F(2x2,3x3) / F(4x4,3x3) convolution (csrc/kernels/winograd.c) against a float64
+NumPy direct convolution written here. The family serves inference: forward and the input
+gradient (no weight gradient; training uses the direct convolution)."""
 import numpy as np
 import pytest
 
@@ -196,6 +196,76 @@ def test_f4_is_the_default_tile():
     np.testing.assert_array_equal(_C.winograd_conv3x3_forward(x, w, b),
                                   _C.winograd_conv3x3_forward(x, w, b, 4))
     assert _C.winograd_transform_weights(w).shape == (36, 4, 3)
+
+
+# ---- input gradient (the same convolution with the kernel rotated) ----
+
+def conv3x3_input_grad_reference(dy, w):
+    """d/dx of sum(y * dy) for y = conv3x3_reference(x, w), in float64: each output
+    y[n,o,h,w'] reads xpad[n,c,h+i,w'+j] with weight w[o,c,i,j], so scatter dy back."""
+    dy = np.asarray(dy, np.float64)
+    w = np.asarray(w, np.float64)
+    n, o, h, wd = dy.shape
+    dxp = np.zeros((n, w.shape[1], h + 2, wd + 2))
+    for i in range(3):
+        for j in range(3):
+            dxp[:, :, i:i + h, j:j + wd] += np.einsum("nohw,oc->nchw", dy, w[:, :, i, j])
+    return dxp[:, :, 1:-1, 1:-1]
+
+
+@pytest.mark.parametrize("m", TILE_SIZES)
+def test_input_gradient_matches_finite_differences(m):
+    rng = np.random.default_rng(10)
+    x, w, _ = random_problem(rng, 1, 3, 5, 6, 4, bias=False)
+    dy = rng.standard_normal((1, 4, 5, 6)).astype(np.float32)
+    dx = _C.winograd_conv3x3_backward_input(dy, w, m)
+
+    def loss(xv):
+        return float(np.sum(conv3x3_reference(xv, w) * dy))
+
+    x64, eps = x.astype(np.float64), 1e-6
+    fd = np.zeros_like(x64)
+    for idx in np.ndindex(x64.shape):
+        xp, xm = x64.copy(), x64.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        fd[idx] = (loss(xp) - loss(xm)) / (2 * eps)
+    np.testing.assert_allclose(dx, fd, rtol=1e-4, atol=1e-4 * np.abs(fd).max())
+
+
+@pytest.mark.parametrize("m", TILE_SIZES)
+@pytest.mark.parametrize("shape", [(2, 17, 9, 7, 33), (1, 64, 8, 8, 32), (1, 1, 1, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_input_gradient_matches_reference(shape, m):
+    n, c, h, wd, o = shape
+    rng = np.random.default_rng(11)
+    _, w, _ = random_problem(rng, *shape, bias=False)
+    dy = rng.standard_normal((n, o, h, wd)).astype(np.float32)
+    ref = conv3x3_input_grad_reference(dy, w)
+    scale = conv3x3_input_grad_reference(np.abs(dy), np.abs(w))
+    dx = _C.winograd_conv3x3_backward_input(dy, w, m)
+    assert dx.shape == (n, c, h, wd)
+    assert np.all(np.abs(dx - ref) <= ERROR_BOUND[m] * (scale + 1e-6 * scale.max()))
+    # The rotated transform fed to the forward kernel is the same computation.
+    u_bwd = _C.winograd_transform_weights_backward(w, m)
+    assert u_bwd.shape == ((m + 2) ** 2, o, c)
+    np.testing.assert_array_equal(_C.winograd_conv3x3_forward_transformed(dy, u_bwd), dx)
+
+
+def test_input_gradient_rejects_bad_dy():
+    _, w, _ = good_args()
+    with pytest.raises(ValueError, match=r"dy: expected shape \(\*, 4, \*, \*\)"):
+        _C.winograd_conv3x3_backward_input(np.zeros((2, 3, 5, 5), np.float32), w)
+    with pytest.raises(TypeError, match="dy"):
+        _C.winograd_conv3x3_backward_input(np.zeros((2, 4, 5, 5)), w)
+    bad = np.zeros((2, 4, 5, 5), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="dy: contains NaN or Inf"):
+        _C.winograd_conv3x3_backward_input(bad, w)
+    with pytest.raises(ValueError, match="dy: expected a non-empty"):
+        _C.winograd_conv3x3_backward_input(np.zeros((0, 4, 5, 5), np.float32), w)
+    with pytest.raises(ValueError, match="m: output tile size must be 2 or 4"):
+        _C.winograd_conv3x3_backward_input(np.zeros((2, 4, 5, 5), np.float32), w, 5)
 
 
 # ---- bad inputs: clear exceptions naming the argument, never a crash ----

@@ -58,12 +58,12 @@ static void weight_transform_1d(double *out, const double *g, int m, long stride
     }
 }
 
-/* full[i][j] = (G g G^T)[i][j] for one 3x3 filter g. */
-static void weight_transform_2d(double full[MAX_A][MAX_A], const float *g, int m)
+/* full[i][j] = (G g G^T)[i][j] for one 3x3 filter g, rotated by 180 degrees if flip. */
+static void weight_transform_2d(double full[MAX_A][MAX_A], const float *g, int m, int flip)
 {
     const int a = m + 2;
     double gd[9], rows[3][MAX_A];
-    for (int k = 0; k < 9; k++) gd[k] = g[k];
+    for (int k = 0; k < 9; k++) gd[k] = g[flip ? 8 - k : k];
     for (int r = 0; r < 3; r++) weight_transform_1d(rows[r], gd + 3 * r, m, 1);
     for (int j = 0; j < a; j++) {
         double col[3] = {rows[0][j], rows[1][j], rows[2][j]}, out[MAX_A];
@@ -72,28 +72,42 @@ static void weight_transform_2d(double full[MAX_A][MAX_A], const float *g, int m
     }
 }
 
-int winograd_transform_weights(float *u, const float *w, long O, long C, int m)
+/* u[xi][p][q] = transform of the filter w[q][p] (forward: p = c, q = o) or of w[p][q] rotated
+ * by 180 degrees (backward: p = o, q = c), for P x Q filters. */
+static int transform_weights(float *u, const float *w, long O, long C, int m, int backward)
 {
     if (O <= 0 || C <= 0) return DTKD_ERR_SHAPE;
     if (m != 2 && m != 4) return DTKD_ERR_VALUE;
     const int a = m + 2, aa = a * a;
-    /* Threads split the input channels, so each writes whole rows u[xi][c][:]. The a*a rows
-     * of one c are C*O floats apart (the same L1 set for typical sizes), so 16 outputs are
-     * gathered in `chunk` and each row is written a full cache line at a time. */
+    const long P = backward ? O : C, Q = backward ? C : O;
+    /* Threads split p, so each writes whole rows u[xi][p][:]. The a*a rows of one p are P*Q
+     * floats apart (the same L1 set for typical sizes), so 16 outputs are gathered in `chunk`
+     * and each row is written a full cache line at a time. */
 #pragma omp parallel for num_threads(dtkd_get_num_threads()) schedule(static)
-    for (long c = 0; c < C; c++)
-        for (long o0 = 0; o0 < O; o0 += LANES) {
-            const long lanes = O - o0 < LANES ? O - o0 : LANES;
+    for (long p = 0; p < P; p++)
+        for (long q0 = 0; q0 < Q; q0 += LANES) {
+            const long lanes = Q - q0 < LANES ? Q - q0 : LANES;
             float chunk[MAX_A * MAX_A][LANES];
             for (long l = 0; l < lanes; l++) {
+                const long o = backward ? p : q0 + l, c = backward ? q0 + l : p;
                 double full[MAX_A][MAX_A];
-                weight_transform_2d(full, w + ((o0 + l) * C + c) * 9, m);
+                weight_transform_2d(full, w + (o * C + c) * 9, m, backward);
                 for (int xi = 0; xi < aa; xi++) chunk[xi][l] = (float)full[xi / a][xi % a];
             }
             for (int xi = 0; xi < aa; xi++)
-                memcpy(u + ((size_t)xi * C + c) * O + o0, chunk[xi], sizeof(float) * lanes);
+                memcpy(u + ((size_t)xi * P + p) * Q + q0, chunk[xi], sizeof(float) * lanes);
         }
     return DTKD_OK;
+}
+
+int winograd_transform_weights(float *u, const float *w, long O, long C, int m)
+{
+    return transform_weights(u, w, O, C, m, 0);
+}
+
+int winograd_transform_weights_backward(float *u, const float *w, long O, long C, int m)
+{
+    return transform_weights(u, w, O, C, m, 1);
 }
 
 /* ---- geometry and workspace ---- */
@@ -536,4 +550,14 @@ int winograd_conv3x3_forward(float *y, const float *x, const float *u, const flo
         }
     }
     return status;
+}
+
+/* dx[n][c] = sum_o conv3x3(dy[n][o], w[o][c] rotated by 180 degrees), pad 1: the same
+ * convolution with the roles of C and O swapped. */
+int winograd_conv3x3_backward_input(float *dx, const float *dy, const float *u_backward, long N,
+                                    long C, long H, long W, long O, int m, float *workspace,
+                                    size_t workspace_floats)
+{
+    return winograd_conv3x3_forward(dx, dy, u_backward, NULL, NULL, N, O, H, W, C, m, 0,
+                                    workspace, workspace_floats);
 }

@@ -1,5 +1,5 @@
-/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c). Forward only: it serves
- * the eval path; training uses the direct convolution (see winograd.h for why). */
+/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c). It serves inference:
+ * the forward and the input gradient; training uses the direct convolution (see winograd.h). */
 #include "boundary.h"
 
 #include <stdlib.h>
@@ -15,8 +15,9 @@ static int check_tile(int m)
     return 0;
 }
 
-/* w (O, C, 3, 3) float32 -> u (a*a, C, O), a = m + 2. */
-static PyArrayObject *transform_weights(PyObject *w_obj, int m)
+/* w (O, C, 3, 3) float32 -> u (a*a, C, O), a = m + 2; for backward, (a*a, O, C) of the
+ * rotated kernel. */
+static PyArrayObject *transform_weights(PyObject *w_obj, int m, int backward)
 {
     const npy_intp w_shape[4] = {-1, -1, 3, 3};
     PyArrayObject *w = dtkd_check_shape(w_obj, "w", NPY_FLOAT32, 4, w_shape);
@@ -28,13 +29,13 @@ static PyArrayObject *transform_weights(PyObject *w_obj, int m)
         return NULL;
     }
     if (dtkd_check_finite(w, "w")) return NULL;
-    const npy_intp u_shape[3] = {(npy_intp)(m + 2) * (m + 2), C, O};
+    const npy_intp u_shape[3] = {(npy_intp)(m + 2) * (m + 2), backward ? O : C, backward ? C : O};
     PyArrayObject *u = (PyArrayObject *)PyArray_SimpleNew(3, u_shape, NPY_FLOAT32);
     if (!u) return NULL;
     int status;
     DTKD_BEGIN_NOGIL
-    status = winograd_transform_weights((float *)PyArray_DATA(u),
-                                        (const float *)PyArray_DATA(w), (long)O, (long)C, m);
+    status = (backward ? winograd_transform_weights_backward : winograd_transform_weights)(
+        (float *)PyArray_DATA(u), (const float *)PyArray_DATA(w), (long)O, (long)C, m);
     DTKD_END_NOGIL
     if (status != DTKD_OK) {
         Py_DECREF(u);
@@ -111,7 +112,70 @@ static PyObject *py_winograd_transform_weights(PyObject *self, PyObject *args)
     int m = 4;
     if (!PyArg_ParseTuple(args, "O|i:winograd_transform_weights", &w_obj, &m)) return NULL;
     if (check_tile(m)) return NULL;
-    return (PyObject *)transform_weights(w_obj, m);
+    return (PyObject *)transform_weights(w_obj, m, 0);
+}
+
+static PyObject *py_winograd_transform_weights_backward(PyObject *self, PyObject *args)
+{
+    PyObject *w_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "O|i:winograd_transform_weights_backward", &w_obj, &m))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    return (PyObject *)transform_weights(w_obj, m, 1);
+}
+
+/* dx (N, C, H, W) for y = conv3x3(x, w) and dy (N, O, H, W). */
+static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *args)
+{
+    PyObject *dy_obj, *w_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "OO|i:winograd_conv3x3_backward_input", &dy_obj, &w_obj, &m))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    PyArrayObject *u = transform_weights(w_obj, m, 1);
+    if (!u) return NULL;
+    const npy_intp O = PyArray_DIM(u, 1), C = PyArray_DIM(u, 2);
+    const npy_intp dy_shape[4] = {-1, O, -1, -1};
+    PyArrayObject *dy = dtkd_check_shape(dy_obj, "dy", NPY_FLOAT32, 4, dy_shape);
+    if (!dy) goto fail;
+    const npy_intp N = PyArray_DIM(dy, 0), H = PyArray_DIM(dy, 2), W = PyArray_DIM(dy, 3);
+    if (N == 0 || H == 0 || W == 0) {
+        PyErr_Format(PyExc_ValueError, "dy: expected a non-empty (N, O, H, W) array, got (%ld, "
+                     "%ld, %ld, %ld)", (long)N, (long)O, (long)H, (long)W);
+        goto fail;
+    }
+    if (dtkd_check_finite(dy, "dy")) goto fail;
+    const size_t ws_floats = winograd_workspace_floats((long)N, (long)O, (long)H, (long)W,
+                                                       (long)C, m, dtkd_get_num_threads());
+    float *ws = malloc(ws_floats * sizeof(float));
+    if (!ws) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    const npy_intp dx_shape[4] = {N, C, H, W};
+    PyArrayObject *dx = (PyArrayObject *)PyArray_SimpleNew(4, dx_shape, NPY_FLOAT32);
+    if (!dx) {
+        free(ws);
+        goto fail;
+    }
+    int status;
+    DTKD_BEGIN_NOGIL
+    status = winograd_conv3x3_backward_input((float *)PyArray_DATA(dx),
+                                             (const float *)PyArray_DATA(dy),
+                                             (const float *)PyArray_DATA(u), (long)N, (long)C,
+                                             (long)H, (long)W, (long)O, m, ws, ws_floats);
+    DTKD_END_NOGIL
+    free(ws);
+    Py_DECREF(u);
+    if (status != DTKD_OK) {
+        Py_DECREF(dx);
+        return dtkd_raise_status(status, "winograd_conv3x3_backward_input");
+    }
+    return (PyObject *)dx;
+fail:
+    Py_DECREF(u);
+    return NULL;
 }
 
 static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -123,7 +187,7 @@ static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args, PyO
                                      &x_obj, &w_obj, &b_obj, &m, &residual_obj, &relu))
         return NULL;
     if (check_tile(m)) return NULL;
-    PyArrayObject *u = transform_weights(w_obj, m);
+    PyArrayObject *u = transform_weights(w_obj, m, 0);
     if (!u) return NULL;
     PyObject *y = forward_transformed(x_obj, u, b_obj, residual_obj, relu);
     Py_DECREF(u);
@@ -161,5 +225,12 @@ PyMethodDef dtkd_winograd_methods[] = {
      "winograd_conv3x3_forward_transformed(x, u, b=None, residual=None, relu=False) -> y:\n"
      "as winograd_conv3x3_forward with u = winograd_transform_weights(w, m) precomputed (m read "
      "from u.shape[0]: 16 -> 2, 36 -> 4)."},
+    {"winograd_transform_weights_backward", py_winograd_transform_weights_backward, METH_VARARGS,
+     "winograd_transform_weights_backward(w, m=4) -> u float32 (a*a, O, C): the transform of "
+     "w rotated by 180 degrees with O and C swapped, for the input gradient."},
+    {"winograd_conv3x3_backward_input", py_winograd_conv3x3_backward_input, METH_VARARGS,
+     "winograd_conv3x3_backward_input(dy, w, m=4) -> dx (N, C, H, W): gradient of sum(y * dy) "
+     "with respect to x for y = conv3x3(x, w) (stride 1, pad 1), by Winograd F(m x m, 3x3). "
+     "No weight gradient: training uses the direct convolution."},
     {NULL, NULL, 0, NULL},
 };
