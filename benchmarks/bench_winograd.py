@@ -1,8 +1,9 @@
 """Winograd F(2x2,3x3) / F(4x4,3x3) forward convolution vs PyTorch conv2d and vs a direct
 im2col + SGEMM convolution, on the stride-1 3x3 convolutions of resnet32x4 at batch 64.
 
-Times are the minimum over --reps rounds in which all variants alternate. GFLOP/s are "effective": direct-convolution FLOPs (2*N*O*C*9*H*W) over the time, so they
-compare with the FMA peak and with PyTorch as if all ran the same algorithm. Winograd times use
+Times are the minimum over --reps rounds in which all variants alternate. GFLOP/s are
+"effective": direct-convolution FLOPs (2*N*O*C*9*H*W) over the time, so they compare with the
+FMA peak and with PyTorch as if all ran the same algorithm. Winograd times use
 weights transformed once beforehand (as the eval path caches them); the transform's own time is
 printed apart. Every row prints ratios measured in the same run.
 
@@ -147,7 +148,7 @@ def main():
                 best = best_times(fns, args.reps)
             nan = float("nan")
             t_f2, t_f4, t_u4 = best["f2"], best["f4"], best["u4"]
-            t_torch, t_gemm, t_i2c = best.get("torch", nan), best.get("gemm", nan), best.get("i2c", nan)
+            t_torch, t_gemm, t_i2c = (best.get(k, nan) for k in ("torch", "gemm", "i2c"))
             row = totals.setdefault(t, {"f2": 0.0, "f4": 0.0, "torch": 0.0, "gemm": 0.0})
             row["f2"] += count * t_f2
             row["f4"] += count * t_f4

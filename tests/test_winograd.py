@@ -157,6 +157,22 @@ def test_fused_residual_and_relu(m, isa_limit):
             _C.winograd_conv3x3_forward(x, w, b, m, residual=residual, relu=True))
 
 
+def test_out_buffer_is_written_and_may_be_the_residual():
+    rng = np.random.default_rng(12)
+    x, w, b = random_problem(rng, 2, 5, 6, 7, 3)
+    out = np.full((2, 3, 6, 7), np.nan, np.float32)
+    y = _C.winograd_conv3x3_forward(x, w, b, out=out)
+    assert y is out
+    np.testing.assert_array_equal(out, _C.winograd_conv3x3_forward(x, w, b))
+    # In place: residual and out the same array (the eval path's y = relu(conv + y)).
+    residual = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    want = _C.winograd_conv3x3_forward(x, w, b, residual=residual, relu=True)
+    u = _C.winograd_transform_weights(w)
+    y = _C.winograd_conv3x3_forward_transformed(x, u, b, residual, True, out=residual)
+    assert y is residual
+    np.testing.assert_array_equal(residual, want)
+
+
 def test_relu_without_bias_or_residual():
     x, w, _ = random_problem(np.random.default_rng(9), 1, 4, 9, 9, 5)
     y = _C.winograd_conv3x3_forward(x, w, relu=True)
@@ -306,6 +322,27 @@ def test_rejects_wrong_shapes():
         _C.winograd_conv3x3_forward(x, w, b, residual=np.zeros((2, 3, 5, 5), np.float32))
     with pytest.raises(TypeError, match="residual"):
         _C.winograd_conv3x3_forward(x, w, b, residual=np.zeros((2, 4, 5, 5)))
+
+
+def test_rejects_bad_out_buffers():
+    x, w, b = good_args()
+    with pytest.raises(ValueError, match=r"out: expected shape \(2, 4, 5, 5\)"):
+        _C.winograd_conv3x3_forward(x, w, b, out=np.empty((2, 4, 5, 6), np.float32))
+    with pytest.raises(TypeError, match="out"):
+        _C.winograd_conv3x3_forward(x, w, b, out=np.empty((2, 4, 5, 5)))
+    read_only = np.empty((2, 4, 5, 5), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out: output array is read-only"):
+        _C.winograd_conv3x3_forward(x, w, b, out=read_only)
+    # A convolution 4 -> 4 whose out is x itself would read overwritten inputs.
+    x4 = np.random.default_rng(13).standard_normal((1, 4, 5, 5)).astype(np.float32)
+    w4 = np.ones((4, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="out: must not share memory with x"):
+        _C.winograd_conv3x3_forward(x4, w4, out=x4)
+    both = np.zeros((2, 2, 4, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="out: must be residual itself or not overlap it"):
+        _C.winograd_conv3x3_forward(x, w, b, residual=both.reshape(4, 4, 5, 5)[1:3],
+                                    out=both.reshape(4, 4, 5, 5)[2:4])
 
 
 def test_rejects_empty_arrays():

@@ -126,11 +126,12 @@ struct wino_geom {
 static size_t round_up(size_t n, size_t k) { return (n + k - 1) / k * k; }
 
 /* Tiles per block. The GEMMs tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
- * on every call); V and M of a block (a*a*tiles*(C+O) floats) should stay near the L2 cache
- * (up to 128 tiles are allowed past that: measured no slower); the blocks should split evenly
- * over the threads; and the AVX-512 GEMM computes rows in panels of 14, so a block of 15 tiles
- * costs as much as one of 28. Pick the size that minimizes the modelled time
- * rounds * (rows computed + a fixed cost per block for packing u, ~16 rows). */
+ * on every call); V and M of a block (a*a*tiles*(C+O) floats) should stay near the L2 cache,
+ * but up to 128 tiles are allowed past that (a sweep of 28..896 tiles at resnet32x4 shapes,
+ * on a shared machine, had 56..128 within ~10% of each other and 28 or 896 clearly worse);
+ * the blocks should split evenly over the threads; and the AVX-512 GEMM computes rows in
+ * panels of 14, so a block of 15 tiles costs as much as one of 28. Pick the size that
+ * minimizes the modelled time rounds * (rows computed + ~16 rows' worth of packing u). */
 static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles, int nthreads)
 {
     const long l2_floats = 384 * 1024;  /* 1.5 MB: about the L2 per core here */
@@ -277,7 +278,10 @@ static inline AVX512_TARGET void transpose16x16(__m512 r[16])
     for (int j = 0; j < 16; j++) r[j] = t[j];
 }
 
-static inline __mmask16 first_lanes(long n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
+static inline __mmask16 first_lanes(long n)
+{
+    return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+}
 
 /* As pack_input_strip. */
 static AVX512_TARGET void
@@ -328,7 +332,8 @@ unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
             transpose16x16(v);
             for (int l = 0; l < lanes; l++) {
                 const size_t at = ((o0 + l) * H + h0 + r) * W + w0 + j;
-                __m512 out = _mm512_add_ps(v[l], _mm512_set1_ps(ep->bias ? ep->bias[o0 + l] : 0.0f));
+                const float b = ep->bias ? ep->bias[o0 + l] : 0.0f;
+                __m512 out = _mm512_add_ps(v[l], _mm512_set1_ps(b));
                 if (res) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(k, res + at));
                 if (ep->relu) out = _mm512_max_ps(out, _mm512_setzero_ps());
                 _mm512_mask_storeu_ps(y + at, k, out);
@@ -486,18 +491,17 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
 /* One copy of process_block per instruction set; vec16 arithmetic becomes one AVX-512
  * instruction, two AVX2 ones, or four SSE ones. Separate m = 2 / m = 4 instances let the
  * compiler unroll the transforms fully. */
-#define DEFINE_BLOCK_FN(name, attr, avx512)                                                            \
-    attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u,  \
-                         const struct wino_epilogue *ep, long t0, long t1, float *ws)          \
-    {                                                                                          \
-        if (g->m == 2) {                                                                       \
-            struct wino_geom g2 = *g;                                                          \
-            g2.m = 2, g2.a = 4;                                                                \
-            return process_block(&g2, y, x, u, ep, t0, t1, ws, avx512);                            \
-        }                                                                                      \
-        struct wino_geom g4 = *g;                                                              \
-        g4.m = 4, g4.a = 6;                                                                    \
-        return process_block(&g4, y, x, u, ep, t0, t1, ws, avx512);                                \
+#define DEFINE_BLOCK_FN(name, attr, avx512)                                                   \
+    attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u, \
+                         const struct wino_epilogue *ep, long t0, long t1, float *ws)         \
+    {                                                                                         \
+        struct wino_geom fixed = *g;                                                          \
+        if (g->m == 2) {                                                                      \
+            fixed.m = 2, fixed.a = 4;                                                         \
+            return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                    \
+        }                                                                                     \
+        fixed.m = 4, fixed.a = 6;                                                             \
+        return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                        \
     }
 
 DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, 1)

@@ -26,7 +26,8 @@ size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, 
 
 /* y (N, O, H, W) <- conv3x3(x (N, C, H, W), weights, stride 1, pad 1) + bias (O,)
  * + residual (N, O, H, W), then max(., 0) if relu; bias and residual may be NULL (residual may
- * be y itself: each element is read before it is written). u = winograd_transform_weights(w, m). Any H, W >= 1 (edge tiles are partial).
+ * be y itself: each element is read before it is written). u = winograd_transform_weights(w,
+ * m). Any H, W >= 1 (edge tiles are partial).
  * workspace holds workspace_floats floats (from winograd_workspace_floats); the kernel uses
  * as many of dtkd_get_num_threads() threads as it has room for.
  * Returns DTKD_OK, DTKD_ERR_SHAPE, DTKD_ERR_VALUE (m) or DTKD_ERR_NOMEM (workspace too small

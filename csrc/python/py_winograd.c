@@ -45,10 +45,16 @@ static PyArrayObject *transform_weights(PyObject *w_obj, int m, int backward)
     return u;
 }
 
+static int overlap(PyArrayObject *a, PyArrayObject *b)
+{
+    const char *a0 = PyArray_BYTES(a), *b0 = PyArray_BYTES(b);
+    return a0 < b0 + PyArray_NBYTES(b) && b0 < a0 + PyArray_NBYTES(a);
+}
+
 /* y = relu?(conv3x3(x, u) + b + residual) with u from transform_weights; u's first dim
- * gives m. */
+ * gives m. y is out if given (reused buffers: no page faults of a fresh array per call). */
 static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject *b_obj,
-                                     PyObject *residual_obj, int relu)
+                                     PyObject *residual_obj, int relu, PyObject *out_obj)
 {
     const npy_intp a2 = PyArray_DIM(u, 0);
     if (a2 != 16 && a2 != 36)
@@ -73,23 +79,34 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
         if (!b || dtkd_check_finite(b, "b")) return NULL;
         bias = (const float *)PyArray_DATA(b);
     }
-    const float *residual = NULL;
+    const npy_intp y_shape[4] = {N, O, H, W};
+    PyArrayObject *r = NULL, *y = NULL;
     if (residual_obj != Py_None) {
-        const npy_intp r_shape[4] = {N, O, H, W};
-        PyArrayObject *r = dtkd_check_shape(residual_obj, "residual", NPY_FLOAT32, 4, r_shape);
+        r = dtkd_check_shape(residual_obj, "residual", NPY_FLOAT32, 4, y_shape);
         if (!r || dtkd_check_finite(r, "residual")) return NULL;
-        residual = (const float *)PyArray_DATA(r);
     }
+    if (out_obj != Py_None) {
+        y = dtkd_check_output(out_obj, "out", NPY_FLOAT32, 4, y_shape);
+        if (!y) return NULL;
+        /* x is read while y is written; residual is read element by element just before
+         * the same element of y is written, so it may be out itself but not overlap it
+         * otherwise. */
+        if (overlap(y, x)) return DTKD_VALUE_ERR("out: must not share memory with x");
+        if (r && overlap(y, r) && PyArray_DATA(r) != PyArray_DATA(y))
+            return DTKD_VALUE_ERR("out: must be residual itself or not overlap it");
+        Py_INCREF(y);
+    } else {
+        y = (PyArrayObject *)PyArray_SimpleNew(4, y_shape, NPY_FLOAT32);
+        if (!y) return NULL;
+    }
+    const float *residual = r ? (const float *)PyArray_DATA(r) : NULL;
 
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)C, (long)H, (long)W,
                                                        (long)O, m, dtkd_get_num_threads());
     float *ws = malloc(ws_floats * sizeof(float));
-    if (!ws) return PyErr_NoMemory();
-    const npy_intp y_shape[4] = {N, O, H, W};
-    PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, y_shape, NPY_FLOAT32);
-    if (!y) {
-        free(ws);
-        return NULL;
+    if (!ws) {
+        Py_DECREF(y);
+        return PyErr_NoMemory();
     }
     int status;
     DTKD_BEGIN_NOGIL
@@ -180,16 +197,16 @@ fail:
 
 static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "w", "b", "m", "residual", "relu", NULL};
-    PyObject *x_obj, *w_obj, *b_obj = Py_None, *residual_obj = Py_None;
+    static char *kwlist[] = {"x", "w", "b", "m", "residual", "relu", "out", NULL};
+    PyObject *x_obj, *w_obj, *b_obj = Py_None, *residual_obj = Py_None, *out_obj = Py_None;
     int m = 4, relu = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OiOp:winograd_conv3x3_forward", kwlist,
-                                     &x_obj, &w_obj, &b_obj, &m, &residual_obj, &relu))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OiOpO:winograd_conv3x3_forward", kwlist,
+                                     &x_obj, &w_obj, &b_obj, &m, &residual_obj, &relu, &out_obj))
         return NULL;
     if (check_tile(m)) return NULL;
     PyArrayObject *u = transform_weights(w_obj, m, 0);
     if (!u) return NULL;
-    PyObject *y = forward_transformed(x_obj, u, b_obj, residual_obj, relu);
+    PyObject *y = forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj);
     Py_DECREF(u);
     return y;
 }
@@ -197,15 +214,16 @@ static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args, PyO
 static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObject *args,
                                                          PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "u", "b", "residual", "relu", NULL};
-    PyObject *x_obj, *u_obj, *b_obj = Py_None, *residual_obj = Py_None;
+    static char *kwlist[] = {"x", "u", "b", "residual", "relu", "out", NULL};
+    PyObject *x_obj, *u_obj, *b_obj = Py_None, *residual_obj = Py_None, *out_obj = Py_None;
     int relu = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOp:winograd_conv3x3_forward_transformed",
-                                     kwlist, &x_obj, &u_obj, &b_obj, &residual_obj, &relu))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     "OO|OOpO:winograd_conv3x3_forward_transformed", kwlist,
+                                     &x_obj, &u_obj, &b_obj, &residual_obj, &relu, &out_obj))
         return NULL;
     PyArrayObject *u = dtkd_check_array(u_obj, "u", NPY_FLOAT32, 3);
     if (!u) return NULL;
-    return forward_transformed(x_obj, u, b_obj, residual_obj, relu);
+    return forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj);
 }
 
 PyMethodDef dtkd_winograd_methods[] = {
@@ -215,14 +233,16 @@ PyMethodDef dtkd_winograd_methods[] = {
      "version. m is 2 or 4."},
     {"winograd_conv3x3_forward", (PyCFunction)(void (*)(void))py_winograd_conv3x3_forward,
      METH_VARARGS | METH_KEYWORDS,
-     "winograd_conv3x3_forward(x, w, b=None, m=4, residual=None, relu=False) -> y (N, O, H, W):\n"
-     "3x3 convolution, stride 1, pad 1, of x (N, C, H, W) with w (O, C, 3, 3), plus bias b (O,)"
-     " and residual (N, O, H, W) if given, then ReLU if relu; by Winograd F(m x m, 3x3). "
-     "Forward only (inference)."},
+     "winograd_conv3x3_forward(x, w, b=None, m=4, residual=None, relu=False, out=None) -> y\n"
+     "(N, O, H, W): 3x3 convolution, stride 1, pad 1, of x (N, C, H, W) with w (O, C, 3, 3), "
+     "plus bias b (O,) and residual (N, O, H, W) if given, then ReLU if relu; by Winograd "
+     "F(m x m, 3x3). out: optional float32 (N, O, H, W) array to write y into (may be residual "
+     "itself, must not overlap x). For inference."},
     {"winograd_conv3x3_forward_transformed",
      (PyCFunction)(void (*)(void))py_winograd_conv3x3_forward_transformed,
      METH_VARARGS | METH_KEYWORDS,
-     "winograd_conv3x3_forward_transformed(x, u, b=None, residual=None, relu=False) -> y:\n"
+     "winograd_conv3x3_forward_transformed(x, u, b=None, residual=None, relu=False, out=None)"
+     " -> y:\n"
      "as winograd_conv3x3_forward with u = winograd_transform_weights(w, m) precomputed (m read "
      "from u.shape[0]: 16 -> 2, 36 -> 4)."},
     {"winograd_transform_weights_backward", py_winograd_transform_weights_backward, METH_VARARGS,
