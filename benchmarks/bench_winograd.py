@@ -8,7 +8,7 @@ weights transformed once beforehand (as the eval path caches them); the transfor
 printed apart. Every row prints ratios measured in the same run.
 
     python benchmarks/bench_winograd.py [--threads 1 2] [--batch 64] [--reps 10]
-                                        [--accuracy-batch 8]
+                                        [--isa avx512|avx2|scalar] [--accuracy-batch 8]
 """
 import argparse
 import contextlib
@@ -97,9 +97,12 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--isa", choices=["avx512", "avx2", "scalar"], default="avx512",
+                    help="cap dtkd's SIMD path (PyTorch keeps its own)")
     ap.add_argument("--accuracy-batch", type=int, default=8,
                     help="batch of the accuracy table (0: skip it)")
     args = ap.parse_args()
+    _C.set_isa(args.isa)
 
     has_sgemm = hasattr(_C, "sgemm")
     # Fractions are of the nominal AVX-512 FMA peak of this machine (270 GFLOP/s per core, see
