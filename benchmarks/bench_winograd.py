@@ -92,6 +92,34 @@ def accuracy(batch):
         print(f"C={c:3d} O={o:3d} {hw:2d}x{hw:<2d}: {line}")
 
 
+def error_through_residual_stack(blocks=15, c=64, hw=16, batch=2):
+    """Error growth over 2*blocks convolutions arranged like resnet32x4's basic blocks
+    (conv-ReLU-conv + identity, ReLU; rescaled to unit RMS after each block as BN would),
+    float32 Winograd against the same stack in float64."""
+    rng = np.random.default_rng(2)
+    ws = [(rng.standard_normal((c, c, 3, 3)) * np.sqrt(1.0 / (18 * c))).astype(np.float32)
+          for _ in range(2 * blocks)]
+    bs = [(0.1 * rng.standard_normal(c)).astype(np.float32) for _ in range(2 * blocks)]
+    x0 = np.maximum(rng.standard_normal((batch, c, hw, hw)), 0).astype(np.float32)
+
+    def run(conv, dtype):
+        x = x0.astype(dtype)
+        for k in range(blocks):
+            h = np.maximum(conv(x, ws[2 * k], bs[2 * k]), 0)
+            x = np.maximum(conv(h, ws[2 * k + 1], bs[2 * k + 1]) + x, 0)
+            x = (x / np.sqrt(np.mean(x.astype(np.float64) ** 2))).astype(dtype)
+        return x.astype(np.float64)
+
+    ref = run(lambda x, w, b: conv3x3_float64(x, w) + b[None, :, None, None], np.float64)
+    print(f"\n== error after {2 * blocks} convs in residual blocks (C={c}, {hw}x{hw}, batch "
+          f"{batch}; max |err| / max |y|, rms err / rms y)")
+    for m in (2, 4):
+        y = run(lambda x, w, b: _C.winograd_conv3x3_forward(x, w, b, m), np.float32)
+        err = np.abs(y - ref)
+        print(f"F({m}x{m}): {err.max() / np.abs(ref).max():.1e} "
+              f"{np.sqrt(np.mean(err ** 2) / np.mean(ref ** 2)):.1e}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -169,6 +197,7 @@ def main():
               f"{r['torch']/r['f2']:.2f}, F4xGemm {r['gemm']/r['f4']:.2f}")
     if args.accuracy_batch:
         accuracy(args.accuracy_batch)
+        error_through_residual_stack()
 
 
 if __name__ == "__main__":
