@@ -429,7 +429,8 @@ output_transform(float *tile, size_t row_stride, const float *mt, size_t m_strid
 
 /* ---- one block of tiles [t0, t1): transforms, GEMMs, inverse transforms ---- */
 
-/* Calls fn(n, th, tw0, tw1, t_local) for each tile-row segment of the block. */
+/* Runs BODY once per tile-row segment of the block [t0, t1), with n (image), th (tile row),
+ * tw0..tw1 (tile columns) and t_local (index in the block of tile tw0) set. */
 #define FOR_EACH_ROW_SEGMENT(g, t0, t1, BODY)                                                    \
     for (long t_ = (t0); t_ < (t1);) {                                                           \
         const long row_ = t_ / (g)->tiles_w, n = row_ / (g)->tiles_h, th = row_ % (g)->tiles_h;  \
@@ -464,6 +465,8 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
                                 in_strip + (tw - tw0) * m * LANES, (size_t)g->strip_w * LANES, m);
         })
 
+    /* Columns O..o_pad of M are never written: the output transform computes garbage lanes
+     * there that the output copy drops. */
     for (int xi = 0; xi < aa; xi++) {
         int st = dtkd_sgemm(0, 0, nt, O, C, 1.0f, V + xi * v_stride, g->c_pad,
                             u + (size_t)xi * C * O, O, 0.0f, M + xi * m_stride, g->o_pad);
