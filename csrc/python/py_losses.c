@@ -1,6 +1,410 @@
-/* Bindings for the losses kernels (csrc/kernels/). */
+/* Bindings for the losses kernels (csrc/kernels/losses.c).
+ *
+ * Each binding checks its arrays once (float32 / int64, C-contiguous, shapes), allocates the
+ * outputs, runs forward then backward with the GIL released, and returns plain tuples; the
+ * Python layer (dtkd/losses.py) turns them into result objects. Non-finite logits and bad
+ * labels are found by the kernels; the error path then names the argument. */
 #include "boundary.h"
 
+#include "kernels/losses.h"
+
+/* (N, C) float32 logits with N >= 1 and C >= min_classes. */
+static PyArrayObject *check_logits(PyObject *obj, const char *name, long min_classes)
+{
+    PyArrayObject *a = dtkd_check_array(obj, name, NPY_FLOAT32, 2);
+    if (!a) return NULL;
+    npy_intp n = PyArray_DIM(a, 0), c = PyArray_DIM(a, 1);
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least one sample (N >= 1), got shape (%ld, %ld)",
+                     name, (long)n, (long)c);
+        return NULL;
+    }
+    if (c < min_classes) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least %ld classes (C >= %ld), got shape (%ld, %ld)",
+                     name, min_classes, min_classes, (long)n, (long)c);
+        return NULL;
+    }
+    return a;
+}
+
+/* An array with the same (N, C) as `like`. */
+static PyArrayObject *check_like(PyObject *obj, const char *name, PyArrayObject *like, const char *like_name)
+{
+    PyArrayObject *a = dtkd_check_array(obj, name, NPY_FLOAT32, 2);
+    if (!a) return NULL;
+    if (PyArray_DIM(a, 0) != PyArray_DIM(like, 0) || PyArray_DIM(a, 1) != PyArray_DIM(like, 1)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected the shape of %s (%ld, %ld), got (%ld, %ld)",
+                     name, like_name, (long)PyArray_DIM(like, 0), (long)PyArray_DIM(like, 1),
+                     (long)PyArray_DIM(a, 0), (long)PyArray_DIM(a, 1));
+        return NULL;
+    }
+    return a;
+}
+
+static PyArrayObject *check_labels(PyObject *obj, npy_intp n)
+{
+    npy_intp shape[1] = {n};
+    return dtkd_check_shape(obj, "labels", NPY_INT64, 1, shape);
+}
+
+static PyObject *new_array(int ndim, npy_intp n, npy_intp c)
+{
+    npy_intp dims[2] = {n, c};
+    return PyArray_EMPTY(ndim, dims, NPY_FLOAT32, 0);
+}
+
+/* Turn a kernel status into an exception naming the offending argument. */
+static PyObject *raise_for(int status, const char *fn, PyArrayObject *a, const char *a_name,
+                           PyArrayObject *b, const char *b_name, PyArrayObject *labels, long C)
+{
+    if (status == DTKD_ERR_NONFINITE) {
+        if (a && dtkd_check_finite(a, a_name) < 0) return NULL;
+        if (b && dtkd_check_finite(b, b_name) < 0) return NULL;
+    }
+    if (status == DTKD_ERR_LABEL && labels) {
+        const int64_t *y = (const int64_t *)PyArray_DATA(labels);
+        for (npy_intp i = 0; i < PyArray_DIM(labels, 0); i++)
+            if (y[i] < 0 || y[i] >= C)
+                return DTKD_VALUE_ERR("labels: expected values in [0, %ld), found %lld at index %ld",
+                                      C, (long long)y[i], (long)i);
+    }
+    if (status == DTKD_ERR_VALUE) return DTKD_VALUE_ERR("%s: temperature must be finite and > 0", fn);
+    return dtkd_raise_status(status, fn);
+}
+
+static double sum_f32(const float *x, npy_intp n)
+{
+    double s = 0.0;
+    for (npy_intp i = 0; i < n; i++) s += x[i];
+    return s;
+}
+
+/* ---- softmax family ---- */
+
+typedef int (*rowwise_kernel)(float *, const float *, float, long, long);
+
+static PyObject *rowwise_forward(PyObject *args, const char *fmt, const char *fn,
+                                 rowwise_kernel kernel, int per_row)
+{
+    PyObject *xo;
+    float temperature;
+    if (!PyArg_ParseTuple(args, fmt, &xo, &temperature)) return NULL;
+    PyArrayObject *x = check_logits(xo, "x", 1);
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0), c = PyArray_DIM(x, 1);
+    PyObject *out = per_row ? new_array(1, n, 0) : new_array(2, n, c);
+    if (!out) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = kernel((float *)PyArray_DATA((PyArrayObject *)out), (const float *)PyArray_DATA(x),
+                temperature, n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(out);
+        return raise_for(st, fn, x, "x", NULL, NULL, NULL, c);
+    }
+    return out;
+}
+
+static PyObject *py_log_softmax_forward(PyObject *self, PyObject *args)
+{
+    return rowwise_forward(args, "Of:log_softmax_forward", "log_softmax(x)",
+                           dtkd_log_softmax_forward, 0);
+}
+
+static PyObject *py_softmax_forward(PyObject *self, PyObject *args)
+{
+    return rowwise_forward(args, "Of:softmax_forward", "softmax(x)", dtkd_softmax_forward, 0);
+}
+
+static PyObject *py_logsumexp_forward(PyObject *self, PyObject *args)
+{
+    return rowwise_forward(args, "Of:logsumexp_forward", "logsumexp(x)", dtkd_logsumexp_forward, 1);
+}
+
+typedef int (*rowwise_backward_kernel)(float *, const float *, const float *, float, long, long);
+
+static PyObject *rowwise_backward(PyObject *args, const char *fmt, const char *fn,
+                                  rowwise_backward_kernel kernel)
+{
+    PyObject *douto, *outo;
+    float temperature;
+    if (!PyArg_ParseTuple(args, fmt, &douto, &outo, &temperature)) return NULL;
+    PyArrayObject *out = check_logits(outo, "output", 1);
+    if (!out) return NULL;
+    PyArrayObject *dout = check_like(douto, "grad_output", out, "output");
+    if (!dout) return NULL;
+    if (dtkd_check_finite(dout, "grad_output") < 0 || dtkd_check_finite(out, "output") < 0)
+        return NULL;
+    npy_intp n = PyArray_DIM(out, 0), c = PyArray_DIM(out, 1);
+    PyObject *dx = new_array(2, n, c);
+    if (!dx) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = kernel((float *)PyArray_DATA((PyArrayObject *)dx), (const float *)PyArray_DATA(dout),
+                (const float *)PyArray_DATA(out), temperature, n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(dx);
+        return raise_for(st, fn, NULL, NULL, NULL, NULL, NULL, c);
+    }
+    return dx;
+}
+
+static PyObject *py_log_softmax_backward(PyObject *self, PyObject *args)
+{
+    return rowwise_backward(args, "OOf:log_softmax_backward", "log_softmax_backward",
+                            dtkd_log_softmax_backward);
+}
+
+static PyObject *py_softmax_backward(PyObject *self, PyObject *args)
+{
+    return rowwise_backward(args, "OOf:softmax_backward", "softmax_backward", dtkd_softmax_backward);
+}
+
+static PyObject *py_logsumexp_backward(PyObject *self, PyObject *args)
+{
+    PyObject *douto, *xo, *outo;
+    float temperature;
+    if (!PyArg_ParseTuple(args, "OOOf:logsumexp_backward", &douto, &xo, &outo, &temperature))
+        return NULL;
+    PyArrayObject *x = check_logits(xo, "x", 1);
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0), c = PyArray_DIM(x, 1), shape[1] = {n};
+    PyArrayObject *dout = dtkd_check_shape(douto, "grad_output", NPY_FLOAT32, 1, shape);
+    if (!dout) return NULL;
+    PyArrayObject *out = dtkd_check_shape(outo, "output", NPY_FLOAT32, 1, shape);
+    if (!out) return NULL;
+    if (dtkd_check_finite(dout, "grad_output") < 0 || dtkd_check_finite(x, "x") < 0 ||
+        dtkd_check_finite(out, "output") < 0)
+        return NULL;
+    PyObject *dx = new_array(2, n, c);
+    if (!dx) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_logsumexp_backward((float *)PyArray_DATA((PyArrayObject *)dx),
+                                 (const float *)PyArray_DATA(dout), (const float *)PyArray_DATA(x),
+                                 (const float *)PyArray_DATA(out), temperature, n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(dx);
+        return raise_for(st, "logsumexp_backward", NULL, NULL, NULL, NULL, NULL, c);
+    }
+    return dx;
+}
+
+/* ---- DTKD temperatures ---- */
+
+static PyObject *py_dynamic_temperatures(PyObject *self, PyObject *args)
+{
+    PyObject *so, *to;
+    float temperature;
+    if (!PyArg_ParseTuple(args, "OOf:dynamic_temperatures", &so, &to, &temperature)) return NULL;
+    PyArrayObject *s = check_logits(so, "student", 2);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(to, "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0);
+    if (!ts || !tt) {
+        Py_XDECREF(ts);
+        Py_XDECREF(tt);
+        return NULL;
+    }
+    long n_fallback = 0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_dynamic_temperatures((float *)PyArray_DATA((PyArrayObject *)ts),
+                                   (float *)PyArray_DATA((PyArrayObject *)tt), &n_fallback,
+                                   (const float *)PyArray_DATA(s), (const float *)PyArray_DATA(t),
+                                   temperature, n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(ts);
+        Py_DECREF(tt);
+        return raise_for(st, "dynamic_temperatures(student, teacher)", s, "student", t, "teacher",
+                         NULL, c);
+    }
+    return Py_BuildValue("NNl", ts, tt, n_fallback);
+}
+
+/* ---- cross-entropy ---- */
+
+/* cross_entropy(logits, labels, dloss) -> (sum of losses, losses (N,), grad (N,C)). */
+static PyObject *py_cross_entropy(PyObject *self, PyObject *args)
+{
+    PyObject *so, *yo;
+    float dloss;
+    if (!PyArg_ParseTuple(args, "OOf:cross_entropy", &so, &yo, &dloss)) return NULL;
+    PyArrayObject *s = check_logits(so, "logits", 2);
+    if (!s) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyArrayObject *y = check_labels(yo, n);
+    if (!y) return NULL;
+    PyObject *loss = new_array(1, n, 0), *grad = new_array(2, n, c);
+    double *log_z = PyMem_Malloc(n * sizeof(double));
+    if (!loss || !grad || !log_z) {
+        Py_XDECREF(loss);
+        Py_XDECREF(grad);
+        PyMem_Free(log_z);
+        return PyErr_NoMemory();
+    }
+    const float *sp = PyArray_DATA(s);
+    const int64_t *yp = PyArray_DATA(y);
+    float *lp = PyArray_DATA((PyArrayObject *)loss);
+    int st;
+    double total = 0.0;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_cross_entropy_forward(lp, log_z, sp, yp, n, c);
+    if (st == DTKD_OK)
+        st = dtkd_cross_entropy_backward(PyArray_DATA((PyArrayObject *)grad), log_z, sp, yp, dloss, n, c);
+    if (st == DTKD_OK) total = sum_f32(lp, n);
+    DTKD_END_NOGIL
+    PyMem_Free(log_z);
+    if (st != DTKD_OK) {
+        Py_DECREF(loss);
+        Py_DECREF(grad);
+        return raise_for(st, "cross_entropy(logits, labels)", s, "logits", NULL, NULL, y, c);
+    }
+    return Py_BuildValue("dNN", total, loss, grad);
+}
+
+/* ---- KD / DTKD ---- */
+
+/* kl(student, teacher, temperature, mode, dloss)
+ *   -> (sum of losses, losses (N,), t_student (N,), t_teacher (N,), n_fallback, grad (N,C)). */
+static PyObject *py_kl(PyObject *self, PyObject *args)
+{
+    PyObject *so, *to;
+    float temperature, dloss;
+    int mode;
+    if (!PyArg_ParseTuple(args, "OOfif:kl", &so, &to, &temperature, &mode, &dloss)) return NULL;
+    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
+        return DTKD_VALUE_ERR("kl: mode must be 0, 1 or 2, got %d", mode);
+    PyArrayObject *s = check_logits(so, "student", 2);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(to, "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyObject *loss = new_array(1, n, 0), *ts = new_array(1, n, 0), *tt = new_array(1, n, 0);
+    PyObject *grad = new_array(2, n, c);
+    dtkd_kl_saved *saved = PyMem_Malloc(n * sizeof(dtkd_kl_saved));
+    if (!loss || !ts || !tt || !grad || !saved) {
+        Py_XDECREF(loss);
+        Py_XDECREF(ts);
+        Py_XDECREF(tt);
+        Py_XDECREF(grad);
+        PyMem_Free(saved);
+        return PyErr_NoMemory();
+    }
+    const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
+    float *lp = PyArray_DATA((PyArrayObject *)loss);
+    long n_fallback = 0;
+    double total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_kl_forward(lp, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
+                         saved, &n_fallback, sp, tp, temperature, (enum dtkd_kl_mode)mode, n, c);
+    if (st == DTKD_OK)
+        st = dtkd_kl_backward(PyArray_DATA((PyArrayObject *)grad), saved, sp, tp, dloss, n, c);
+    if (st == DTKD_OK) total = sum_f32(lp, n);
+    DTKD_END_NOGIL
+    PyMem_Free(saved);
+    if (st != DTKD_OK) {
+        Py_DECREF(loss);
+        Py_DECREF(ts);
+        Py_DECREF(tt);
+        Py_DECREF(grad);
+        return raise_for(st, mode ? "dtkd(student, teacher)" : "kd(student, teacher)", s,
+                         "student", t, "teacher", NULL, c);
+    }
+    return Py_BuildValue("dNNNlN", total, loss, ts, tt, n_fallback, grad);
+}
+
+/* ---- DKD ---- */
+
+/* dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode, dloss)
+ *   -> (sum of losses, losses, tckd, nckd (N,), t_student, t_teacher (N,), n_fallback, grad). */
+static PyObject *py_dkd(PyObject *self, PyObject *args)
+{
+    PyObject *so, *to, *yo;
+    float alpha, beta, temperature, dloss;
+    int dyn_tc, dyn_nc, mode;
+    if (!PyArg_ParseTuple(args, "OOOfffppif:dkd", &so, &to, &yo, &alpha, &beta, &temperature,
+                          &dyn_tc, &dyn_nc, &mode, &dloss))
+        return NULL;
+    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
+        return DTKD_VALUE_ERR("dkd: mode must be 0, 1 or 2, got %d", mode);
+    PyArrayObject *s = check_logits(so, "student", 2);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(to, "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyArrayObject *y = check_labels(yo, n);
+    if (!y) return NULL;
+    PyObject *loss = new_array(1, n, 0), *tckd = new_array(1, n, 0), *nckd = new_array(1, n, 0);
+    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
+    dtkd_dkd_saved *saved = PyMem_Malloc(n * sizeof(dtkd_dkd_saved));
+    if (!loss || !tckd || !nckd || !ts || !tt || !grad || !saved) {
+        Py_XDECREF(loss);
+        Py_XDECREF(tckd);
+        Py_XDECREF(nckd);
+        Py_XDECREF(ts);
+        Py_XDECREF(tt);
+        Py_XDECREF(grad);
+        PyMem_Free(saved);
+        return PyErr_NoMemory();
+    }
+    const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
+    const int64_t *yp = PyArray_DATA(y);
+    float *lp = PyArray_DATA((PyArrayObject *)loss);
+    long n_fallback = 0;
+    double total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_dkd_forward(lp, PyArray_DATA((PyArrayObject *)tckd), PyArray_DATA((PyArrayObject *)nckd),
+                          PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt), saved,
+                          &n_fallback, sp, tp, yp, alpha, beta, temperature, dyn_tc, dyn_nc,
+                          (enum dtkd_kl_mode)mode, n, c);
+    if (st == DTKD_OK)
+        st = dtkd_dkd_backward(PyArray_DATA((PyArrayObject *)grad), saved, sp, tp, yp, dloss, n, c);
+    if (st == DTKD_OK) total = sum_f32(lp, n);
+    DTKD_END_NOGIL
+    PyMem_Free(saved);
+    if (st != DTKD_OK) {
+        Py_DECREF(loss);
+        Py_DECREF(tckd);
+        Py_DECREF(nckd);
+        Py_DECREF(ts);
+        Py_DECREF(tt);
+        Py_DECREF(grad);
+        return raise_for(st, "dkd(student, teacher, labels)", s, "student", t, "teacher", y, c);
+    }
+    return Py_BuildValue("dNNNNNlN", total, loss, tckd, nckd, ts, tt, n_fallback, grad);
+}
+
 PyMethodDef dtkd_losses_methods[] = {
+    {"log_softmax_forward", py_log_softmax_forward, METH_VARARGS,
+     "log_softmax_forward(x, temperature) -> log_softmax(x / T), (N,C) float32."},
+    {"log_softmax_backward", py_log_softmax_backward, METH_VARARGS,
+     "log_softmax_backward(grad_output, output, temperature) -> grad of x."},
+    {"softmax_forward", py_softmax_forward, METH_VARARGS,
+     "softmax_forward(x, temperature) -> softmax(x / T), (N,C) float32."},
+    {"softmax_backward", py_softmax_backward, METH_VARARGS,
+     "softmax_backward(grad_output, output, temperature) -> grad of x."},
+    {"logsumexp_forward", py_logsumexp_forward, METH_VARARGS,
+     "logsumexp_forward(x, temperature) -> logsumexp(x / T) per row, (N,) float32."},
+    {"logsumexp_backward", py_logsumexp_backward, METH_VARARGS,
+     "logsumexp_backward(grad_output, x, output, temperature) -> grad of x."},
+    {"dynamic_temperatures", py_dynamic_temperatures, METH_VARARGS,
+     "dynamic_temperatures(student, teacher, temperature) -> (t_student, t_teacher, n_fallback)."},
+    {"cross_entropy", py_cross_entropy, METH_VARARGS,
+     "cross_entropy(logits, labels, dloss) -> (sum, losses, grad of dloss*sum)."},
+    {"kl", py_kl, METH_VARARGS,
+     "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached, dloss)"
+     " -> (sum, losses, t_student, t_teacher, n_fallback, grad of dloss*sum)."},
+    {"dkd", py_dkd, METH_VARARGS,
+     "dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode,"
+     " dloss) -> (sum, losses, tckd, nckd, t_student, t_teacher, n_fallback, grad)."},
     {NULL, NULL, 0, NULL},
 };

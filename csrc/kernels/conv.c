@@ -1,0 +1,450 @@
+/* 2-D convolution, NCHW / OIHW, as torch.nn.functional.conv2d
+ * (https://pytorch.org/docs/stable/generated/torch.nn.functional.conv2d.html).
+ *
+ * Per image n and group g, with Kg = (C/G)*KH*KW and the column matrix col (Kg, OH*OW):
+ *   forward   y[n,g]  (O/G, OH*OW)  = w[g] (O/G, Kg) * col(x[n,g])
+ *   backward  dw[g]   (O/G, Kg)    += dy[n,g] * col(x[n,g])^T
+ *             dcol    (Kg, OH*OW)   = w[g]^T * dy[n,g],  dx[n,g] = col2im(dcol)
+ * When OH*OW is small (deep layers), several images are stacked side by side in one column
+ * matrix (Kg, nb*OH*OW), so one GEMM covers nb images: the weights are packed once per block and
+ * dw is updated once per block instead of once per image. The GEMM output then goes through a
+ * staging buffer (O/G, nb*OH*OW) that is copied to / gathered from NCHW.
+ * A 1x1 stride-1 unpadded conv needs no col: the input plane (C/G, H*W) is the matrix.
+ * Depthwise convs (groups == C) are a direct loop: their GEMMs would have one row. */
+#include "dtkd.h"
+#include "kernels/conv.h"
+#include "kernels/gemm.h"
+#include "kernels/reduce.h"
+
+#include <omp.h>
+#include <string.h>
+
+int dtkd_conv2d_dims_init(struct dtkd_conv2d_dims *d)
+{
+    if (d->N < 1 || d->C < 1 || d->H < 1 || d->W < 1 || d->O < 1 || d->KH < 1 || d->KW < 1 ||
+        d->SH < 1 || d->SW < 1 || d->PH < 0 || d->PW < 0 || d->G < 1)
+        return DTKD_ERR_SHAPE;
+    if (d->C % d->G || d->O % d->G) return DTKD_ERR_SHAPE;
+    if (d->H + 2 * d->PH < d->KH || d->W + 2 * d->PW < d->KW) return DTKD_ERR_SHAPE;
+    d->OH = (d->H + 2 * d->PH - d->KH) / d->SH + 1;
+    d->OW = (d->W + 2 * d->PW - d->KW) / d->SW + 1;
+    return DTKD_OK;
+}
+
+static int is_depthwise(const struct dtkd_conv2d_dims *d) { return d->G == d->C && d->G > 1; }
+
+static int is_pointwise(const struct dtkd_conv2d_dims *d)
+{
+    return d->KH == 1 && d->KW == 1 && d->SH == 1 && d->SW == 1 && d->PH == 0 && d->PW == 0;
+}
+
+/* Images run in parallel (one workspace slot each) only when there are enough of them for all
+ * threads; otherwise images run one block after another and SGEMM uses the threads. */
+static int parallel_over_images(const struct dtkd_conv2d_dims *d, int threads)
+{
+    return threads > 1 && d->N >= threads && !is_depthwise(d);
+}
+
+/* GEMMs get at least this many columns when images are small: stacking amortizes packing. */
+#define GEMM_MIN_COLUMNS 512
+
+/* Images stacked in one GEMM (always 1 on the pointwise path, whose operand is x itself). */
+static long block_images(const struct dtkd_conv2d_dims *d, int threads)
+{
+    if (is_pointwise(d)) return 1;
+    long per_thread = parallel_over_images(d, threads) ? (d->N + threads - 1) / threads : d->N;
+    long nb = (GEMM_MIN_COLUMNS + d->OH * d->OW - 1) / (d->OH * d->OW);
+    return nb < per_thread ? nb : per_thread;
+}
+
+/* One thread's workspace slot: column matrix, staging buffer, and (backward, parallel) a private
+ * dw partial. */
+struct slot_layout {
+    long col, stage, dw;
+};
+
+static struct slot_layout slot_layout(const struct dtkd_conv2d_dims *d, int threads, int backward,
+                                      int need_dw)
+{
+    const long Kg = (d->C / d->G) * d->KH * d->KW, nb = block_images(d, threads);
+    struct slot_layout s = {0, 0, 0};
+    if (is_depthwise(d)) return s;
+    if (!is_pointwise(d)) s.col = Kg * nb * d->OH * d->OW;
+    if (nb > 1) s.stage = (d->O / d->G) * nb * d->OH * d->OW;
+    if (backward && need_dw && parallel_over_images(d, threads)) s.dw = d->O * Kg;
+    return s;
+}
+
+static long workspace_len(const struct dtkd_conv2d_dims *d, int threads, int backward, int need_dw)
+{
+    struct slot_layout s = slot_layout(d, threads, backward, need_dw);
+    return (parallel_over_images(d, threads) ? threads : 1) * (s.col + s.stage + s.dw);
+}
+
+long dtkd_conv2d_forward_workspace(const struct dtkd_conv2d_dims *d, int threads)
+{
+    return workspace_len(d, threads, 0, 0);
+}
+
+long dtkd_conv2d_backward_workspace(const struct dtkd_conv2d_dims *d, int threads, int need_dw)
+{
+    return workspace_len(d, threads, 1, need_dw);
+}
+
+/* The largest thread count (<= dtkd_get_num_threads()) whose workspace fits in `len`; 0 if none. */
+static int threads_for_workspace(const struct dtkd_conv2d_dims *d, long len, int backward,
+                                 int need_dw)
+{
+    for (int t = dtkd_get_num_threads(); t >= 1; t--)
+        if (workspace_len(d, t, backward, need_dw) <= len) return t;
+    return 0;
+}
+
+/* Valid output columns [lo, hi) for kernel column kw: those whose input column
+ * ow*S - P + kw lies in [0, W). */
+static void valid_range(long *lo, long *hi, long k, long S, long P, long W, long OW)
+{
+    long first = P - k > 0 ? (P - k + S - 1) / S : 0;
+    long last = W - 1 + P - k >= 0 ? (W - 1 + P - k) / S + 1 : 0;
+    if (last > OW) last = OW;
+    if (first > last) first = last;
+    *lo = first;
+    *hi = last;
+}
+
+// col (Cg*KH*KW, OH*OW; row stride ld) <- x (Cg, H, W): a row per (channel, kh, kw), 0 in padding
+static void im2col(float *col, long ld, const float *x, long Cg, const struct dtkd_conv2d_dims *d)
+{
+    const long H = d->H, W = d->W, OH = d->OH, OW = d->OW;
+    for (long c = 0; c < Cg; c++)
+        for (long kh = 0; kh < d->KH; kh++)
+            for (long kw = 0; kw < d->KW; kw++) {
+                float *row = col + ((c * d->KH + kh) * d->KW + kw) * ld;
+                long lo, hi;
+                valid_range(&lo, &hi, kw, d->SW, d->PW, W, OW);
+                for (long oh = 0; oh < OH; oh++) {
+                    float *r = row + oh * OW;
+                    long ih = oh * d->SH - d->PH + kh;
+                    if (ih < 0 || ih >= H) {
+                        memset(r, 0, OW * sizeof *r);
+                        continue;
+                    }
+                    const float *xr = x + (c * H + ih) * W;
+                    for (long ow = 0; ow < lo; ow++) r[ow] = 0.0f;
+                    if (d->SW == 1)
+                        memcpy(r + lo, xr + lo - d->PW + kw, (hi - lo) * sizeof *r);
+                    else
+                        for (long ow = lo; ow < hi; ow++) r[ow] = xr[ow * d->SW - d->PW + kw];
+                    for (long ow = hi; ow < OW; ow++) r[ow] = 0.0f;
+                }
+            }
+}
+
+// dx (Cg, H, W) += col2im(col (Cg*KH*KW, OH*OW; row stride ld)): the adjoint of im2col
+static void col2im(float *dx, const float *col, long ld, long Cg, const struct dtkd_conv2d_dims *d)
+{
+    const long H = d->H, W = d->W, OH = d->OH, OW = d->OW;
+    for (long c = 0; c < Cg; c++)
+        for (long kh = 0; kh < d->KH; kh++)
+            for (long kw = 0; kw < d->KW; kw++) {
+                const float *row = col + ((c * d->KH + kh) * d->KW + kw) * ld;
+                long lo, hi;
+                valid_range(&lo, &hi, kw, d->SW, d->PW, W, OW);
+                for (long oh = 0; oh < OH; oh++) {
+                    long ih = oh * d->SH - d->PH + kh;
+                    if (ih < 0 || ih >= H) continue;
+                    const float *r = row + oh * OW;
+                    float *xr = dx + (c * H + ih) * W;
+                    if (d->SW == 1) { /* unit stride: a plain vectorizable row add */
+                        float *dst = xr + kw - d->PW;
+                        for (long ow = lo; ow < hi; ow++) dst[ow] += r[ow];
+                    } else {
+                        for (long ow = lo; ow < hi; ow++) xr[ow * d->SW - d->PW + kw] += r[ow];
+                    }
+                }
+            }
+}
+
+/* ---- depthwise (groups == C): direct loops; output channel o reads input channel o / (O/C) */
+
+// y (N,O,OH,OW) = depthwise conv of x (N,C,H,W) with w (O,1,KH,KW), + b
+static void depthwise_forward(float *y, const float *x, const float *w, const float *b,
+                              const struct dtkd_conv2d_dims *d)
+{
+    const long mult = d->O / d->C, OHW = d->OH * d->OW, HW = d->H * d->W;
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads())
+    for (long no = 0; no < d->N * d->O; no++) {
+        long n = no / d->O, o = no % d->O;
+        const float *xc = x + (n * d->C + o / mult) * HW;
+        float *yp = y + no * OHW;
+        float bias = b ? b[o] : 0.0f;
+        for (long i = 0; i < OHW; i++) yp[i] = bias;
+        for (long kh = 0; kh < d->KH; kh++)
+            for (long kw = 0; kw < d->KW; kw++) {
+                float wv = w[(o * d->KH + kh) * d->KW + kw];
+                long lo, hi;
+                valid_range(&lo, &hi, kw, d->SW, d->PW, d->W, d->OW);
+                for (long oh = 0; oh < d->OH; oh++) {
+                    long ih = oh * d->SH - d->PH + kh;
+                    if (ih < 0 || ih >= d->H) continue;
+                    const float *xr = xc + ih * d->W - d->PW + kw;
+                    float *yr = yp + oh * d->OW;
+                    for (long ow = lo; ow < hi; ow++) yr[ow] += wv * xr[ow * d->SW];
+                }
+            }
+    }
+}
+
+// dx (N,C,H,W) = depthwise conv^T of dy; dw (O,1,KH,KW) += sum over images of dy * x
+static void depthwise_backward(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const struct dtkd_conv2d_dims *d)
+{
+    const long mult = d->O / d->C, OHW = d->OH * d->OW, HW = d->H * d->W;
+    if (dx) {
+        /* Each (n, c) plane of dx gathers from its own `mult` output channels: no races. */
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads())
+        for (long nc = 0; nc < d->N * d->C; nc++) {
+            long n = nc / d->C, c = nc % d->C;
+            float *dxp = dx + nc * HW;
+            memset(dxp, 0, HW * sizeof *dxp);
+            for (long o = c * mult; o < (c + 1) * mult; o++) {
+                const float *dyp = dy + (n * d->O + o) * OHW;
+                for (long kh = 0; kh < d->KH; kh++)
+                    for (long kw = 0; kw < d->KW; kw++) {
+                        float wv = w[(o * d->KH + kh) * d->KW + kw];
+                        long lo, hi;
+                        valid_range(&lo, &hi, kw, d->SW, d->PW, d->W, d->OW);
+                        for (long oh = 0; oh < d->OH; oh++) {
+                            long ih = oh * d->SH - d->PH + kh;
+                            if (ih < 0 || ih >= d->H) continue;
+                            float *xr = dxp + ih * d->W - d->PW + kw;
+                            const float *gr = dyp + oh * d->OW;
+                            for (long ow = lo; ow < hi; ow++) xr[ow * d->SW] += wv * gr[ow];
+                        }
+                    }
+            }
+        }
+    }
+    if (dw) {
+        /* One thread per output channel sums over all images in order: deterministic. */
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads())
+        for (long o = 0; o < d->O; o++)
+            for (long kh = 0; kh < d->KH; kh++)
+                for (long kw = 0; kw < d->KW; kw++) {
+                    long lo, hi;
+                    valid_range(&lo, &hi, kw, d->SW, d->PW, d->W, d->OW);
+                    double acc = 0.0;
+                    for (long n = 0; n < d->N; n++) {
+                        const float *xc = x + (n * d->C + o / mult) * HW;
+                        const float *dyp = dy + (n * d->O + o) * OHW;
+                        for (long oh = 0; oh < d->OH; oh++) {
+                            long ih = oh * d->SH - d->PH + kh;
+                            if (ih < 0 || ih >= d->H) continue;
+                            const float *xr = xc + ih * d->W - d->PW + kw;
+                            const float *gr = dyp + oh * d->OW;
+                            float part = 0.0f;
+                            for (long ow = lo; ow < hi; ow++) part += xr[ow * d->SW] * gr[ow];
+                            acc += part;
+                        }
+                    }
+                    dw[(o * d->KH + kh) * d->KW + kw] += (float)acc;
+                }
+    }
+}
+
+/* ---- general path: im2col (or the plane itself) + SGEMM, one block of nb images at a time */
+
+// y[n0..n0+nb) (O, OH*OW each) = w * col(x[n]) + b, group by group
+static int forward_block(float *y, float *col, float *stage, const float *x, const float *w,
+                         const float *b, const struct dtkd_conv2d_dims *d, long n0, long nb)
+{
+    const long Cg = d->C / d->G, Og = d->O / d->G, Kg = Cg * d->KH * d->KW;
+    const long HW = d->H * d->W, OHW = d->OH * d->OW, cols = nb * OHW;
+    for (long g = 0; g < d->G; g++) {
+        const float *B = x + (n0 * d->C + g * Cg) * HW; /* pointwise: the plane is the operand */
+        if (col) {
+            for (long j = 0; j < nb; j++)
+                im2col(col + j * OHW, cols, x + ((n0 + j) * d->C + g * Cg) * HW, Cg, d);
+            B = col;
+        }
+        /* One image: straight into y. Several: into the staging buffer, then scattered. */
+        float *out = nb > 1 ? stage : y + (n0 * d->O + g * Og) * OHW;
+        int st = dtkd_sgemm(0, 0, Og, cols, Kg, 1.0f, w + g * Og * Kg, Kg, B, cols, 0.0f, out,
+                            cols);
+        if (st) return st;
+        for (long j = 0; j < nb; j++)
+            for (long o = 0; o < Og; o++) {
+                float *dst = y + ((n0 + j) * d->O + g * Og + o) * OHW;
+                const float *src = out + o * cols + j * OHW;
+                float bias = b ? b[g * Og + o] : 0.0f;
+                if (src != dst || bias != 0.0f)
+                    for (long i = 0; i < OHW; i++) dst[i] = src[i] + bias;
+            }
+    }
+    return DTKD_OK;
+}
+
+// dw_acc (O, Kg) += dy[n] * col(x[n])^T ; dx[n] = col2im(w^T * dy[n]) for the nb images from n0
+static int backward_block(float *dx, float *dw_acc, float *col, float *stage, const float *dy,
+                          const float *x, const float *w, const struct dtkd_conv2d_dims *d,
+                          long n0, long nb)
+{
+    const long Cg = d->C / d->G, Og = d->O / d->G, Kg = Cg * d->KH * d->KW;
+    const long HW = d->H * d->W, OHW = d->OH * d->OW, cols = nb * OHW;
+    for (long g = 0; g < d->G; g++) {
+        const float *wg = w + g * Og * Kg;
+        const float *dyg = dy + (n0 * d->O + g * Og) * OHW;
+        if (nb > 1) { /* gather the block's dy into (Og, nb*OHW) */
+            for (long o = 0; o < Og; o++)
+                for (long j = 0; j < nb; j++)
+                    memcpy(stage + o * cols + j * OHW, dy + ((n0 + j) * d->O + g * Og + o) * OHW,
+                           OHW * sizeof *stage);
+            dyg = stage;
+        }
+        int st;
+        if (dw_acc) {
+            const float *B = x + (n0 * d->C + g * Cg) * HW;
+            if (col) {
+                for (long j = 0; j < nb; j++)
+                    im2col(col + j * OHW, cols, x + ((n0 + j) * d->C + g * Cg) * HW, Cg, d);
+                B = col;
+            }
+            st = dtkd_sgemm(0, 1, Og, Kg, cols, 1.0f, dyg, cols, B, cols, 1.0f,
+                            dw_acc + g * Og * Kg, Kg);
+            if (st) return st;
+        }
+        if (dx) {
+            if (!col) { /* pointwise (nb == 1): the dx plane is w^T * dy directly */
+                st = dtkd_sgemm(1, 0, Kg, OHW, Og, 1.0f, wg, Kg, dyg, OHW, 0.0f,
+                                dx + (n0 * d->C + g * Cg) * HW, HW);
+                if (st) return st;
+                continue;
+            }
+            st = dtkd_sgemm(1, 0, Kg, cols, Og, 1.0f, wg, Kg, dyg, cols, 0.0f, col, cols);
+            if (st) return st;
+            for (long j = 0; j < nb; j++) {
+                float *plane = dx + ((n0 + j) * d->C + g * Cg) * HW;
+                memset(plane, 0, Cg * HW * sizeof *plane);
+                col2im(plane, col + j * OHW, cols, Cg, d);
+            }
+        }
+    }
+    return DTKD_OK;
+}
+
+/* Loop over the images [lo, hi) in blocks: n0 is a block's first image, cnt (<= nb) its size. */
+#define FOR_BLOCKS(lo, hi, nb, n0, cnt)                                                        \
+    for (long n0 = (lo), cnt = (hi) - n0 < (nb) ? (hi) - n0 : (nb); n0 < (hi);                 \
+         n0 += cnt, cnt = (hi) - n0 < (nb) ? (hi) - n0 : (nb))
+
+/* Thread t of nt takes the contiguous image range [lo, hi): deterministic partition. */
+static void thread_range(long *lo, long *hi, long N, int t, int nt)
+{
+    long per = (N + nt - 1) / nt;
+    *lo = t * per < N ? t * per : N;
+    *hi = *lo + per < N ? *lo + per : N;
+}
+
+int dtkd_conv2d_forward(float *y, float *workspace, long workspace_len, const float *x,
+                        const float *w, const float *b, const struct dtkd_conv2d_dims *d)
+{
+    if (is_depthwise(d)) {
+        depthwise_forward(y, x, w, b, d);
+        return DTKD_OK;
+    }
+    const int threads = threads_for_workspace(d, workspace_len, 0, 0);
+    if (threads < 1) return DTKD_ERR_SHAPE;
+    const long nb = block_images(d, threads);
+    const struct slot_layout s = slot_layout(d, threads, 0, 0);
+    const long slot = s.col + s.stage;
+    int status = DTKD_OK;
+    if (!parallel_over_images(d, threads)) {
+        FOR_BLOCKS(0, d->N, nb, n0, cnt)
+        {
+            status = forward_block(y, s.col ? workspace : NULL, workspace + s.col, x, w, b, d,
+                                   n0, cnt);
+            if (status) break;
+        }
+        return status;
+    }
+#pragma omp parallel num_threads(threads) reduction(max:status)
+    {
+        const int t = omp_get_thread_num();
+        float *col = workspace + t * slot, *stage = col + s.col;
+        long lo, hi;
+        thread_range(&lo, &hi, d->N, t, omp_get_num_threads());
+        FOR_BLOCKS(lo, hi, nb, n0, cnt)
+        {
+            int st = forward_block(y, s.col ? col : NULL, stage, x, w, b, d, n0, cnt);
+            if (st > status) status = st;
+        }
+    }
+    return status;
+}
+
+// db (O,) += sum of dy (N,O,OH,OW) over images and positions, in double
+static void bias_backward(float *db, const float *dy, const struct dtkd_conv2d_dims *d)
+{
+    const long OHW = d->OH * d->OW;
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads())
+    for (long o = 0; o < d->O; o++) {
+        double acc = 0.0;
+        for (long n = 0; n < d->N; n++) acc += dtkd_sum(dy + (n * d->O + o) * OHW, OHW);
+        db[o] += (float)acc;
+    }
+}
+
+int dtkd_conv2d_backward(float *dx, float *dw, float *db, float *workspace, long workspace_len,
+                         const float *dy, const float *x, const float *w,
+                         const struct dtkd_conv2d_dims *d)
+{
+    if (db) bias_backward(db, dy, d);
+    if (is_depthwise(d)) {
+        depthwise_backward(dx, dw, dy, x, w, d);
+        return DTKD_OK;
+    }
+    if (!dx && !dw) return DTKD_OK;
+    const int threads = threads_for_workspace(d, workspace_len, 1, dw != NULL);
+    if (threads < 1) return DTKD_ERR_SHAPE;
+    const long nb = block_images(d, threads);
+    const struct slot_layout s = slot_layout(d, threads, 1, dw != NULL);
+    const long slot = s.col + s.stage + s.dw;
+    int status = DTKD_OK;
+    if (!parallel_over_images(d, threads)) {
+        FOR_BLOCKS(0, d->N, nb, n0, cnt)
+        {
+            status = backward_block(dx, dw, s.col ? workspace : NULL, workspace + s.col, dy, x,
+                                    w, d, n0, cnt);
+            if (status) break;
+        }
+        return status;
+    }
+    /* Each thread accumulates dw over its images into its own zeroed partial; the partials are
+     * then added in thread order, so the result does not depend on timing. */
+    int used = threads;
+#pragma omp parallel num_threads(threads) reduction(max:status)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *col = workspace + t * slot, *stage = col + s.col, *part = stage + s.stage;
+        if (t == 0) used = nt;
+        if (s.dw) memset(part, 0, s.dw * sizeof *part);
+        long lo, hi;
+        thread_range(&lo, &hi, d->N, t, nt);
+        FOR_BLOCKS(lo, hi, nb, n0, cnt)
+        {
+            int st = backward_block(dx, s.dw ? part : NULL, s.col ? col : NULL, stage, dy, x, w,
+                                    d, n0, cnt);
+            if (st > status) status = st;
+        }
+    }
+    if (s.dw && status == DTKD_OK) {
+        const float *partials = workspace + s.col + s.stage;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (long i = 0; i < s.dw; i++) {
+            float sum = 0.0f;
+            for (int t = 0; t < used; t++) sum += partials[t * slot + i];
+            dw[i] += sum;
+        }
+    }
+    return status;
+}

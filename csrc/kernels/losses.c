@@ -1,0 +1,737 @@
+/* losses.c -- distillation losses on logits (see losses.h for the contract and semantics).
+ *
+ * Layout: small always-inline row primitives (max, sum of exps, softmax-pair moments, softmax-
+ * pair backward) written once in plain C with `omp simd` loops; per-row kernels built from them;
+ * each per-row kernel compiled three times (portable, AVX2+FMA, AVX-512 via target attributes)
+ * and chosen at run time with dtkd_isa(); batch drivers that run rows in parallel.
+ *
+ * Every pass over a row costs one exp per element and one softmax pair; the KL and DKD forwards
+ * gather all the moments their loss and temperature gradient need in a single exp pass, so a
+ * forward + backward reads each logit three times (max, moments, gradient) and takes four exps.
+ */
+/* The exp loops below vectorize only when the compiler may evaluate both arms of a select
+ * (if-conversion); that needs FP traps off, which dtkd never enables. Kept to this file. */
+#pragma GCC optimize("no-trapping-math")
+
+#include "losses.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+/* Rows run in parallel only when a batch holds at least this many logits: below it the
+ * OpenMP fork/join costs more than the second core saves (benchmarks/bench_losses.py). */
+#define PARALLEL_MIN_ELEMENTS 32768L
+
+#define INLINE static inline __attribute__((always_inline))
+#define SIMD_AVX2 __attribute__((target("avx2,fma"), noinline))
+#define SIMD_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma"), noinline))
+
+/* Three builds of one always-inline function: the compiler vectorizes the same C for each ISA. */
+#define ISA_VARIANTS(ret, name, params, args)                                                    \
+    static __attribute__((noinline)) ret name##_portable params { return name args; }            \
+    static SIMD_AVX2 ret name##_avx2 params { return name args; }                                 \
+    static SIMD_AVX512 ret name##_avx512 params { return name args; }
+#define ISA_PICK(name)                                                                           \
+    (dtkd_isa() == DTKD_ISA_AVX512 ? name##_avx512                                               \
+     : dtkd_isa() == DTKD_ISA_AVX2 ? name##_avx2                                                  \
+                                   : name##_portable)
+
+#define PARALLEL_ROWS(N, C)                                                                      \
+    num_threads(dtkd_get_num_threads()) if ((N) * (C) >= PARALLEL_MIN_ELEMENTS) schedule(static)
+
+/* ------------------------------------------------------------------------------------------ */
+/* Row primitives                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/* exp(x) for x <= 0 (every argument here is max-shifted; a caller whose x may be > 0 discards
+ * the result), float precision (~1 ulp): Cody-Waite range reduction x = n ln2 + r, a degree-6
+ * polynomial for exp(r), 2^n built in the exponent bits. n is rounded by adding 1.5 2^23
+ * (whose low mantissa bits then hold n + 127, the biased exponent). Branch-free so that loops
+ * calling it vectorize. Below -87 it returns exp(-87) ~ 1.6e-38 instead of underflowing,
+ * which no sum here can notice. */
+INLINE float exp_nonpos(float x)
+{
+    float xc = x < -87.0f ? -87.0f : x;
+    union { float f; int32_t i; } k = {.f = xc * 1.44269504088896341f + (12582912.0f + 127.0f)};
+    float fn = k.f - (12582912.0f + 127.0f);            /* round(x / ln2) */
+    float r = xc - fn * 0.693359375f;                   /* ln2 split in two for exactness */
+    r = r + fn * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float e = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale = {.i = k.i << 23};
+    return e * scale.f;
+}
+
+/* 1 if x[0:n] is all finite: x * 0 is 0 for finite x and NaN for NaN or Inf. */
+INLINE int row_finite(const float *x, long n)
+{
+    float poison = 0.0f;
+#pragma omp simd reduction(+ : poison)
+    for (long j = 0; j < n; j++) poison += x[j] * 0.0f;
+    return poison == 0.0f;
+}
+
+/* max of x[lo:hi] (-INF for an empty range). */
+INLINE float range_max(const float *x, long lo, long hi)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (long j = lo; j < hi; j++) m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+/* First index of the value m in x (m is its max): the arg-max, ties to the first index.
+ * A min-reduction over the row rather than an early-exit scan, so that it vectorizes. */
+INLINE long first_index_of(const float *x, float m, long n)
+{
+    long first = n - 1;
+#pragma omp simd reduction(min : first)
+    for (long j = 0; j < n; j++) first = x[j] == m && j < first ? j : first;
+    return first;
+}
+
+/* Sums over a row run in blocks: within a block each SIMD lane adds a few terms in float
+ * (so the loop vectorizes without spilling), and block sums are added in double. */
+#define SUM_BLOCK 128L
+
+/* sum over j in [lo, hi) of exp((x_j - shift) / T). */
+INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, long hi)
+{
+    double z = 0.0;
+    for (long j0 = lo; j0 < hi; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < hi ? j0 + SUM_BLOCK : hi;
+        float zb = 0.0f;
+#pragma omp simd reduction(+ : zb)
+        for (long j = j0; j < j1; j++) zb += exp_nonpos((x[j] - shift) * inv_t);
+        z += zb;
+    }
+    return z;
+}
+
+/* sum of x[0:n] and of x[j] y[j]. */
+INLINE double range_sum(const float *x, long n)
+{
+    double z = 0.0;
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < n ? j0 + SUM_BLOCK : n;
+        float zb = 0.0f;
+#pragma omp simd reduction(+ : zb)
+        for (long j = j0; j < j1; j++) zb += x[j];
+        z += zb;
+    }
+    return z;
+}
+
+INLINE double range_dot(const float *x, const float *y, long n)
+{
+    double z = 0.0;
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < n ? j0 + SUM_BLOCK : n;
+        float zb = 0.0f;
+#pragma omp simd reduction(+ : zb)
+        for (long j = j0; j < j1; j++) zb += x[j] * y[j];
+        z += zb;
+    }
+    return z;
+}
+
+/* Unnormalized moments of a softmax pair over a class range, with v = (s - shift_s) / T_s,
+ * u = (t - shift_t) / T_t, e_q = exp(v), e_p = exp(u):
+ * zq = sum e_q, zp = sum e_p, p_u = sum e_p u, p_v = sum e_p v, q_v = sum e_q v,
+ * p_uu = sum e_p u^2, p_uv = sum e_p u v. They give KL and its derivatives in T_s, T_t. */
+typedef struct {
+    double zq, zp, p_u, p_v, q_v, p_uu, p_uv;
+} pair_moments;
+
+INLINE void pair_moments_range(pair_moments *acc, const float *s, const float *t,
+                               const dtkd_softmax_pair *pr, long lo, long hi)
+{
+    const float ss = pr->shift_s, st = pr->shift_t, ia = pr->inv_ts, ib = pr->inv_tt;
+    for (long j0 = lo; j0 < hi; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < hi ? j0 + SUM_BLOCK : hi;
+        float zq = 0, zp = 0, p_u = 0, p_v = 0, q_v = 0, p_uu = 0, p_uv = 0;
+#pragma omp simd reduction(+ : zq, zp, p_u, p_v, q_v, p_uu, p_uv)
+        for (long j = j0; j < j1; j++) {
+            float v = (s[j] - ss) * ia, u = (t[j] - st) * ib;
+            float eq = exp_nonpos(v), ep = exp_nonpos(u);
+            float epu = ep * u;
+            zq += eq;
+            zp += ep;
+            p_u += epu;
+            p_v += ep * v;
+            q_v += eq * v;
+            p_uu += epu * u;
+            p_uv += epu * v;
+        }
+        acc->zq += zq;
+        acc->zp += zp;
+        acc->p_u += p_u;
+        acc->p_v += p_v;
+        acc->q_v += q_v;
+        acc->p_uu += p_uu;
+        acc->p_uv += p_uv;
+    }
+}
+
+/* ds[j] (=, or += when accumulate) dloss (coef_q q_j - coef_p p_j) for j in [0, n), with
+ * q = softmax(s / T_s), p = softmax(t / T_t) normalized over the pair's class set. */
+INLINE void pair_backward_row(float *ds, const float *s, const float *t,
+                              const dtkd_softmax_pair *pr, float dloss, int accumulate, long n)
+{
+    const float ss = pr->shift_s, st = pr->shift_t, ia = pr->inv_ts, ib = pr->inv_tt;
+    const float lzq = (float)pr->log_zs, lzp = (float)pr->log_zt;
+    const float cq = (float)(dloss * pr->coef_q), cp = (float)(dloss * pr->coef_p);
+    if (accumulate) {
+#pragma omp simd
+        for (long j = 0; j < n; j++)
+            ds[j] += cq * exp_nonpos((s[j] - ss) * ia - lzq) - cp * exp_nonpos((t[j] - st) * ib - lzp);
+    } else {
+#pragma omp simd
+        for (long j = 0; j < n; j++)
+            ds[j] = cq * exp_nonpos((s[j] - ss) * ia - lzq) - cp * exp_nonpos((t[j] - st) * ib - lzp);
+    }
+}
+
+/* A temperature usable as a divisor: finite, > 0, and 1/T representable in float. */
+INLINE int usable_temperature(double T) { return isfinite(T) && T > 0.0 && 1.0 / T <= FLT_MAX; }
+
+/* The official DTKD rule; returns 1 (and T_s = T_t = T) for a fallback sample. */
+INLINE int dynamic_temperature_pair(double m_s, double m_t, double T, double *t_s, double *t_t)
+{
+    double sum = m_s + m_t;
+    if (sum > DTKD_TEMPERATURE_EPS) {
+        double a = 2.0 * m_s / sum * T, b = 2.0 * m_t / sum * T;
+        if (usable_temperature(a) && usable_temperature(b)) {
+            *t_s = a;
+            *t_t = b;
+            return 0;
+        }
+    }
+    *t_s = *t_t = T;
+    return 1;
+}
+
+/* d(T_s)/d(m_s) = -d(T_t)/d(m_s) = 2 T m_t / (m_s + m_t)^2. */
+INLINE double temperature_slope(double m_s, double m_t, double T)
+{
+    double sum = m_s + m_t;
+    return 2.0 * T * m_t / (sum * sum);
+}
+
+INLINE void set_pair(dtkd_softmax_pair *pr, float shift_s, float shift_t, double t_s, double t_t)
+{
+    pr->shift_s = shift_s;
+    pr->shift_t = shift_t;
+    pr->inv_ts = (float)(1.0 / t_s);
+    pr->inv_tt = (float)(1.0 / t_t);
+}
+
+/* log(exp(x) + exp(y)) without overflow. */
+INLINE double log_add_exp(double x, double y)
+{
+    double hi = x > y ? x : y, lo = x > y ? y : x;
+    return hi + log1p(exp(lo - hi));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Softmax family                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Row status: -1 non-finite input, 0 ok, 1 DTKD fallback sample. */
+
+INLINE int log_softmax_row(float *out, const float *x, float inv_t, long C)
+{
+    if (!row_finite(x, C)) return -1;
+    float m = range_max(x, 0, C);
+    float lz = (float)log(range_sum_exp(x, m, inv_t, 0, C));
+#pragma omp simd
+    for (long j = 0; j < C; j++) out[j] = (x[j] - m) * inv_t - lz;
+    return 0;
+}
+ISA_VARIANTS(int, log_softmax_row, (float *out, const float *x, float inv_t, long C),
+             (out, x, inv_t, C))
+
+INLINE int softmax_row(float *out, const float *x, float inv_t, long C)
+{
+    if (!row_finite(x, C)) return -1;
+    float m = range_max(x, 0, C);
+#pragma omp simd
+    for (long j = 0; j < C; j++) out[j] = exp_nonpos((x[j] - m) * inv_t);
+    double z = range_sum(out, C);
+    float inv_z = (float)(1.0 / z);
+#pragma omp simd
+    for (long j = 0; j < C; j++) out[j] *= inv_z;
+    return 0;
+}
+ISA_VARIANTS(int, softmax_row, (float *out, const float *x, float inv_t, long C),
+             (out, x, inv_t, C))
+
+INLINE int logsumexp_row(float *out, const float *x, float inv_t, long C)
+{
+    if (!row_finite(x, C)) return -1;
+    float m = range_max(x, 0, C);
+    *out = (float)((double)m * inv_t + log(range_sum_exp(x, m, inv_t, 0, C)));
+    return 0;
+}
+ISA_VARIANTS(int, logsumexp_row, (float *out, const float *x, float inv_t, long C),
+             (out, x, inv_t, C))
+
+/* d log_softmax: dx_j = (dout_j - softmax_j sum_k dout_k) / T. */
+INLINE int log_softmax_backward_row(float *dx, const float *dout, const float *out, float inv_t,
+                                    long C)
+{
+    float fs = (float)range_sum(dout, C);
+#pragma omp simd
+    for (long j = 0; j < C; j++) dx[j] = (dout[j] - exp_nonpos(out[j]) * fs) * inv_t;
+    return 0;
+}
+ISA_VARIANTS(int, log_softmax_backward_row,
+             (float *dx, const float *dout, const float *out, float inv_t, long C),
+             (dx, dout, out, inv_t, C))
+
+/* d softmax: dx_j = p_j (dout_j - sum_k dout_k p_k) / T. */
+INLINE int softmax_backward_row(float *dx, const float *dout, const float *out, float inv_t,
+                                long C)
+{
+    float fd = (float)range_dot(dout, out, C);
+#pragma omp simd
+    for (long j = 0; j < C; j++) dx[j] = out[j] * (dout[j] - fd) * inv_t;
+    return 0;
+}
+ISA_VARIANTS(int, softmax_backward_row,
+             (float *dx, const float *dout, const float *out, float inv_t, long C),
+             (dx, dout, out, inv_t, C))
+
+/* d logsumexp(x / T): dx_j = dout softmax(x / T)_j / T. */
+INLINE int logsumexp_backward_row(float *dx, float dout, const float *x, float out, float inv_t,
+                                  long C)
+{
+    float m = range_max(x, 0, C);
+    /* x_j/T - out = (x_j - m)/T - (out - m/T), both parts small, so no cancellation. */
+    float lz = (float)((double)out - (double)m * inv_t);
+    float g = dout * inv_t;
+#pragma omp simd
+    for (long j = 0; j < C; j++) dx[j] = g * exp_nonpos((x[j] - m) * inv_t - lz);
+    return 0;
+}
+ISA_VARIANTS(int, logsumexp_backward_row,
+             (float *dx, float dout, const float *x, float out, float inv_t, long C),
+             (dx, dout, x, out, inv_t, C))
+
+/* Runs a (out_row, in_row, inv_t, C) row kernel over N rows. */
+typedef int (*rowwise_fn)(float *, const float *, float, long);
+
+static int run_rowwise(rowwise_fn row, float *out, long out_stride, const float *x,
+                       float temperature, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    const float inv_t = (float)(1.0 / temperature);
+    int bad = 0;
+#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad)
+    for (long i = 0; i < N; i++) bad |= row(out + i * out_stride, x + i * C, inv_t, C) < 0;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+int dtkd_log_softmax_forward(float *out, const float *x, float temperature, long N, long C)
+{
+    return run_rowwise(ISA_PICK(log_softmax_row), out, C, x, temperature, N, C);
+}
+
+int dtkd_softmax_forward(float *out, const float *x, float temperature, long N, long C)
+{
+    return run_rowwise(ISA_PICK(softmax_row), out, C, x, temperature, N, C);
+}
+
+int dtkd_logsumexp_forward(float *out, const float *x, float temperature, long N, long C)
+{
+    return run_rowwise(ISA_PICK(logsumexp_row), out, 1, x, temperature, N, C);
+}
+
+typedef int (*rowwise_backward_fn)(float *, const float *, const float *, float, long);
+
+static int run_rowwise_backward(rowwise_backward_fn row, float *dx, const float *dout,
+                                const float *out, float temperature, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    const float inv_t = (float)(1.0 / temperature);
+#pragma omp parallel for PARALLEL_ROWS(N, C)
+    for (long i = 0; i < N; i++) row(dx + i * C, dout + i * C, out + i * C, inv_t, C);
+    return DTKD_OK;
+}
+
+int dtkd_log_softmax_backward(float *dx, const float *dout, const float *out, float temperature,
+                              long N, long C)
+{
+    return run_rowwise_backward(ISA_PICK(log_softmax_backward_row), dx, dout, out, temperature,
+                                N, C);
+}
+
+int dtkd_softmax_backward(float *dx, const float *dout, const float *out, float temperature,
+                          long N, long C)
+{
+    return run_rowwise_backward(ISA_PICK(softmax_backward_row), dx, dout, out, temperature, N, C);
+}
+
+int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const float *out,
+                            float temperature, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    const float inv_t = (float)(1.0 / temperature);
+    int (*row)(float *, float, const float *, float, float, long) = ISA_PICK(logsumexp_backward_row);
+#pragma omp parallel for PARALLEL_ROWS(N, C)
+    for (long i = 0; i < N; i++) row(dx + i * C, dout[i], x + i * C, out[i], inv_t, C);
+    return DTKD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* DTKD temperatures and cross-entropy                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+int dtkd_dynamic_temperatures(float *t_student, float *t_teacher, long *n_fallback,
+                              const float *s, const float *t, float temperature, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    int bad = 0;
+    long fallbacks = 0;
+#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
+    for (long i = 0; i < N; i++) {
+        const float *si = s + i * C, *ti = t + i * C;
+        bad |= !row_finite(si, C) || !row_finite(ti, C);
+        double a, b;
+        fallbacks += dynamic_temperature_pair(range_max(si, 0, C), range_max(ti, 0, C),
+                                              temperature, &a, &b);
+        t_student[i] = (float)a;
+        t_teacher[i] = (float)b;
+    }
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+INLINE int cross_entropy_row(float *loss, double *log_z, const float *s, int64_t y, long C)
+{
+    if (!row_finite(s, C)) return -1;
+    float m = range_max(s, 0, C);
+    *log_z = (double)m + log(range_sum_exp(s, m, 1.0f, 0, C));
+    *loss = (float)(*log_z - s[y]);
+    return 0;
+}
+ISA_VARIANTS(int, cross_entropy_row, (float *loss, double *log_z, const float *s, int64_t y, long C),
+             (loss, log_z, s, y, C))
+
+INLINE int cross_entropy_backward_row(float *ds, double log_z, const float *s, int64_t y,
+                                      float dloss, long C)
+{
+    float lz = (float)log_z;
+#pragma omp simd
+    for (long j = 0; j < C; j++) ds[j] = dloss * exp_nonpos(s[j] - lz);
+    ds[y] -= dloss;
+    return 0;
+}
+ISA_VARIANTS(int, cross_entropy_backward_row,
+             (float *ds, double log_z, const float *s, int64_t y, float dloss, long C),
+             (ds, log_z, s, y, dloss, C))
+
+static int labels_ok(const int64_t *y, long N, long C)
+{
+    for (long i = 0; i < N; i++)
+        if (y[i] < 0 || y[i] >= C) return 0;
+    return 1;
+}
+
+int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const int64_t *y,
+                               long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, double *, const float *, int64_t, long) = ISA_PICK(cross_entropy_row);
+    int bad = 0;
+#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad)
+    for (long i = 0; i < N; i++) bad |= row(loss + i, log_z + i, s + i * C, y[i], C) < 0;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, const int64_t *y,
+                                float dloss, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, double, const float *, int64_t, float, long) =
+        ISA_PICK(cross_entropy_backward_row);
+#pragma omp parallel for PARALLEL_ROWS(N, C)
+    for (long i = 0; i < N; i++) row(ds + i * C, log_z[i], s + i * C, y[i], dloss, C);
+    return DTKD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* KD / DTKD                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* One sample of  w KL(p || q),  p = softmax(t / T_t), q = softmax(s / T_s), w = T_s T_t.
+ * With v = (s - m_s)/T_s, u = (t - m_t)/T_t and r = log p - log q:
+ *   KL = E_p[u] - E_p[v] - log zp + log zq;   dKL/ds_j = (q_j - p_j) / T_s;
+ *   dKL/dT_s = (E_p[v] - E_q[v]) / T_s;        dKL/dT_t = -(E_p[u r] - E_p[u] KL) / T_t,
+ * (KL depends on s only through s/T_s, so dKL/dT_s = -sum_j s_j dKL/ds_j / T_s, and likewise
+ * for t), and m_s moves T_s and T_t by +-temperature_slope. */
+INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv,
+                          const float *s, const float *t, float T, enum dtkd_kl_mode mode, long C)
+{
+    if (!row_finite(s, C) || !row_finite(t, C)) return -1;
+    const float m_s = range_max(s, 0, C), m_t = range_max(t, 0, C);
+    double a = T, b = T;
+    int fallback = 0;
+    if (mode != DTKD_KL_FIXED) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
+    dtkd_softmax_pair *pr = &sv->pair;
+    set_pair(pr, m_s, m_t, a, b);
+    pair_moments mo = {0};
+    pair_moments_range(&mo, s, t, pr, 0, C);
+
+    const double lzq = log(mo.zq), lzp = log(mo.zp);
+    const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
+    const double kl = e_pu - e_pv - lzp + lzq;
+    const double w = a * b;
+    *loss = (float)(w * kl);
+    *t_student = (float)a;
+    *t_teacher = (float)b;
+    pr->log_zs = lzq;
+    pr->log_zt = lzp;
+    pr->coef_q = pr->coef_p = w / a;
+    sv->dmax = 0.0;
+    sv->argmax_s = 0;
+    if (mode == DTKD_KL_DYNAMIC && !fallback) {
+        const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + (lzq - lzp) * e_pu;
+        const double dkl_da = (e_pv - e_qv) / a, dkl_db = -(e_pur - e_pu * kl) / b;
+        const double dl_da = b * kl + w * dkl_da, dl_db = a * kl + w * dkl_db;
+        sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
+        sv->argmax_s = first_index_of(s, m_s, C);
+    }
+    return fallback;
+}
+ISA_VARIANTS(int, kl_row_forward,
+             (float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv, const float *s,
+              const float *t, float T, enum dtkd_kl_mode mode, long C),
+             (loss, t_student, t_teacher, sv, s, t, T, mode, C))
+
+INLINE int kl_row_backward(float *ds, const dtkd_kl_saved *sv, const float *s, const float *t,
+                           float dloss, long C)
+{
+    pair_backward_row(ds, s, t, &sv->pair, dloss, 0, C);
+    ds[sv->argmax_s] += (float)(dloss * sv->dmax);
+    return 0;
+}
+ISA_VARIANTS(int, kl_row_backward,
+             (float *ds, const dtkd_kl_saved *sv, const float *s, const float *t, float dloss,
+              long C),
+             (ds, sv, s, t, dloss, C))
+
+int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *saved,
+                    long *n_fallback, const float *s, const float *t, float temperature,
+                    enum dtkd_kl_mode mode, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    int (*row)(float *, float *, float *, dtkd_kl_saved *, const float *, const float *, float,
+               enum dtkd_kl_mode, long) = ISA_PICK(kl_row_forward);
+    int bad = 0;
+    long fallbacks = 0;
+#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
+    for (long i = 0; i < N; i++) {
+        int st = row(loss + i, t_student + i, t_teacher + i, saved + i, s + i * C, t + i * C,
+                     temperature, mode, C);
+        bad |= st < 0;
+        fallbacks += st > 0;
+    }
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *s, const float *t,
+                     float dloss, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    int (*row)(float *, const dtkd_kl_saved *, const float *, const float *, float, long) =
+        ISA_PICK(kl_row_backward);
+#pragma omp parallel for PARALLEL_ROWS(N, C)
+    for (long i = 0; i < N; i++) row(ds + i * C, saved + i, s + i * C, t + i * C, dloss, C);
+    return DTKD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* DKD                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* TCKD and NCKD of one sample at one temperature pair (T_s, T_t), and their derivatives in
+ * T_s, T_t. The pair is shifted by the non-target maxima; with v, u over the non-target set,
+ * d_s = (s_y - shift_s)/T_s, d_t likewise, q_y = e^d_s / (e^d_s + zq):
+ *   TCKD = p_y log(p_y/q_y) + (1-p_y) log((1-p_y)/(1-q_y)),  NCKD = KL over non-target classes;
+ *   dTCKD/d(s_y/T_s) = q_y - p_y,   dTCKD/d(s_j/T_s) = (p_y - q_y) q^_j,
+ *   dNCKD/d(s_j/T_s) = q^_j - p^_j  (q^, p^: softmax over the non-target classes),
+ *   dTCKD/d(t/T_t) = rho p_y (1-p_y) (e_y - p^),  rho = dTCKD/dp_y. */
+typedef struct {
+    double tckd, nckd, dtckd_da, dtckd_db, dnckd_da, dnckd_db, qy_minus_py;
+} dkd_terms;
+
+INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, const float *s, const float *t,
+                           int64_t y, float shift_s, float shift_t, double a, double b, long C)
+{
+    set_pair(pr, shift_s, shift_t, a, b);
+    pair_moments mo = {0};
+    pair_moments_range(&mo, s, t, pr, 0, y);
+    pair_moments_range(&mo, s, t, pr, y + 1, C);
+    const double lzq = log(mo.zq), lzp = log(mo.zp);
+    pr->log_zs = lzq;
+    pr->log_zt = lzp;
+    const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
+
+    const double nckd = e_pu - e_pv - lzp + lzq;
+    const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + (lzq - lzp) * e_pu;
+    out->nckd = nckd;
+    out->dnckd_da = (e_pv - e_qv) / a;
+    out->dnckd_db = -(e_pur - e_pu * nckd) / b;
+
+    const double d_s = ((double)s[y] - shift_s) * pr->inv_ts;
+    const double d_t = ((double)t[y] - shift_t) * pr->inv_tt;
+    const double lq = log_add_exp(d_s, lzq), lp = log_add_exp(d_t, lzp);
+    const double log_qy = d_s - lq, log_qr = lzq - lq, log_py = d_t - lp, log_pr = lzp - lp;
+    const double py = exp(log_py), pr_rest = exp(log_pr), qy = exp(log_qy);
+    out->tckd = py * (log_py - log_qy) + pr_rest * (log_pr - log_qr);
+    out->qy_minus_py = qy - py;
+    out->dtckd_da = -(qy - py) * (d_s - e_qv) / a;
+    const double rho = (log_py - log_qy) - (log_pr - log_qr);
+    out->dtckd_db = -rho * py * pr_rest * (d_t - e_pu) / b;
+}
+
+/* Non-target max of x (the class y excluded). */
+INLINE float non_target_max(const float *x, int64_t y, long C)
+{
+    float m0 = range_max(x, 0, y), m1 = range_max(x, y + 1, C);
+    return m0 > m1 ? m0 : m1;
+}
+
+INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_student,
+                           float *t_teacher, dtkd_dkd_saved *sv, const float *s, const float *t,
+                           int64_t y, float alpha, float beta, float T, int dynamic_tckd,
+                           int dynamic_nckd, enum dtkd_kl_mode mode, long C)
+{
+    if (!row_finite(s, C) || !row_finite(t, C)) return -1;
+    double a = T, b = T;
+    int fallback = 0;
+    float m_s = 0.0f, m_t = 0.0f;
+    if (dynamic_tckd || dynamic_nckd) {
+        m_s = range_max(s, 0, C);
+        m_t = range_max(t, 0, C);
+        fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
+    }
+    *t_student = (float)a;
+    *t_teacher = (float)b;
+    const double a_tc = dynamic_tckd ? a : T, b_tc = dynamic_tckd ? b : T;
+    const double a_nc = dynamic_nckd ? a : T, b_nc = dynamic_nckd ? b : T;
+    const int shared = a_tc == a_nc && b_tc == b_nc;
+    const float shift_s = non_target_max(s, y, C), shift_t = non_target_max(t, y, C);
+
+    dkd_terms tc, nc;
+    dkd_pair_terms(&tc, &sv->pair[0], s, t, y, shift_s, shift_t, a_tc, b_tc, C);
+    if (shared) nc = tc;
+    else dkd_pair_terms(&nc, &sv->pair[1], s, t, y, shift_s, shift_t, a_nc, b_nc, C);
+    sv->n_pairs = shared ? 1 : 2;
+
+    const double w_tc = a_tc * b_tc, w_nc = a_nc * b_nc;
+    *tckd = (float)(w_tc * tc.tckd);
+    *nckd = (float)(w_nc * nc.nckd);
+    *loss = (float)(alpha * w_tc * tc.tckd + beta * w_nc * nc.nckd);
+
+    /* Gradient at fixed temperatures, by the pair whose softmax it needs. */
+    const double g_tc = alpha * w_tc / a_tc, g_nc = beta * w_nc / a_nc;
+    sv->grad_target = g_tc * tc.qy_minus_py;
+    sv->pair[0].coef_q = -g_tc * tc.qy_minus_py + (shared ? g_nc : 0.0);
+    sv->pair[0].coef_p = shared ? g_nc : 0.0;
+    if (!shared) {
+        sv->pair[1].coef_q = g_nc;
+        sv->pair[1].coef_p = g_nc;
+    }
+
+    /* Gradient through the temperatures, for the terms that use them. */
+    sv->dmax = 0.0;
+    sv->argmax_s = 0;
+    if (mode != DTKD_KL_DYNAMIC_DETACHED && !fallback && (dynamic_tckd || dynamic_nckd)) {
+        double dl_da = 0.0, dl_db = 0.0;
+        if (dynamic_tckd) {
+            dl_da += alpha * (b * tc.tckd + a * b * tc.dtckd_da);
+            dl_db += alpha * (a * tc.tckd + a * b * tc.dtckd_db);
+        }
+        if (dynamic_nckd) {
+            dl_da += beta * (b * nc.nckd + a * b * nc.dnckd_da);
+            dl_db += beta * (a * nc.nckd + a * b * nc.dnckd_db);
+        }
+        sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
+        sv->argmax_s = first_index_of(s, m_s, C);
+    }
+    return fallback;
+}
+ISA_VARIANTS(int, dkd_row_forward,
+             (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
+              dtkd_dkd_saved *sv, const float *s, const float *t, int64_t y, float alpha,
+              float beta, float T, int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode,
+              long C),
+             (loss, tckd, nckd, t_student, t_teacher, sv, s, t, y, alpha, beta, T, dynamic_tckd,
+              dynamic_nckd, mode, C))
+
+INLINE int dkd_row_backward(float *ds, const dtkd_dkd_saved *sv, const float *s, const float *t,
+                            int64_t y, float dloss, long C)
+{
+    /* The pair loops run over all classes for speed; the target entry is then overwritten. */
+    for (int k = 0; k < sv->n_pairs; k++) pair_backward_row(ds, s, t, &sv->pair[k], dloss, k > 0, C);
+    ds[y] = (float)(dloss * sv->grad_target);
+    ds[sv->argmax_s] += (float)(dloss * sv->dmax);
+    return 0;
+}
+ISA_VARIANTS(int, dkd_row_backward,
+             (float *ds, const dtkd_dkd_saved *sv, const float *s, const float *t, int64_t y,
+              float dloss, long C),
+             (ds, sv, s, t, y, dloss, C))
+
+int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
+                     dtkd_dkd_saved *saved, long *n_fallback, const float *s, const float *t,
+                     const int64_t *y, float alpha, float beta, float temperature,
+                     int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, float *, float *, float *, dtkd_dkd_saved *, const float *,
+               const float *, int64_t, float, float, float, int, int, enum dtkd_kl_mode, long) =
+        ISA_PICK(dkd_row_forward);
+    int bad = 0;
+    long fallbacks = 0;
+#pragma omp parallel for PARALLEL_ROWS(N, C) reduction(| : bad) reduction(+ : fallbacks)
+    for (long i = 0; i < N; i++) {
+        int st = row(loss + i, tckd + i, nckd + i, t_student + i, t_teacher + i, saved + i,
+                     s + i * C, t + i * C, y[i], alpha, beta, temperature, dynamic_tckd,
+                     dynamic_nckd, mode, C);
+        bad |= st < 0;
+        fallbacks += st > 0;
+    }
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *s, const float *t,
+                      const int64_t *y, float dloss, long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, const dtkd_dkd_saved *, const float *, const float *, int64_t, float,
+               long) = ISA_PICK(dkd_row_backward);
+#pragma omp parallel for PARALLEL_ROWS(N, C)
+    for (long i = 0; i < N; i++) row(ds + i * C, saved + i, s + i * C, t + i * C, y[i], dloss, C);
+    return DTKD_OK;
+}

@@ -1,0 +1,118 @@
+/* losses.h -- distillation losses on logits: softmax family, cross-entropy, KD, DTKD, DKD.
+ *
+ * Every kernel takes float32 logits of shape (N, C) row-major, accumulates in double, works on
+ * rows in parallel (OpenMP, when N*C is large enough to pay) and returns DTKD_OK or an error
+ * code (DTKD_ERR_SHAPE, DTKD_ERR_NONFINITE, DTKD_ERR_LABEL, DTKD_ERR_VALUE). Forward kernels
+ * write per-sample losses and the per-sample values their backward needs into caller-owned
+ * buffers; backward kernels write the gradient of  dloss * sum_i loss_i  w.r.t. the student
+ * logits (pass dloss = 1/N for a batch mean). Teacher logits never get a gradient.
+ *
+ * DTKD semantics follow the official code (Wei & Bai, arXiv 2404.12711):
+ *   m_s = max(s), m_t = max(t), T_s = 2 m_s / (m_s + m_t) T, T_t = 2 m_t / (m_s + m_t) T,
+ *   loss = T_s T_t KL(softmax(t / T_t) || softmax(s / T_s)).
+ * A sample with m_s + m_t <= DTKD_TEMPERATURE_EPS, or a temperature that is not finite and > 0,
+ * falls back to T_s = T_t = T (counted; no gradient through its temperatures). Otherwise the
+ * exact gradient flows through m_s into T_s and T_t: max passes it to the arg-max entry of s
+ * (the first index on ties), unless the temperatures are detached.
+ */
+#ifndef DTKD_LOSSES_H
+#define DTKD_LOSSES_H
+
+#include "dtkd.h"
+
+#define DTKD_TEMPERATURE_EPS 1e-6
+
+/* How the KL kernel chooses its temperatures. */
+enum dtkd_kl_mode {
+    DTKD_KL_FIXED = 0,        /* vanilla KD: T_s = T_t = T, weight T^2 */
+    DTKD_KL_DYNAMIC = 1,      /* DTKD, exact gradient through T_s, T_t */
+    DTKD_KL_DYNAMIC_DETACHED = 2, /* DTKD, temperatures treated as constants */
+};
+
+/* One softmax pair (student s / T_s, teacher t / T_t) over a set of classes, as the forward
+ * saw it, plus the coefficients of the backward  grad_j = dloss (coef_q q_j - coef_p p_j). */
+typedef struct {
+    float shift_s, shift_t;   /* max of s and of t over the set (softmax shifts) */
+    float inv_ts, inv_tt;     /* 1 / T_s and 1 / T_t as used */
+    double log_zs, log_zt;    /* log sum exp((x - shift) / T) over the set */
+    double coef_q, coef_p;    /* backward coefficients of q_j and p_j */
+} dtkd_softmax_pair;
+
+/* What the KL forward keeps per sample for its backward. */
+typedef struct {
+    dtkd_softmax_pair pair;   /* over all C classes */
+    double dmax;              /* d loss / d max(s) through the temperatures (0: none) */
+    long argmax_s;            /* first arg-max of s */
+} dtkd_kl_saved;
+
+/* What the DKD forward keeps per sample: one or two softmax pairs over the non-target classes
+ * (two when TCKD and NCKD use different temperatures), the target entry's gradient and dmax. */
+typedef struct {
+    dtkd_softmax_pair pair[2];
+    int n_pairs;
+    double grad_target;       /* d loss / d s_y at fixed temperatures */
+    double dmax;
+    long argmax_s;
+} dtkd_dkd_saved;
+
+/* ---- softmax family (temperature T > 0) ---- */
+
+/* out (N,C) = log_softmax(x / T); x (N,C). */
+int dtkd_log_softmax_forward(float *out, const float *x, float temperature, long N, long C);
+/* dx (N,C) from dout (N,C), out (N,C) = the forward's output. */
+int dtkd_log_softmax_backward(float *dx, const float *dout, const float *out, float temperature,
+                              long N, long C);
+
+/* out (N,C) = softmax(x / T); x (N,C). */
+int dtkd_softmax_forward(float *out, const float *x, float temperature, long N, long C);
+/* dx (N,C) from dout (N,C), out (N,C) = the forward's output. */
+int dtkd_softmax_backward(float *dx, const float *dout, const float *out, float temperature,
+                          long N, long C);
+
+/* out (N) = logsumexp(x / T) per row (the paper's "sharpness" of x / T); x (N,C). */
+int dtkd_logsumexp_forward(float *out, const float *x, float temperature, long N, long C);
+/* dx (N,C) = dout_i softmax(x_i / T) / T; dout (N), x (N,C), out (N) = the forward's output. */
+int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const float *out,
+                            float temperature, long N, long C);
+
+/* ---- DTKD temperatures ---- */
+
+/* t_student, t_teacher (N) and the number of fallback samples, from s, t (N,C). */
+int dtkd_dynamic_temperatures(float *t_student, float *t_teacher, long *n_fallback,
+                              const float *s, const float *t, float temperature, long N, long C);
+
+/* ---- cross-entropy with integer labels ---- */
+
+/* loss (N) = logsumexp(s_i) - s_i[y_i]; log_z (N) saved for the backward; s (N,C), y (N). */
+int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const int64_t *y,
+                               long N, long C);
+/* ds (N,C) = dloss (softmax(s) - onehot(y)). */
+int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, const int64_t *y,
+                                float dloss, long N, long C);
+
+/* ---- KD / DTKD: w KL(softmax(t / T_t) || softmax(s / T_s)) ---- */
+
+/* loss, t_student, t_teacher (N); saved (N); n_fallback; s, t (N,C). */
+int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *saved,
+                    long *n_fallback, const float *s, const float *t, float temperature,
+                    enum dtkd_kl_mode mode, long N, long C);
+/* ds (N,C) = d(dloss sum_i loss_i)/ds. */
+int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *s, const float *t,
+                     float dloss, long N, long C);
+
+/* ---- DKD: alpha TCKD + beta NCKD (C >= 2) ----
+ * TCKD = KL over (target, rest), NCKD = KL over the non-target classes (the target excluded
+ * exactly), each times T^2. With dynamic_tckd / dynamic_nckd the term uses the DTKD
+ * temperatures (T_s, T_t) and weight T_s T_t instead; mode says whether they are detached
+ * (DTKD_KL_DYNAMIC_DETACHED) or not (any other value). */
+
+/* tckd, nckd, loss = alpha tckd + beta nckd, t_student, t_teacher (N); saved (N). */
+int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
+                     dtkd_dkd_saved *saved, long *n_fallback, const float *s, const float *t,
+                     const int64_t *y, float alpha, float beta, float temperature,
+                     int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, long N, long C);
+/* ds (N,C) = d(dloss sum_i loss_i)/ds. */
+int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *s, const float *t,
+                      const int64_t *y, float dloss, long N, long C);
+
+#endif

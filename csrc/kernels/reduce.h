@@ -1,0 +1,72 @@
+/* reduce.h -- sums and NaN/Inf checks over one contiguous run (an H*W plane), shared by the
+ * layer kernels.
+ *
+ * Without -ffast-math the compiler may not reorder a float sum, so a plain `s += p[i]` loop is
+ * one serial add chain (~4 cycles per element). These keep 16 independent float lanes (the
+ * compiler turns them into vector adds) and combine the lanes in double, so the result is the
+ * same on every run and thread count. */
+#ifndef DTKD_REDUCE_H
+#define DTKD_REDUCE_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define DTKD_LANES 16
+
+/* Exponent bits all ones <=> NaN or Inf (an integer test, so loops over it vectorize). */
+static inline int dtkd_nonfinite_bits(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u & 0x7f800000u) == 0x7f800000u;
+}
+
+/* 1 if any of p[0..n) is NaN or Inf */
+static inline int dtkd_any_nonfinite(const float *p, long n)
+{
+    int bad = 0;
+    for (long i = 0; i < n; i++) bad |= dtkd_nonfinite_bits(p[i]);
+    return bad;
+}
+
+static inline double dtkd_lanes_total(const float *acc)
+{
+    double s = 0.0;
+    for (int j = 0; j < DTKD_LANES; j++) s += acc[j];
+    return s;
+}
+
+/* sum of p[0..n) */
+static inline double dtkd_sum(const float *p, long n)
+{
+    float acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) acc[j] += p[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += p[i];
+    return dtkd_lanes_total(acc);
+}
+
+/* sum of (p[i] - m)^2 */
+static inline double dtkd_sum_sqdev(const float *p, float m, long n)
+{
+    float acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) acc[j] += (p[i + j] - m) * (p[i + j] - m);
+    for (int j = 0; i < n; i++, j++) acc[j] += (p[i] - m) * (p[i] - m);
+    return dtkd_lanes_total(acc);
+}
+
+/* sum of a[i] * (b[i] - m) */
+static inline double dtkd_dot_dev(const float *a, const float *b, float m, long n)
+{
+    float acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) acc[j] += a[i + j] * (b[i + j] - m);
+    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * (b[i] - m);
+    return dtkd_lanes_total(acc);
+}
+
+#endif

@@ -1,0 +1,190 @@
+"""Command line: ``python -m dtkd <command>`` (also installed as ``dtkd``).
+
+    python -m dtkd train --cfg fashion_mnist/dtkd.yaml SOLVER.EPOCHS 2
+    python -m dtkd train --cfg cifar100/dtkd/res32x4_res8x4.yaml --resume
+    python -m dtkd eval --cfg fashion_mnist/dtkd.yaml --checkpoint output/.../model_best.npz
+    python -m dtkd demo
+    python -m dtkd models
+    python -m dtkd configs
+
+``--cfg`` takes a YAML path or the name of a shipped config (``python -m dtkd configs`` lists
+them). Trailing ``KEY VALUE`` pairs override the config (``SOLVER.EPOCHS 10``). Pieces each
+command needs are imported when it runs, so ``--help`` always works.
+"""
+import argparse
+import json
+import re
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m dtkd",
+        description="Dynamic Temperature Knowledge Distillation (DTKD), KD and DKD on CPUs.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a model or distill a student, as a config says",
+                           description="Train per a YAML config: DISTILLER.TYPE NONE trains "
+                           "DISTILLER.STUDENT with cross-entropy (use it for teachers); KD, DKD, "
+                           "DTKD distill it from DISTILLER.TEACHER loaded from "
+                           "DISTILLER.TEACHER_CHECKPOINT.")
+    _add_cfg_arguments(train)
+    train.add_argument("--out", metavar="DIR",
+                       help="output directory (default: LOG.PREFIX/EXPERIMENT.PROJECT/"
+                            "(EXPERIMENT.NAME or EXPERIMENT.TAG))")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in the output directory from its latest.npz")
+    _add_progress_arguments(train)
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the test split",
+                              description="Top-1/top-5 accuracy and loss of DISTILLER.STUDENT "
+                              "(or --model) with weights from --checkpoint on DATASET.TYPE's test "
+                              "split (DATASET.TEST.SUBSET applies).")
+    _add_cfg_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, metavar="PATH",
+                          help="dtkd checkpoint (.npz: model_best.npz, latest.npz, ...)")
+    evaluate.add_argument("--model", metavar="NAME",
+                          help="backbone name (default: the config's DISTILLER.STUDENT)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_progress_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
+
+    demo = sub.add_parser("demo", help="Fashion-MNIST demo: teacher, then vanilla vs KD vs DTKD",
+                          description="Trains (or reuses) a teacher on Fashion-MNIST, distills "
+                          "the same student with vanilla CE, KD and DTKD under one seed and "
+                          "budget, prints the accuracy table and saves a plot. Extra arguments "
+                          "go to the demo.")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="...",
+                      help="arguments for the demo (see `python -m dtkd demo --help` once "
+                           "the demo is installed)")
+    demo.set_defaults(func=_cmd_demo)
+
+    models = sub.add_parser("models", help="list backbones with parameter counts and FLOPs")
+    models.add_argument("--num-classes", type=int, default=100, help="classes (default 100)")
+    models.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    models.set_defaults(func=_cmd_models)
+
+    configs = sub.add_parser("configs", help="list the configs shipped with dtkd")
+    configs.set_defaults(func=_cmd_configs)
+    return parser
+
+
+def main(argv=None):
+    """Entry point; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted; `train --resume` continues from the last completed epoch",
+              file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError, ImportError) as e:
+        # Our errors name what is wrong; a traceback would only bury the message.
+        print(f"dtkd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _add_cfg_arguments(p):
+    p.add_argument("--cfg", required=True, metavar="PATH",
+                   help="YAML config: a path, or a shipped name such as fashion_mnist/dtkd.yaml")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides, e.g. SOLVER.EPOCHS 10 DTKD.T 4")
+
+
+def _add_progress_arguments(p):
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="always show progress bars")
+    group.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="never show progress bars (default: only on a terminal)")
+
+
+def _load_cfg(args):
+    from .config import ConfigError, load_config
+    misplaced = [o for o in args.opts if o.startswith("--")]
+    if misplaced:
+        raise ConfigError(f"options {' '.join(misplaced)} must come before the KEY VALUE overrides "
+                          f"(everything after the first KEY is read as KEY VALUE pairs)")
+    return load_config(args.cfg, args.opts)
+
+
+def _cmd_train(args):
+    from .engine.build import build_trainer
+    cfg = _load_cfg(args)
+    trainer = build_trainer(cfg, out_dir=args.out, progress=args.progress)
+    print(f"training {cfg.DISTILLER.STUDENT} ({cfg.DISTILLER.TYPE}) for {cfg.SOLVER.EPOCHS} epochs "
+          f"-> {trainer.out_dir}")
+    summary = trainer.train(resume=args.resume)
+    print(f"best test top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
+          f"last {summary['last_acc']:.2f}%")
+    print(f"outputs in {trainer.out_dir}: model_best.npz, model_last.npz, latest.npz, "
+          "log.jsonl, worklog.txt")
+    return 0
+
+
+def _cmd_eval(args):
+    from . import io as dtkd_io
+    from .engine.build import build_dataset, build_model, build_test_loader
+    from .engine.trainer import evaluate
+    cfg = _load_cfg(args)
+    if cfg.NUM_THREADS:
+        from . import set_num_threads
+        set_num_threads(cfg.NUM_THREADS)
+    test = build_dataset(cfg, "test")
+    test_loader = build_test_loader(cfg, test)
+    model = build_model(args.model or cfg.DISTILLER.STUDENT, test, cfg.SEED)
+    model.load_state_dict(dtkd_io.load_teacher(args.checkpoint))
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    result = evaluate(model, test_loader, progress)
+    result.update(model=args.model or cfg.DISTILLER.STUDENT, checkpoint=args.checkpoint,
+                  dataset=cfg.DATASET.TYPE)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} on {result['dataset']} test ({result['n']} images): "
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    return 0
+
+
+def _cmd_demo(args):
+    try:
+        from .demo import main as demo_main
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.demo":
+            raise
+        raise NotImplementedError("the demo (dtkd.demo) is not part of this build yet") from None
+    return demo_main(args.demo_args)
+
+
+def _cmd_models(args):
+    from . import models
+    rows = []
+    # Natural order: resnet8, resnet14, ..., resnet110, then the x4 variants.
+    by_depth = sorted(models.names(), key=lambda n: (n.endswith("x4"), [
+        int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]))
+    for name in by_depth:
+        model = models.create(name, num_classes=args.num_classes, in_channels=args.in_channels)
+        params = models.count_parameters(model)
+        flops = models.count_flops(model, (1, args.in_channels, 32, 32))
+        rows.append((name, params, flops))
+    print(f"{'model':<14}{'parameters':>14}{'MFLOPs (1x32x32)':>20}")
+    for name, params, flops in rows:
+        print(f"{name:<14}{params:>14,}{flops / 1e6:>20.1f}")
+    print(f"({args.num_classes} classes, {args.in_channels} input channels; FLOPs = 2 x "
+          "multiply-adds of convolutions and linear layers)")
+    return 0
+
+
+def _cmd_configs(args):
+    from .config import CONFIG_DIR, shipped_configs
+    for name in shipped_configs():
+        print(name)
+    print(f"(under {CONFIG_DIR}; pass one to --cfg)", file=sys.stderr)
+    return 0

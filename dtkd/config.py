@@ -1,0 +1,314 @@
+"""Experiment configs: a small yacs-like tree with mdistiller's keys and defaults.
+
+An experiment is a YAML file that overrides some defaults (``configs/cifar100/dtkd/*.yaml``);
+the command line overrides it further with dotted ``KEY VALUE`` pairs::
+
+    cfg = load_config("cifar100/dtkd/res32x4_res8x4.yaml", ["SOLVER.EPOCHS", "10"])
+    cfg.SOLVER.EPOCHS        # 10
+
+Every key must already exist in the defaults (a typo is an error that lists close matches), and
+every value is coerced to the type of its default (``SOLVER.EPOCHS 1.5`` is an error).
+The defaults are mdistiller's (mdistiller/engine/cfg.py) and the official DTKD repository's
+(JinYu1998/DTKD, same file), plus dtkd's own keys marked below.
+"""
+import copy
+import difflib
+from pathlib import Path
+
+import yaml
+
+__all__ = ["CfgNode", "ConfigError", "get_default_config", "load_config", "resolve_config_path",
+           "shipped_configs", "CONFIG_DIR"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Keys whose value must be one of a fixed set; checked after every merge.
+_CHOICES = {
+    "DISTILLER.TYPE": ("NONE", "KD", "DKD", "DTKD"),
+    "SOLVER.TYPE": ("SGD",),
+    "SOLVER.SCHEDULE": ("step", "cosine"),
+    # official: alpha*L_DTKD + beta*L_KD + CE (the paper's method); tckd / nckd: dynamic
+    # temperatures applied to DKD's TCKD or NCKD term only; dkd: DTKD combined with DKD.
+    "DTKD.VARIANT": ("official", "tckd", "nckd", "dkd"),
+}
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist, a value of the wrong type, or a malformed file."""
+
+
+class CfgNode(dict):
+    """A dict whose keys are also attributes (``cfg.SOLVER.LR``), nested for sub-trees."""
+
+    def __init__(self, init=None):
+        super().__init__()
+        for key, value in (init or {}).items():
+            self[key] = CfgNode(value) if isinstance(value, dict) else value
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(_unknown_key_message(name, self, "")) from None
+
+    def __setattr__(self, name, value):
+        # Attribute assignment is checked like an override: a typo must not add a new key.
+        if name not in self:
+            raise AttributeError(_unknown_key_message(name, self, ""))
+        if isinstance(self[name], CfgNode):
+            raise AttributeError(f"{name} is a group of keys; set its keys one by one")
+        self[name] = _coerce(value, self[name], name, "assignment")
+
+    def __deepcopy__(self, memo):
+        return CfgNode(copy.deepcopy(dict(self), memo))
+
+    def clone(self):
+        return copy.deepcopy(self)
+
+    def to_dict(self):
+        return {k: v.to_dict() if isinstance(v, CfgNode) else copy.deepcopy(v) for k, v in self.items()}
+
+    def dump(self):
+        """The tree as YAML text (what ``load_config`` reads back)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    def merge_from_dict(self, tree, source="config"):
+        """Override existing keys from a nested dict; unknown keys and wrong types raise."""
+        _merge(self, tree, prefix="", source=source)
+        _check_choices(self, source)
+
+    def merge_from_file(self, path):
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        try:
+            tree = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if tree is None:
+            return
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level, "
+                              f"got {type(tree).__name__}")
+        self.merge_from_dict(tree, source=str(path))
+
+    def merge_from_list(self, overrides):
+        """Apply command-line overrides ``[KEY, VALUE, KEY, VALUE, ...]`` (dotted keys)."""
+        overrides = list(overrides)
+        if len(overrides) % 2:
+            raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number of items: {overrides}")
+        for key, text in zip(overrides[0::2], overrides[1::2]):
+            node, leaf = self, key.split(".")
+            for depth, part in enumerate(leaf[:-1]):
+                prefix = ".".join(leaf[:depth])
+                if part not in node or not isinstance(node[part], CfgNode):
+                    raise ConfigError(_unknown_key_message(part, node, prefix, source="command line"))
+                node = node[part]
+            prefix = ".".join(leaf[:-1])
+            _merge(node, {leaf[-1]: _parse_text(text)}, prefix=prefix, source="command line")
+        _check_choices(self, "command line")
+
+
+def get_default_config():
+    """A fresh tree holding every key with its default value."""
+    return CfgNode(_DEFAULTS).clone()
+
+
+def load_config(path=None, overrides=()):
+    """Defaults, then the YAML file ``path`` (if given), then ``overrides`` (``[KEY, VALUE, ...]``).
+
+    ``path`` may be a file path or the name of a shipped config relative to ``dtkd/configs``
+    (``"cifar100/dtkd/res32x4_res8x4.yaml"``); see :func:`shipped_configs`.
+    """
+    cfg = get_default_config()
+    if path is not None:
+        cfg.merge_from_file(resolve_config_path(path))
+    cfg.merge_from_list(overrides)
+    return cfg
+
+
+def resolve_config_path(path):
+    """A config file path: as given if it exists, else looked up among the shipped configs."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = CONFIG_DIR / path
+    if shipped.is_file():
+        return shipped
+    names = shipped_configs()
+    close = difflib.get_close_matches(str(path), names, n=5, cutoff=0.5)
+    hint = f"; close shipped configs: {', '.join(close)}" if close else ""
+    raise ConfigError(f"config file not found: {path} (neither a file nor a shipped config "
+                      f"under {CONFIG_DIR}){hint}")
+
+
+def shipped_configs():
+    """Names of the configs shipped with dtkd, relative to ``dtkd/configs`` (sorted)."""
+    return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging and type coercion
+
+def _merge(node, tree, prefix, source):
+    for key, value in tree.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in node:
+            raise ConfigError(_unknown_key_message(key, node, prefix, source))
+        if isinstance(node[key], CfgNode):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {full} is a group of keys ({', '.join(node[key])}); "
+                                  f"got a {type(value).__name__} value {value!r}")
+            _merge(node[key], value, full, source)
+        else:
+            node[key] = _coerce(value, node[key], full, source)
+
+
+def _coerce(value, default, key, source):
+    """``value`` converted to the type of ``default``, or ConfigError naming ``key``."""
+    def fail(expected):
+        return ConfigError(f"{source}: {key} expects {expected} (default {default!r}), "
+                           f"got {type(value).__name__} {value!r}")
+
+    if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+        value = _number_or_text(value)  # PyYAML reads "5e-4" (no dot) as a string
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise fail("true or false")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise fail("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise fail("an integer")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail("a number")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if value is None:  # an empty YAML value means the empty string here
+            return ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a numeric EXPERIMENT.TAG
+        raise fail("a string")
+    if isinstance(default, list):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `LR_DECAY_STAGES 150` on the command line: one stage
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        if default:  # elements take the type of the default's elements
+            return [_coerce(v, default[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return list(value)
+    raise fail(type(default).__name__)
+
+
+def _number_or_text(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_text(text):
+    """A command-line value: YAML scalars and flow lists (``0.1``, ``true``, ``[3, 4]``)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _unknown_key_message(key, node, prefix, source="config"):
+    full = f"{prefix}.{key}" if prefix else str(key)
+    siblings = list(map(str, node))
+    # Match the key as typed and upper-cased (configs use upper-case keys).
+    close = difflib.get_close_matches(str(key), siblings, n=5, cutoff=0.5)
+    close += difflib.get_close_matches(str(key).upper(), siblings, n=5, cutoff=0.5)
+    close = [f"{prefix}.{c}" if prefix else c for c in dict.fromkeys(close)]
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    where = f" under {prefix}" if prefix else ""
+    return (f"{source}: unknown config key {full!r}{hint} "
+            f"(valid keys{where}: {', '.join(sorted(siblings))})")
+
+
+def _check_choices(cfg, source):
+    for key, allowed in _CHOICES.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node not in allowed:
+            close = difflib.get_close_matches(str(node), allowed, n=3, cutoff=0.4)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(repr, allowed))}, "
+                              f"got {node!r}{hint}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Defaults. mdistiller's keys and values unless marked "dtkd".
+
+_DEFAULTS = {
+    "EXPERIMENT": {"PROJECT": "distill", "NAME": "", "TAG": "default"},
+    "DATASET": {
+        "TYPE": "cifar100",
+        "NUM_WORKERS": 2,       # accepted for mdistiller configs; dtkd's loader runs in-process
+        "ROOT": "",             # dtkd: data directory; "" = $DTKD_DATA / cache / system paths
+        "SUBSET": 0,            # dtkd: train on this many samples (seeded pick); 0 = all
+        "AUGMENT": True,        # dtkd: random crop 32 pad 4 + horizontal flip on training batches
+        "TEST": {
+            "BATCH_SIZE": 64,
+            "SUBSET": 0,        # dtkd: evaluate on this many test samples; 0 = all
+        },
+    },
+    "DISTILLER": {
+        "TYPE": "NONE",         # NONE = vanilla cross-entropy training (also trains teachers)
+        "TEACHER": "ResNet50",
+        "STUDENT": "resnet32",
+        "TEACHER_CHECKPOINT": "",  # dtkd: teacher weights (dtkd .npz; .pth import comes later)
+    },
+    "SOLVER": {
+        "TRAINER": "base",
+        "BATCH_SIZE": 64,
+        "EPOCHS": 240,
+        "LR": 0.05,
+        "LR_DECAY_STAGES": [150, 180, 210],
+        "LR_DECAY_RATE": 0.1,
+        "WEIGHT_DECAY": 0.0001,
+        "MOMENTUM": 0.9,
+        "NESTEROV": False,      # dtkd
+        "TYPE": "SGD",
+        "SCHEDULE": "step",     # dtkd: "step" (mdistiller) or "cosine"
+    },
+    "LOG": {
+        "TENSORBOARD_FREQ": 500,   # accepted for mdistiller configs; unused
+        "SAVE_CHECKPOINT_FREQ": 40,
+        "PREFIX": "./output",      # runs go to PREFIX/<EXPERIMENT.NAME or derived name>
+        "WANDB": False,            # accepted for mdistiller configs; dtkd never calls wandb
+    },
+    "KD": {
+        "TEMPERATURE": 4.0,
+        "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9},
+    },
+    "DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 20},
+    # Official DTKD repository defaults (JinYu1998/DTKD, mdistiller/engine/cfg.py).
+    "DTKD": {
+        "ALPHA": 3.0,           # weight of L_DTKD
+        "BETA": 1.0,            # weight of the vanilla KD term
+        "CE_WEIGHT": 1.0,
+        "T": 4.0,               # reference temperature
+        "WARMUP": 20,           # epochs of linear ramp of the distillation terms
+        "VARIANT": "official",  # dtkd: see _CHOICES
+        "DETACH_TEMPERATURE": False,  # dtkd: treat T_s, T_t as constants in the gradient
+    },
+    "SEED": 0,                  # dtkd: model init and data order
+    "NUM_THREADS": 0,           # dtkd: kernel threads; 0 = library default
+}

@@ -1,0 +1,74 @@
+"""The one step every distiller shares.
+
+A distiller owns the student (and, for KD-style methods, a frozen teacher). ``train_step`` is the
+whole data path of a step but the optimizer update::
+
+    teacher forward (eval mode) -> student forward -> loss kernel -> student backward
+
+Subclasses only say how the loss and its gradient w.r.t. the student logits are computed
+(``loss_and_grad``), as in mdistiller where each method is one small file.
+"""
+import numpy as np
+
+
+class Distiller:
+    """Base class: ``train_step(x, y, epoch) -> stats``; subclasses define ``loss_and_grad``."""
+
+    name = "base"
+    needs_teacher = True
+
+    def __init__(self, student, teacher=None):
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"{type(self).__name__}: teacher: a teacher model is required")
+        self.student = student
+        self.teacher = teacher
+
+    def loss_and_grad(self, logits_student, logits_teacher, labels, epoch):
+        """Return (loss: float, grad: (N, C) float32 dL/dlogits_student, stats: dict)."""
+        raise NotImplementedError
+
+    def teacher_logits(self, x):
+        """Teacher forward in eval mode (running BN statistics, no gradient kept)."""
+        if self.teacher is None:
+            return None
+        self.teacher.eval()
+        return self.teacher.forward(x)
+
+    def train_step(self, x, y, epoch):
+        """One step: forward both models, loss kernel, student backward (gradients accumulate in
+        the student's parameters; the caller zeroes them and applies the optimizer).
+
+        Returns a dict of statistics: ``loss`` and the separate loss terms, ``logits`` (for the
+        trainer's accuracy), and for dynamic temperatures ``t_student_mean/min/max``,
+        ``t_teacher_mean/min/max`` and ``n_fallback``.
+        """
+        logits_teacher = self.teacher_logits(x)
+        self.student.train()
+        logits_student = self.student.forward(x)
+        loss, grad, stats = self.loss_and_grad(logits_student, logits_teacher, y, epoch)
+        self.student.backward(grad)
+        stats = dict(stats)
+        stats["loss"] = float(loss)
+        stats["logits"] = logits_student
+        return stats
+
+    def __repr__(self):
+        return f"{type(self).__name__}(student={type(self.student).__name__})"
+
+
+def warmup_factor(epoch, warmup):
+    """mdistiller's ramp: ``min(epoch / warmup, 1)``."""
+    return min(float(epoch) / float(warmup), 1.0)
+
+
+def temperature_stats(result):
+    """Per-step statistics of the per-sample temperatures of a loss result (Figure 3 data)."""
+    ts = np.asarray(result.t_student, dtype=np.float64)
+    tt = np.asarray(result.t_teacher, dtype=np.float64)
+    return {
+        "t_student_mean": float(ts.mean()), "t_student_min": float(ts.min()),
+        "t_student_max": float(ts.max()),
+        "t_teacher_mean": float(tt.mean()), "t_teacher_min": float(tt.min()),
+        "t_teacher_max": float(tt.max()),
+        "n_fallback": int(result.n_fallback),
+    }

@@ -1,0 +1,25 @@
+"""KD (Hinton et al., 2015) as mdistiller trains it: ``ce_weight CE + kd_weight T^2 KL``."""
+from .. import losses
+from .base import Distiller
+
+
+class KD(Distiller):
+    """``ce_weight * CE + kd_weight * T^2 KL(softmax(t/T) || softmax(s/T))`` (batch means).
+
+    Defaults are mdistiller's (KD.TEMPERATURE 4, LOSS.CE_WEIGHT 0.1, LOSS.KD_WEIGHT 0.9).
+    """
+
+    name = "KD"
+
+    def __init__(self, student, teacher, temperature=4.0, ce_weight=0.1, kd_weight=0.9):
+        super().__init__(student, teacher)
+        self.temperature = float(temperature)
+        self.ce_weight = float(ce_weight)
+        self.kd_weight = float(kd_weight)
+
+    def loss_and_grad(self, logits_student, logits_teacher, labels, epoch):
+        ce = losses.cross_entropy(logits_student, labels)
+        kd = losses.kd(logits_student, logits_teacher, temperature=self.temperature)
+        grad = self.ce_weight * ce.grad + self.kd_weight * kd.grad
+        loss = self.ce_weight * ce.loss + self.kd_weight * kd.loss
+        return loss, grad, {"loss_ce": ce.loss, "loss_kd": kd.loss}

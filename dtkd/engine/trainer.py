@@ -1,0 +1,345 @@
+"""The training loop: epochs, LR schedule, evaluation, checkpoints, logs and progress bars.
+
+One training step, as the trainer runs it::
+
+    optimizer.zero_grad()
+    stats = distiller.train_step(x, y, epoch)   # teacher fwd, student fwd, loss, student bwd
+    optimizer.step()
+
+Everything a run needs to continue exactly where it stopped (student weights and buffers,
+optimizer momentum, the training loader's generator, best accuracy, the per-epoch history) is in
+``latest.npz``, rewritten atomically after every epoch; ``Trainer.train(resume=True)`` picks it
+up, so an interrupted-and-resumed run ends with the same weights, bit for bit (same thread count),
+as an uninterrupted one.
+"""
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .. import io as dtkd_io
+from .metrics import cross_entropy_sum, topk_correct
+from .schedule import learning_rate
+
+__all__ = ["Trainer", "evaluate", "experiment_dir"]
+
+LATEST = "latest.npz"
+MODEL_BEST = "model_best.npz"
+MODEL_LAST = "model_last.npz"
+LOG_JSONL = "log.jsonl"
+WORKLOG = "worklog.txt"
+CONFIG_COPY = "config.yaml"
+
+
+def experiment_dir(cfg):
+    """mdistiller's output layout: ``LOG.PREFIX/EXPERIMENT.PROJECT/(EXPERIMENT.NAME or TAG)``."""
+    name = cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG
+    return Path(cfg.LOG.PREFIX) / cfg.EXPERIMENT.PROJECT / name
+
+
+class Trainer:
+    """Trains ``distiller.student`` with SGD under ``cfg.SOLVER`` and evaluates it every epoch.
+
+    cfg : a :class:`dtkd.config.CfgNode` (uses SOLVER.*, LOG.SAVE_CHECKPOINT_FREQ).
+    distiller : has ``.student`` (a dtkd Module) and ``train_step(x, y, epoch) -> dict`` which
+        runs forward and backward on the student (gradients accumulate into its parameters) and
+        returns per-step statistics: ``"loss"`` (required), other loss terms, ``"logits"`` (the
+        student's logits, for training accuracy; optional), and any scalars. Aggregation over an
+        epoch follows the key: ``*_min`` -> min, ``*_max`` -> max, ``n_*`` -> sum (counts, e.g.
+        ``n_fallback``), anything else -> mean weighted by batch size (e.g. ``t_student_mean``).
+    train_loader, val_loader : iterables of ``(x float32 NCHW, y int64)``; the train loader's
+        ``state_dict()``/``load_state_dict()`` (if it has them) are checkpointed for resume.
+    out_dir : where checkpoints and logs go (created).
+    progress : tqdm bars on epochs and steps; None = only when stderr is a terminal.
+    optimizer : defaults to ``dtkd.optim.SGD`` over the student's parameters with
+        SOLVER.MOMENTUM / WEIGHT_DECAY / NESTEROV. Any object with ``lr`` (settable), ``step()``,
+        ``zero_grad()``, ``state_dict()``, ``load_state_dict()`` works.
+
+    Files in ``out_dir``: ``latest.npz`` (full state, every epoch), ``epoch_<e>.npz`` (full
+    state every LOG.SAVE_CHECKPOINT_FREQ epochs and at the end), ``model_best.npz`` /
+    ``model_last.npz`` (student weights; usable as a teacher via ``dtkd.io.load_teacher``),
+    ``log.jsonl`` (one JSON object per epoch), ``worklog.txt`` (mdistiller-style text log),
+    ``config.yaml`` (the resolved config).
+    """
+
+    def __init__(self, cfg, distiller, train_loader, val_loader, out_dir, progress=None,
+                 optimizer=None):
+        self.cfg = cfg
+        self.distiller = distiller
+        self.student = distiller.student
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.out_dir = Path(out_dir)
+        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        self.optimizer = optimizer if optimizer is not None else _default_optimizer(cfg, self.student)
+        self.epoch = 0            # last completed epoch
+        self.best_acc = None      # best test top-1 so far (percent)
+        self.best_epoch = None
+        self.history = []         # one record (dict of JSON scalars) per completed epoch
+
+    # ------------------------------------------------------------------------------------------
+    def train(self, resume=False):
+        """Train to SOLVER.EPOCHS; with ``resume``, continue from ``out_dir/latest.npz``.
+
+        Returns ``{"best_acc", "best_epoch", "last_acc", "epochs", "out_dir"}``.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        else:
+            for name in (LOG_JSONL, WORKLOG):
+                (self.out_dir / name).write_text("")
+        (self.out_dir / CONFIG_COPY).write_text(self.cfg.dump())
+        epochs = self.cfg.SOLVER.EPOCHS
+        bar = tqdm(range(self.epoch + 1, epochs + 1), desc="epochs", initial=self.epoch,
+                   total=epochs, disable=not self.progress, dynamic_ncols=True)
+        for epoch in bar:
+            record = self.train_epoch(epoch)
+            bar.set_postfix(test_acc=f"{record['test_acc']:.2f}", best=f"{self.best_acc:.2f}")
+        bar.close()
+        if self.history:
+            self._write_final()
+        return self.summary()
+
+    def summary(self):
+        return {"best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "last_acc": self.history[-1]["test_acc"] if self.history else None,
+                "epochs": self.epoch, "out_dir": str(self.out_dir)}
+
+    def train_epoch(self, epoch):
+        """One epoch of training, then evaluation, checkpoints and logs. Returns its record."""
+        solver = self.cfg.SOLVER
+        lr = learning_rate(epoch, solver.LR, solver.EPOCHS, solver.SCHEDULE,
+                           solver.LR_DECAY_STAGES, solver.LR_DECAY_RATE)
+        self.optimizer.lr = lr
+        self.student.train()
+        meter = _EpochMeter()
+        start = time.perf_counter()
+        steps = tqdm(self.train_loader, desc=f"epoch {epoch}", total=_len_or_none(self.train_loader),
+                     leave=False, disable=not self.progress, dynamic_ncols=True)
+        for step, (x, y) in enumerate(steps):
+            self.optimizer.zero_grad()
+            stats = self.distiller.train_step(x, y, epoch)
+            loss = float(stats["loss"])
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss is {loss} at epoch {epoch}, step {step} (lr {lr:g}); the "
+                    f"last good state is {self.out_dir / LATEST}. Lower SOLVER.LR and resume or restart.")
+            self.optimizer.step()
+            meter.update(stats, y)
+            if self.progress:
+                steps.set_postfix(loss=f"{meter.mean('loss'):.4f}", lr=f"{lr:.4g}")
+        steps.close()
+        train_time = time.perf_counter() - start
+        val = self.evaluate()
+
+        record = {"epoch": epoch, "lr": lr}
+        record.update(meter.results())
+        record.update({"test_acc": val["top1"], "test_acc_top5": val["top5"],
+                       "test_loss": val["loss"], "train_time_s": train_time,
+                       "epoch_time_s": time.perf_counter() - start})
+        improved = self.best_acc is None or val["top1"] > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch = val["top1"], epoch
+        record["best_acc"] = self.best_acc
+        self.epoch = epoch
+        self.history.append(record)
+
+        self._save_state(epoch, improved)
+        self._append_logs(record)
+        if self.progress:
+            tqdm.write(_one_line(record))
+        return record
+
+    def evaluate(self, loader=None):
+        """:func:`evaluate` of the student on ``loader`` (default: the validation loader)."""
+        return evaluate(self.student, self.val_loader if loader is None else loader, self.progress)
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def state_dict(self):
+        """Everything needed to continue this run (a tree ``dtkd.io.save`` can write)."""
+        loader_state = (self.train_loader.state_dict()
+                        if hasattr(self.train_loader, "state_dict") else None)
+        return {"kind": "trainer", "epoch": self.epoch, "model": self.student.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": {"train_loader": loader_state},
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "history": self.history, "config": self.cfg.dump()}
+
+    def load_state_dict(self, state):
+        self.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        loader_state = state["rng"]["train_loader"]
+        if loader_state is not None:
+            if not hasattr(self.train_loader, "load_state_dict"):
+                raise TypeError("the checkpoint holds a loader state but train_loader has no "
+                                "load_state_dict(); resume needs the same kind of loader")
+            self.train_loader.load_state_dict(loader_state)
+        self.epoch = int(state["epoch"])
+        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
+        self.history = list(state["history"])
+
+    def _save_state(self, epoch, improved):
+        state = self.state_dict()
+        dtkd_io.save(self.out_dir / LATEST, state)
+        if epoch % max(self.cfg.LOG.SAVE_CHECKPOINT_FREQ, 1) == 0 or epoch == self.cfg.SOLVER.EPOCHS:
+            dtkd_io.save(self.out_dir / f"epoch_{epoch}.npz", state)
+        if improved:
+            dtkd_io.save(self.out_dir / MODEL_BEST, self._model_tree(epoch))
+
+    def _model_tree(self, epoch):
+        return {"kind": "model", "model": self.student.state_dict(), "epoch": epoch,
+                "test_acc": self.history[-1]["test_acc"], "config": self.cfg.dump()}
+
+    def _resume(self):
+        path = self.out_dir / LATEST
+        if not path.exists():
+            raise FileNotFoundError(f"resume: no checkpoint at {path}; start without resume "
+                                    "(or point out_dir / LOG.PREFIX at the interrupted run)")
+        state = dtkd_io.load(path)
+        if state.get("kind") != "trainer":
+            raise dtkd_io.CheckpointError(f"{path}: not a trainer checkpoint (kind {state.get('kind')!r})")
+        self.load_state_dict(state)
+        # Logs are rebuilt from the checkpoint's history: lines an interrupted run wrote after
+        # its last checkpoint are dropped, so the logs match the weights.
+        (self.out_dir / LOG_JSONL).write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        (self.out_dir / WORKLOG).write_text("".join(_worklog_block(r) for r in self.history))
+        with open(self.out_dir / WORKLOG, "a") as f:
+            f.write(f"resumed after epoch {self.epoch}\n")
+
+    def _write_final(self):
+        dtkd_io.save(self.out_dir / MODEL_LAST, self._model_tree(self.epoch))
+        with open(self.out_dir / WORKLOG, "a") as f:
+            f.write(f"best_acc\t{self.best_acc:.2f}\t(epoch {self.best_epoch})\n")
+            f.write(f"last_acc\t{self.history[-1]['test_acc']:.2f}\t(epoch {self.epoch})\n")
+
+    def _append_logs(self, record):
+        with open(self.out_dir / LOG_JSONL, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with open(self.out_dir / WORKLOG, "a") as f:
+            f.write(_worklog_block(record))
+
+
+# ----------------------------------------------------------------------------------------------
+
+def evaluate(model, loader, progress=False):
+    """Top-1 / top-5 accuracy (percent), mean cross-entropy and sample count of ``model`` on
+    ``loader``, in eval mode (the model's train/eval mode is restored afterwards)."""
+    was_training = getattr(model, "training", True)
+    model.eval()
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    try:
+        for x, y in tqdm(loader, desc="eval", total=_len_or_none(loader), leave=False,
+                         disable=not progress, dynamic_ncols=True):
+            logits = model.forward(x)
+            c1, c5 = topk_correct(logits, y, (1, 5))
+            correct1, correct5 = correct1 + c1, correct5 + c5
+            loss_sum += cross_entropy_sum(logits, y)
+            n += len(y)
+    finally:
+        if was_training:
+            model.train()
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+
+
+class _EpochMeter:
+    """Aggregates the per-step stats of one epoch (see Trainer's docstring for the rules)."""
+
+    def __init__(self):
+        self.n = 0
+        self.sums, self.mins, self.maxs, self.counts = {}, {}, {}, {}
+        self.correct1 = self.correct5 = self.n_logits = 0
+
+    def update(self, stats, labels):
+        batch = len(labels)
+        self.n += batch
+        for key, value in stats.items():
+            if key == "logits":
+                c1, c5 = topk_correct(value, labels, (1, 5))
+                self.correct1 += c1
+                self.correct5 += c5
+                self.n_logits += batch
+                continue
+            value = float(value)
+            if key.endswith("_min"):
+                self.mins[key] = min(self.mins.get(key, value), value)
+            elif key.endswith("_max"):
+                self.maxs[key] = max(self.maxs.get(key, value), value)
+            elif key.startswith("n_"):
+                self.counts[key] = self.counts.get(key, 0) + value
+            else:
+                self.sums[key] = self.sums.get(key, 0.0) + value * batch
+
+    def mean(self, key):
+        return self.sums[key] / self.n
+
+    def results(self):
+        out = {"train_loss": self.mean("loss")}
+        if self.n_logits:
+            out["train_acc"] = 100.0 * self.correct1 / self.n_logits
+            out["train_acc_top5"] = 100.0 * self.correct5 / self.n_logits
+        out.update({k: v / self.n for k, v in self.sums.items() if k != "loss"})
+        out.update(self.mins)
+        out.update(self.maxs)
+        out.update({k: int(v) if float(v).is_integer() else v for k, v in self.counts.items()})
+        return out
+
+
+_MAIN_KEYS = ("lr", "train_loss", "train_acc", "train_acc_top5", "test_acc", "test_acc_top5",
+              "test_loss", "best_acc")
+
+
+def _worklog_block(record):
+    """mdistiller's worklog.txt block for one epoch, plus loss terms and temperature stats."""
+    lines = ["-" * 25, f"epoch: {record['epoch']}"]
+    lines += [f"{k}: {record[k]:.6g}" if k == "lr" else f"{k}: {record[k]:.4f}"
+              for k in _MAIN_KEYS if k in record]
+    rest = {k: v for k, v in record.items()
+            if k not in _MAIN_KEYS and k not in ("epoch", "train_time_s", "epoch_time_s")}
+    # Group <name>_mean/_min/_max (e.g. the DTKD temperatures T_s, T_t) on one line.
+    groups = {}
+    for key in rest:
+        for suffix in ("_mean", "_min", "_max"):
+            if key.endswith(suffix):
+                groups.setdefault(key[: -len(suffix)], {})[suffix[1:]] = rest[key]
+    grouped = {f"{g}_{s}" for g, parts in groups.items() for s in parts if len(parts) > 1}
+    for key, value in rest.items():
+        if key not in grouped:
+            lines.append(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    for name, parts in groups.items():
+        if len(parts) > 1:
+            lines.append(f"{name}: " + " ".join(f"{s} {parts[s]:.4f}" for s in ("mean", "min", "max")
+                                                 if s in parts))
+    lines.append(f"time: {record.get('epoch_time_s', 0.0):.1f} s")
+    lines.append("-" * 25)
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(record):
+    text = (f"epoch {record['epoch']}: lr {record['lr']:.4g}  train_loss {record['train_loss']:.4f}"
+            f"  test_acc {record['test_acc']:.2f}  best {record['best_acc']:.2f}")
+    if "t_student_mean" in record and "t_teacher_mean" in record:
+        text += f"  T_s {record['t_student_mean']:.3f}  T_t {record['t_teacher_mean']:.3f}"
+    return text
+
+
+def _len_or_none(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _default_optimizer(cfg, student):
+    if cfg.SOLVER.TYPE != "SGD":
+        raise ValueError(f"SOLVER.TYPE: only 'SGD' is implemented, got {cfg.SOLVER.TYPE!r}")
+    from ..optim import SGD  # imported here: the optimizer module is optional for custom ones
+    return SGD(student.parameters(), lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM,
+               weight_decay=cfg.SOLVER.WEIGHT_DECAY, nesterov=cfg.SOLVER.NESTEROV)

@@ -1,0 +1,132 @@
+"""dtkd's own checkpoint format: a NumPy ``.npz`` archive that needs no pickle.
+
+A checkpoint holds a *tree*: nested dicts and lists whose leaves are NumPy arrays or plain
+JSON values (numbers, strings, bools, None). Arrays are stored as ``.npy`` members named
+``a0``, ``a1``, ...; the tree's structure, with each array replaced by a reference to its member,
+is stored as UTF-8 JSON in the member ``__dtkd__``, next to a format name and version::
+
+    {"format": "dtkd-checkpoint", "version": 1, "tree": {"model": {"fc.weight": {"__array__": "a0"}}}}
+
+Loading never unpickles (``allow_pickle=False``), so a checkpoint from an untrusted source cannot
+run code. Saving is atomic: the archive is written to a temporary file in the same directory,
+flushed and fsynced, then renamed over the target (``os.replace``), so an interrupted save leaves
+the previous checkpoint intact. Zip's per-member CRC32 detects corrupt data on load.
+"""
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
+
+FORMAT = "dtkd-checkpoint"
+VERSION = 1
+_META = "__dtkd__"
+_ARRAY = "__array__"
+
+
+class CheckpointError(ValueError):
+    """A file that is missing, truncated, corrupt, or not a dtkd checkpoint."""
+
+
+def save(path, tree):
+    """Write ``tree`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    path = Path(path)
+    arrays = {}
+    meta = {"format": FORMAT, "version": VERSION, "tree": _encode(tree, arrays, "tree")}
+    meta_bytes = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{_META: meta_bytes}, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def load(path):
+    """Read a tree written by :func:`save`; :class:`CheckpointError` if the file is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if _META not in archive.files:
+                raise CheckpointError(f"{path}: not a dtkd checkpoint (no {_META!r} member; "
+                                      f"members: {', '.join(archive.files[:8])})")
+            meta = json.loads(archive[_META].tobytes().decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not a dtkd checkpoint (format {meta.get('format')!r})"
+                                      if isinstance(meta, dict) else f"{path}: malformed header")
+            if meta.get("version") != VERSION:
+                raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r}; "
+                                      f"this dtkd reads version {VERSION}")
+            arrays = {name: archive[name] for name in archive.files if name != _META}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
+                              f"({type(e).__name__}: {e})") from None
+    return _decode(meta["tree"], arrays, path)
+
+
+def _encode(node, arrays, where):
+    if isinstance(node, np.ndarray):
+        if node.dtype.hasobject:
+            raise TypeError(f"{where}: object arrays cannot be saved in a dtkd checkpoint")
+        name = f"a{len(arrays)}"
+        arrays[name] = node
+        return {_ARRAY: name}
+    if isinstance(node, dict):
+        for key in node:
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: dict keys must be strings, got {type(key).__name__} {key!r}")
+        if _ARRAY in node:
+            raise TypeError(f"{where}: the key {_ARRAY!r} is reserved")
+        return {k: _encode(v, arrays, f"{where}[{k!r}]") for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, np.generic):  # numpy scalars keep their dtype as 0-d arrays
+        return _encode(np.asarray(node), arrays, where)
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    raise TypeError(f"{where}: cannot save a {type(node).__name__} in a dtkd checkpoint "
+                    "(allowed: ndarray, dict with str keys, list, number, str, bool, None)")
+
+
+def _decode(node, arrays, path):
+    if isinstance(node, dict):
+        if set(node) == {_ARRAY}:
+            try:
+                return arrays[node[_ARRAY]]
+            except KeyError:
+                raise CheckpointError(f"{path}: corrupt checkpoint (member {node[_ARRAY]!r} missing)") from None
+        return {k: _decode(v, arrays, path) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_decode(v, arrays, path) for v in node]
+    return node
+
+
+def _fsync_dir(directory):
+    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,375 @@
+"""Distillation losses on logits, with exact gradients: KD, DTKD, DKD, cross-entropy, softmax.
+
+NumPy arrays in, a :class:`LossResult` out. Logits are (N, C) arrays (any real dtype or
+array-like; converted to float32 C-contiguous), labels are N integers in [0, C). The compute is
+C (``csrc/kernels/losses.c``): float32 storage, double accumulation, rows in parallel, the GIL
+released, so several Python threads may call these functions at once.
+
+Gradients are with respect to the student logits only (the teacher gets none), and are the
+gradient of the returned loss; with ``reduction='none'`` (per-sample losses) ``grad`` is the
+gradient of the *sum* of the per-sample losses.
+
+DTKD follows the official code (Wei & Bai, arXiv 2404.12711), per sample::
+
+    m_s = max(s), m_t = max(t)
+    T_s = 2 m_s / (m_s + m_t) * T,   T_t = 2 m_t / (m_s + m_t) * T
+    L   = T_s * T_t * KL(softmax(t / T_t) || softmax(s / T_s))
+
+The temperatures are not detached, as in the official code: the gradient flows through m_s into
+T_s and T_t, and max passes it to the arg-max entry of s (the first index on ties).
+``detach_temperature=True`` treats them as constants instead. A sample with
+m_s + m_t <= ``FALLBACK_EPS`` or a temperature that is not finite and > 0 uses T_s = T_t = T
+(and no gradient through the temperatures); ``n_fallback`` counts such samples.
+
+Example::
+
+    import numpy as np, dtkd
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(64, 100)), 3 * rng.normal(size=(64, 100))
+    labels = rng.integers(0, 100, size=64)
+    r = dtkd.losses.dtkd(student, teacher, temperature=4.0)
+    r.loss, r.grad.shape, r.t_student[:3], r.n_fallback
+    total = dtkd.losses.dtkd_objective(student, teacher, labels, epoch=5)
+    total.loss, total.dtkd, total.kd, total.ce, total.warmup_factor
+"""
+
+import numpy as np
+
+from . import _C
+from ._validate import as_float, as_float32, as_labels, as_positive_float
+
+__all__ = [
+    "LossResult", "FALLBACK_EPS",
+    "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
+    "logsumexp_backward", "sharpness", "dynamic_temperatures",
+    "cross_entropy", "kd", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
+]
+
+#: A sample whose max logits sum to at most this falls back to T_s = T_t = T.
+FALLBACK_EPS = 1e-6
+
+_KL_FIXED, _KL_DYNAMIC, _KL_DYNAMIC_DETACHED = 0, 1, 2
+_DYNAMIC_TERMS = {None: (False, False), "tckd": (True, False), "nckd": (False, True),
+                  "both": (True, True)}
+
+
+class LossResult:
+    """A loss and its gradient (read-only).
+
+    Attributes
+    ----------
+    loss : float, or (N,) float32 array for ``reduction='none'``
+    grad : (N, C) float32 array, d loss / d student logits (of the sum for ``'none'``)
+    t_student, t_teacher : (N,) float32 arrays, the per-sample temperatures (DTKD losses)
+    n_fallback : int, samples that fell back to T_s = T_t = T (DTKD losses)
+    ce, kd, dtkd, tckd, nckd : the terms, reduced like ``loss`` (where they apply; unweighted
+        by alpha/beta/gamma, but including the temperature factor T^2 or T_s T_t)
+    warmup_factor : float, min(epoch / warmup, 1) (objectives)
+    """
+
+    __slots__ = ("loss", "grad", "t_student", "t_teacher", "n_fallback", "ce", "kd", "dtkd",
+                 "tckd", "nckd", "warmup_factor")
+
+    def __init__(self, loss, grad, **fields):
+        for name in self.__slots__:
+            object.__setattr__(self, name, None)
+        object.__setattr__(self, "loss", loss)
+        object.__setattr__(self, "grad", grad)
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("LossResult is read-only")
+
+    def __delattr__(self, name):
+        raise AttributeError("LossResult is read-only")
+
+    def __repr__(self):
+        parts = []
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                text = f"<{value.dtype} array {value.shape}"
+                text += f", mean {value.mean():.4g}>" if value.ndim == 1 else ">"
+            elif isinstance(value, float):
+                text = f"{value:.6g}"
+            else:
+                text = repr(value)
+            parts.append(f"{name}={text}")
+        return f"LossResult({', '.join(parts)})"
+
+
+# ---- argument conversion (fast path for arrays that are already what the kernels take) ----
+
+def _logits(x, name):
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous:
+        return x
+    # NaN / Inf (also from float64 values beyond float32's range) are found by the kernels,
+    # which then name the argument.
+    with np.errstate(over="ignore"):
+        return as_float32(x, name, ndim=2, finite=False)
+
+
+def _labels(y, n, num_classes):
+    if (type(y) is np.ndarray and y.dtype == np.int64 and y.shape == (n,)
+            and y.flags.c_contiguous):
+        return y  # the kernel checks the range and names `labels`
+    return as_labels(y, "labels", n, num_classes)
+
+
+def _temperature(temperature, name="temperature"):
+    if type(temperature) is float and 0.0 < temperature < float("inf"):
+        return temperature
+    return as_positive_float(temperature, name)
+
+
+def _dloss(reduction, n):
+    """The backward seed for each sample's loss under a reduction."""
+    if reduction == "mean":
+        return 1.0 / n
+    if reduction in ("sum", "none"):
+        return 1.0
+    if not isinstance(reduction, str):
+        raise TypeError(f"reduction: expected 'mean', 'sum' or 'none', got {type(reduction).__name__}")
+    raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _reduce(total, per_sample, reduction, n):
+    if reduction == "mean":
+        return total / n
+    if reduction == "sum":
+        return total
+    return per_sample
+
+
+def _reduce_term(per_sample, reduction):
+    if reduction == "none":
+        return per_sample
+    total = float(np.sum(per_sample, dtype=np.float64))
+    return total / per_sample.shape[0] if reduction == "mean" else total
+
+
+def _check_pair(student, teacher):
+    s = _logits(student, "student")
+    t = _logits(teacher, "teacher")
+    if s.shape != t.shape:
+        raise ValueError(f"teacher: expected the shape of student {s.shape}, got {t.shape}")
+    return s, t
+
+
+def _dynamic_terms(dynamic_temperature):
+    try:
+        return _DYNAMIC_TERMS[dynamic_temperature]
+    except (KeyError, TypeError):
+        raise ValueError("dynamic_temperature: expected None, 'tckd', 'nckd' or 'both', "
+                         f"got {dynamic_temperature!r}") from None
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+# ---- softmax family ----
+
+def log_softmax(x, temperature=1.0):
+    """Row-wise ``log_softmax(x / temperature)`` of (N, C) logits -> (N, C) float32."""
+    return _C.log_softmax_forward(_logits(x, "x"), _temperature(temperature))
+
+
+def softmax(x, temperature=1.0):
+    """Row-wise ``softmax(x / temperature)`` of (N, C) logits -> (N, C) float32."""
+    return _C.softmax_forward(_logits(x, "x"), _temperature(temperature))
+
+
+def logsumexp(x, temperature=1.0):
+    """Row-wise ``logsumexp(x / temperature)`` of (N, C) logits -> (N,) float32."""
+    return _C.logsumexp_forward(_logits(x, "x"), _temperature(temperature))
+
+
+def log_softmax_backward(grad_output, output, temperature=1.0):
+    """Gradient w.r.t. x of ``sum(grad_output * log_softmax(x / T))``; ``output`` is that
+    log_softmax. -> (N, C) float32."""
+    out = _logits(output, "output")
+    return _C.log_softmax_backward(_logits(grad_output, "grad_output"), out, _temperature(temperature))
+
+
+def softmax_backward(grad_output, output, temperature=1.0):
+    """Gradient w.r.t. x of ``sum(grad_output * softmax(x / T))``; ``output`` is that softmax.
+    -> (N, C) float32."""
+    out = _logits(output, "output")
+    return _C.softmax_backward(_logits(grad_output, "grad_output"), out, _temperature(temperature))
+
+
+def logsumexp_backward(grad_output, x, output, temperature=1.0):
+    """Gradient w.r.t. x of ``sum(grad_output * logsumexp(x / T))``: grad_output (N,), x (N, C),
+    output (N,) = logsumexp(x, T). -> (N, C) float32."""
+    g = as_float32(grad_output, "grad_output", ndim=1)
+    out = as_float32(output, "output", ndim=1)
+    return _C.logsumexp_backward(g, _logits(x, "x"), out, _temperature(temperature))
+
+
+def sharpness(logits, temperature=1.0, approximation=False):
+    """The paper's logit sharpness per sample: ``logsumexp(logits / temperature)`` -> (N,).
+
+    With ``approximation=True``, the max-logit approximation the paper uses instead:
+    ``max(logits) / temperature``.
+    """
+    x = _logits(logits, "logits")
+    T = _temperature(temperature)
+    if not _check_bool(approximation, "approximation"):
+        return _C.logsumexp_forward(x, T)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"logits: expected a non-empty (N, C) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("logits: contains NaN or Inf")
+    return (x.max(axis=1) / np.float32(T)).astype(np.float32)
+
+
+def dynamic_temperatures(student, teacher, temperature=4.0):
+    """The DTKD temperatures per sample -> ``(t_student, t_teacher, n_fallback)``.
+
+    ``T_s = 2 max(s) / (max(s) + max(t)) * T``, ``T_t = 2 max(t) / (max(s) + max(t)) * T``;
+    samples where that is undefined use ``T_s = T_t = T`` and are counted in n_fallback.
+    """
+    s, t = _check_pair(student, teacher)
+    return _C.dynamic_temperatures(s, t, _temperature(temperature))
+
+
+# ---- losses ----
+
+def cross_entropy(logits, labels, reduction="mean"):
+    """Cross-entropy of (N, C) logits with integer labels -> LossResult(loss, grad, ce)."""
+    s = _logits(logits, "logits")
+    y = _labels(labels, s.shape[0], s.shape[1])
+    n = s.shape[0]
+    total, per_sample, grad = _C.cross_entropy(s, y, _dloss(reduction, max(n, 1)))
+    loss = _reduce(total, per_sample, reduction, n)
+    return LossResult(loss, grad, ce=loss)
+
+
+def kd(student, teacher, temperature=4.0, reduction="mean"):
+    """Vanilla KD (Hinton et al.): ``T^2 KL(softmax(t/T) || softmax(s/T))`` per sample.
+
+    -> LossResult(loss, grad, kd).
+    """
+    s, t = _check_pair(student, teacher)
+    n = s.shape[0]
+    total, per_sample, _, _, _, grad = _C.kl(s, t, _temperature(temperature), _KL_FIXED,
+                                             _dloss(reduction, max(n, 1)))
+    loss = _reduce(total, per_sample, reduction, n)
+    return LossResult(loss, grad, kd=loss)
+
+
+def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction="mean"):
+    """DTKD: ``T_s T_t KL(softmax(t/T_t) || softmax(s/T_s))`` per sample (official rule).
+
+    The default gradient is the exact one of the official code (through T_s, T_t via the
+    arg-max of s); ``detach_temperature=True`` treats the temperatures as constants.
+    -> LossResult(loss, grad, t_student, t_teacher, n_fallback, dtkd).
+    """
+    s, t = _check_pair(student, teacher)
+    n = s.shape[0]
+    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    total, per_sample, ts, tt, n_fallback, grad = _C.kl(s, t, _temperature(temperature), mode,
+                                                        _dloss(reduction, max(n, 1)))
+    loss = _reduce(total, per_sample, reduction, n)
+    return LossResult(loss, grad, t_student=ts, t_teacher=tt, n_fallback=n_fallback, dtkd=loss)
+
+
+def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reduction="mean",
+        dynamic_temperature=None, detach_temperature=False):
+    """DKD (Zhao et al., CVPR 2022): ``alpha TCKD + beta NCKD``, each times T^2.
+
+    TCKD is the KL between the binary (target, non-target) distributions of teacher and
+    student; NCKD the KL between their distributions over the non-target classes (the target
+    class excluded exactly). Defined for C >= 2 (C == 2: NCKD is 0).
+
+    ``dynamic_temperature`` in ``'tckd'``, ``'nckd'``, ``'both'`` computes that term with the
+    DTKD temperatures (T_s, T_t) and weight T_s T_t instead of T and T^2 (the paper's
+    "DTKD in TCKD / NCKD" experiments); ``detach_temperature`` as in :func:`dtkd`.
+    -> LossResult(loss, grad, tckd, nckd, t_student, t_teacher, n_fallback); ``tckd`` and
+    ``nckd`` are unweighted by alpha and beta.
+    """
+    s, t = _check_pair(student, teacher)
+    n, c = s.shape
+    y = _labels(labels, n, c)
+    dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
+    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    total, per_sample, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
+        s, t, y, as_float(alpha, "alpha"), as_float(beta, "beta"), _temperature(temperature),
+        dyn_tc, dyn_nc, mode, _dloss(reduction, max(n, 1)))
+    loss = _reduce(total, per_sample, reduction, n)
+    fields = dict(tckd=_reduce_term(tckd, reduction), nckd=_reduce_term(nckd, reduction))
+    if dyn_tc or dyn_nc:
+        fields.update(t_student=ts, t_teacher=tt, n_fallback=n_fallback)
+    return LossResult(loss, grad, **fields)
+
+
+# ---- the objectives of the official trainers ----
+
+def _warmup_factor(epoch, warmup):
+    epoch = as_float(epoch, "epoch")
+    if epoch < 0:
+        raise ValueError(f"epoch: must be >= 0, got {epoch}")
+    warmup = as_positive_float(warmup, "warmup")
+    return min(epoch / warmup, 1.0)
+
+
+def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, temperature=4.0,
+                   epoch=1, warmup=20, detach_temperature=False):
+    """The official DTKD trainer's loss (batch means):
+    ``min(epoch / warmup, 1) (alpha L_DTKD + beta L_KD) + gamma L_CE``.
+
+    -> LossResult(loss, grad, dtkd, kd, ce, t_student, t_teacher, n_fallback, warmup_factor).
+    """
+    s, t = _check_pair(student, teacher)
+    n, c = s.shape
+    y = _labels(labels, n, c)
+    alpha, beta, gamma = as_float(alpha, "alpha"), as_float(beta, "beta"), as_float(gamma, "gamma")
+    T = _temperature(temperature)
+    wf = _warmup_factor(epoch, warmup)
+    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    inv_n = 1.0 / max(n, 1)
+    dt_total, _, ts, tt, n_fallback, grad = _C.kl(s, t, T, mode, wf * alpha * inv_n)
+    kd_total, _, _, _, _, kd_grad = _C.kl(s, t, T, _KL_FIXED, wf * beta * inv_n)
+    ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
+    grad += kd_grad
+    grad += ce_grad
+    l_dtkd, l_kd, l_ce = dt_total * inv_n, kd_total * inv_n, ce_total * inv_n
+    loss = wf * (alpha * l_dtkd + beta * l_kd) + gamma * l_ce
+    return LossResult(loss, grad, dtkd=l_dtkd, kd=l_kd, ce=l_ce, t_student=ts, t_teacher=tt,
+                      n_fallback=n_fallback, warmup_factor=wf)
+
+
+def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temperature=4.0,
+                  epoch=1, warmup=20, dynamic_temperature=None, detach_temperature=False):
+    """mdistiller's DKD trainer loss (batch means):
+    ``gamma L_CE + min(epoch / warmup, 1) (alpha TCKD + beta NCKD)``.
+
+    ``dynamic_temperature`` / ``detach_temperature`` as in :func:`dkd`.
+    -> LossResult(loss, grad, tckd, nckd, ce, warmup_factor, and the temperatures when dynamic).
+    """
+    s, t = _check_pair(student, teacher)
+    n, c = s.shape
+    y = _labels(labels, n, c)
+    alpha, beta, gamma = as_float(alpha, "alpha"), as_float(beta, "beta"), as_float(gamma, "gamma")
+    T = _temperature(temperature)
+    wf = _warmup_factor(epoch, warmup)
+    dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
+    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    inv_n = 1.0 / max(n, 1)
+    dkd_total, _, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
+        s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n)
+    ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
+    grad += ce_grad
+    l_ce = ce_total * inv_n
+    loss = gamma * l_ce + wf * dkd_total * inv_n
+    fields = dict(tckd=_reduce_term(tckd, "mean"), nckd=_reduce_term(nckd, "mean"), ce=l_ce,
+                  warmup_factor=wf)
+    if dyn_tc or dyn_nc:
+        fields.update(t_student=ts, t_teacher=tt, n_fallback=n_fallback)
+    return LossResult(loss, grad, **fields)
