@@ -1,4 +1,4 @@
-"""Winograd F(2x2,3x3) / F(4x4,3x3) forward convolution vs PyTorch conv2d and vs a direct
+"""Winograd F(2x2,3x3) / F(4x4,3x3) forward convolution vs PyTorch conv2d and vs dtkd's direct
 im2col + SGEMM convolution, on the stride-1 3x3 convolutions of resnet32x4 at batch 64.
 
 Times are the minimum over --reps rounds in which all variants alternate. GFLOP/s are
@@ -68,7 +68,7 @@ def conv3x3_float64(x, w):
 
 def accuracy(batch):
     """Max and RMS error relative to max|y| of F(2x2), F(4x4) and float32 direct convolutions
-    (PyTorch, and im2col + dtkd sgemm) against float64, on post-ReLU activations (half-normal,
+    (PyTorch, and dtkd's im2col + sgemm conv2d_forward) against float64, on post-ReLU activations (half-normal,
     as after BN+ReLU) and Kaiming-normal weights, the scales resnet32x4 sees."""
     print(f"\n== accuracy vs float64 direct (batch {batch}; max |err| / max |y|, rms err / rms y)")
     rng = np.random.default_rng(1)
@@ -82,9 +82,8 @@ def accuracy(batch):
             with torch.no_grad():
                 results["torch"] = torch.nn.functional.conv2d(
                     torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
-        if hasattr(_C, "sgemm"):
-            cols = _C.sgemm(w.reshape(o, c * 9), im2col(x))
-            results["im2col"] = cols.reshape(o, batch, hw, hw).transpose(1, 0, 2, 3)
+        if hasattr(_C, "conv2d_forward"):
+            results["direct"] = _C.conv2d_forward(x, w, None, 1, 1, 1, 1, 1)
         scale, rms = np.abs(ref).max(), np.sqrt(np.mean(ref ** 2))
         line = "  ".join(f"{k} {np.abs(v - ref).max() / scale:.1e} "
                          f"{np.sqrt(np.mean((v - ref) ** 2)) / rms:.1e}"
@@ -132,7 +131,6 @@ def main():
     args = ap.parse_args()
     _C.set_isa(args.isa)
 
-    has_sgemm = hasattr(_C, "sgemm")
     # Fractions are of the nominal AVX-512 FMA peak of this machine (270 GFLOP/s per core, see
     # benchmarks/bench_gemm.py); the peak measured now is printed too: well below nominal means
     # other processes share the cores and absolute times are inflated (ratios less so).
@@ -144,17 +142,20 @@ def main():
           f"AVX-512 FMA peak measured now: "
           + (", ".join(f"{t} thr {v:.0f}" for t, v in measured.items()) or "n/a")
           + " GFLOP/s (nominal 270 per core)")
-    print("eff GFLOP/s = direct FLOPs / time; 'xTorch' = torch time / winograd time (>1: faster)")
+    print("eff GFLOP/s = direct FLOPs / time; 'xTorch' = torch time / winograd time (>1: faster);"
+          " direct = dtkd conv2d_forward (im2col + sgemm); gemm = the SGEMM alone on prebuilt "
+          "columns")
     rng = np.random.default_rng(0)
-    totals = {}
+    nan = float("nan")
     for t in args.threads:
         dtkd.set_num_threads(t)
         if torch is not None:
             torch.set_num_threads(t)
         print(f"\n== {t} thread(s) ==")
         print(f"{'C':>4} {'O':>4} {'HxW':>6} | {'F2 ms':>7} {'F4 ms':>7} {'torch':>7} "
-              f"{'gemm':>7} {'i2c+gemm':>8} | {'F4 GF/s':>7} {'/peak':>5} | {'F4xTorch':>8} "
-              f"{'F2xTorch':>8} {'F4xGemm':>7} | {'u(F4) ms':>8}")
+              f"{'direct':>7} {'gemm':>7} | {'F4 GF/s':>7} {'/peak':>5} | {'F4xTorch':>8} "
+              f"{'F2xTorch':>8} {'F4xDirect':>9} | {'u(F4) ms':>8}")
+        total = {}
         for c, o, hw, count in RESNET32X4_CONVS:
             x = rng.standard_normal((args.batch, c, hw, hw)).astype(np.float32)
             w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
@@ -170,31 +171,26 @@ def main():
             if torch is not None:
                 xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
                 fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1)
-            if has_sgemm:
-                cols = im2col(x)
-                w2 = w.reshape(o, c * 9)
+            if hasattr(_C, "conv2d_forward"):
+                fns["direct"] = lambda: _C.conv2d_forward(x, w, b, 1, 1, 1, 1, 1)
+            if hasattr(_C, "sgemm"):
+                cols, w2 = im2col(x), w.reshape(o, c * 9)
                 fns["gemm"] = lambda: _C.sgemm(w2, cols)
-                fns["i2c"] = lambda: _C.sgemm(w2, im2col(x))
             with torch.no_grad() if torch is not None else contextlib.nullcontext():
                 best = best_times(fns, args.reps)
-            nan = float("nan")
+            for k in ("f2", "f4", "torch", "direct", "gemm"):
+                total[k] = total.get(k, 0.0) + count * best.get(k, nan)
             t_f2, t_f4, t_u4 = best["f2"], best["f4"], best["u4"]
-            t_torch, t_gemm, t_i2c = (best.get(k, nan) for k in ("torch", "gemm", "i2c"))
-            row = totals.setdefault(t, {"f2": 0.0, "f4": 0.0, "torch": 0.0, "gemm": 0.0})
-            row["f2"] += count * t_f2
-            row["f4"] += count * t_f4
-            row["torch"] += count * t_torch
-            row["gemm"] += count * t_gemm
+            t_torch, t_direct, t_gemm = (best.get(k, nan) for k in ("torch", "direct", "gemm"))
             gf4 = flops / t_f4 / 1e9
             print(f"{c:4d} {o:4d} {hw:>3d}^2  | {t_f2*1e3:7.2f} {t_f4*1e3:7.2f} "
-                  f"{t_torch*1e3:7.2f} {t_gemm*1e3:7.2f} {t_i2c*1e3:8.2f} | {gf4:7.0f} "
+                  f"{t_torch*1e3:7.2f} {t_direct*1e3:7.2f} {t_gemm*1e3:7.2f} | {gf4:7.0f} "
                   f"{gf4/nominal[t]:5.2f} | {t_torch/t_f4:8.2f} {t_torch/t_f2:8.2f} "
-                  f"{t_gemm/t_f4:7.2f} | {t_u4*1e3:8.2f}")
-        r = totals[t]
-        print(f"all stride-1 3x3 convs of resnet32x4 (weighted by count): F2 {r['f2']*1e3:.1f} ms,"
-              f" F4 {r['f4']*1e3:.1f} ms, torch {r['torch']*1e3:.1f} ms, gemm-only "
-              f"{r['gemm']*1e3:.1f} ms -> F4xTorch {r['torch']/r['f4']:.2f}, F2xTorch "
-              f"{r['torch']/r['f2']:.2f}, F4xGemm {r['gemm']/r['f4']:.2f}")
+                  f"{t_direct/t_f4:9.2f} | {t_u4*1e3:8.2f}")
+        print("all stride-1 3x3 convs of resnet32x4 (weighted by count): "
+              + ", ".join(f"{k} {v*1e3:.1f} ms" for k, v in total.items())
+              + f" -> F4xTorch {total['torch']/total['f4']:.2f}, F2xTorch "
+              f"{total['torch']/total['f2']:.2f}, F4xDirect {total['direct']/total['f4']:.2f}")
     if args.accuracy_batch:
         accuracy(args.accuracy_batch)
         error_through_residual_stack()
