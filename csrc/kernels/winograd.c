@@ -344,103 +344,6 @@ unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
     }
 }
 
-/* AVX2 versions: the same copies in 8 x 8 blocks (8 channels, half a strip lane group). */
-#define AVX2_TARGET __attribute__((target("avx2,fma")))
-
-/* r[i] = row i of an 8 x 8 block -> r[j] = column j. */
-static inline AVX2_TARGET void transpose8x8(__m256 r[8])
-{
-    __m256 t[8], s[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; i++) {
-        s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    /* Within 128-bit lane L, s[4i + k] holds column 4L + k of rows 4i..4i+3. */
-    for (int k = 0; k < 4; k++) {
-        r[k] = _mm256_permute2f128_ps(s[k], s[4 + k], 0x20);
-        r[4 + k] = _mm256_permute2f128_ps(s[k], s[4 + k], 0x31);
-    }
-}
-
-/* Mask for _mm256_maskload_ps / _mm256_maskstore_ps selecting the first n (0..8) floats. */
-static inline AVX2_TARGET __m256i first_lanes8(long n)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-/* As pack_input_strip. */
-static AVX2_TARGET void
-pack_input_strip_avx2(float *strip, long strip_w, const float *x, long c0, long C, long H, long W,
-                      long h0, long w0, int rows, long cols)
-{
-    for (int r = 0; r < rows; r++) {
-        float *srow = strip + (size_t)r * strip_w * LANES;
-        long h = h0 + r;
-        if (h < 0 || h >= H) {
-            memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
-            continue;
-        }
-        long j_lo = w0 < 0 ? -w0 : 0;
-        long j_hi = W - w0 < cols ? W - w0 : cols;
-        for (long j = 0; j < j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
-        for (long j = j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
-        for (long j = j_lo; j < j_hi; j += 8) {
-            const long n = j_hi - j < 8 ? j_hi - j : 8;
-            const __m256i k = first_lanes8(n);
-            for (int half = 0; half < LANES; half += 8) {
-                __m256 v[8];
-                for (int l = 0; l < 8; l++) {
-                    const long c = c0 + half + l;
-                    v[l] = c < C ? _mm256_maskload_ps(x + (c * H + h) * W + w0 + j, k)
-                                 : _mm256_setzero_ps();
-                }
-                transpose8x8(v);
-                for (long jj = 0; jj < n; jj++)
-                    _mm256_store_ps(srow + (j + jj) * LANES + half, v[jj]);
-            }
-        }
-    }
-}
-
-/* As unpack_output_strip. */
-static AVX2_TARGET void
-unpack_output_strip_avx2(float *y, const float *strip, long strip_w,
-                         const struct wino_epilogue *ep, const float *res, long o0, long O,
-                         long H, long W, long h0, long w0, int rows, long cols)
-{
-    if (rows > H - h0) rows = (int)(H - h0);
-    if (cols > W - w0) cols = W - w0;
-    const int lanes = O - o0 < LANES ? (int)(O - o0) : LANES;
-    for (int r = 0; r < rows; r++) {
-        const float *srow = strip + (size_t)r * strip_w * LANES;
-        for (long j = 0; j < cols; j += 8) {
-            const long n = cols - j < 8 ? cols - j : 8;
-            const __m256i k = first_lanes8(n);
-            for (int half = 0; half < lanes; half += 8) {
-                __m256 v[8];
-                for (long jj = 0; jj < 8; jj++)
-                    v[jj] = jj < n ? _mm256_load_ps(srow + (j + jj) * LANES + half)
-                                   : _mm256_setzero_ps();
-                transpose8x8(v);
-                for (int l = 0; l < 8 && half + l < lanes; l++) {
-                    const size_t at = ((o0 + half + l) * H + h0 + r) * W + w0 + j;
-                    const float b = ep->bias ? ep->bias[o0 + half + l] : 0.0f;
-                    __m256 out = _mm256_add_ps(v[l], _mm256_set1_ps(b));
-                    if (res) out = _mm256_add_ps(out, _mm256_maskload_ps(res + at, k));
-                    if (ep->relu) out = _mm256_max_ps(out, _mm256_setzero_ps());
-                    _mm256_maskstore_ps(y + at, k, out);
-                }
-            }
-        }
-    }
-}
-
 /* ---- transforms on 16-channel vectors ---- */
 
 #define LD(p) (*(const vec16 *)(p))
@@ -542,7 +445,7 @@ output_transform(float *tile, size_t row_stride, const float *mt, size_t m_strid
 
 static inline __attribute__((always_inline)) int
 process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
-              const struct wino_epilogue *ep, long t0, long t1, float *ws, enum dtkd_isa isa)
+              const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512)
 {
     const int m = g->m, a = g->a, aa = a * a;
     const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
@@ -553,12 +456,9 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
     for (long c0 = 0; c0 < g->c_pad; c0 += LANES)
         FOR_EACH_ROW_SEGMENT(g, t0, t1, {
             const long cols = (tw1 - tw0) * m + 2;
-            if (isa == DTKD_ISA_AVX512)
+            if (avx512)
                 pack_input_strip_avx512(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C,
                                         H, W, th * m - 1, tw0 * m - 1, a, cols);
-            else if (isa == DTKD_ISA_AVX2)
-                pack_input_strip_avx2(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C, H,
-                                      W, th * m - 1, tw0 * m - 1, a, cols);
             else
                 pack_input_strip(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C, H, W,
                                  th * m - 1, tw0 * m - 1, a, cols);
@@ -583,12 +483,9 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
                                  M + (size_t)(t_local + tw - tw0) * g->o_pad + o0, m_stride, m);
             const size_t image = (size_t)n * O * H * W;
             const float *res = ep->residual ? ep->residual + image : NULL;
-            if (isa == DTKD_ISA_AVX512)
+            if (avx512)
                 unpack_output_strip_avx512(y + image, out_strip, out_w, ep, res, o0, O, H, W,
                                            th * m, tw0 * m, m, (tw1 - tw0) * m);
-            else if (isa == DTKD_ISA_AVX2)
-                unpack_output_strip_avx2(y + image, out_strip, out_w, ep, res, o0, O, H, W,
-                                         th * m, tw0 * m, m, (tw1 - tw0) * m);
             else
                 unpack_output_strip(y + image, out_strip, out_w, ep, res, o0, O, H, W, th * m,
                                     tw0 * m, m, (tw1 - tw0) * m);
@@ -599,22 +496,22 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
 /* One copy of process_block per instruction set; vec16 arithmetic becomes one AVX-512
  * instruction, two AVX2 ones, or four SSE ones. Separate m = 2 / m = 4 instances let the
  * compiler unroll the transforms fully. */
-#define DEFINE_BLOCK_FN(name, attr, isa)                                                      \
+#define DEFINE_BLOCK_FN(name, attr, avx512)                                                   \
     attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u, \
                          const struct wino_epilogue *ep, long t0, long t1, float *ws)         \
     {                                                                                         \
         struct wino_geom fixed = *g;                                                          \
         if (g->m == 2) {                                                                      \
             fixed.m = 2, fixed.a = 4;                                                         \
-            return process_block(&fixed, y, x, u, ep, t0, t1, ws, isa);                       \
+            return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                    \
         }                                                                                     \
         fixed.m = 4, fixed.a = 6;                                                             \
-        return process_block(&fixed, y, x, u, ep, t0, t1, ws, isa);                           \
+        return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                        \
     }
 
-DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, DTKD_ISA_AVX512)
-DEFINE_BLOCK_FN(block_avx2, AVX2_TARGET, DTKD_ISA_AVX2)
-DEFINE_BLOCK_FN(block_portable, , DTKD_ISA_SCALAR)
+DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, 1)
+DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))), 0)
+DEFINE_BLOCK_FN(block_portable, , 0)
 
 int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
                              const float *residual, long N, long C, long H, long W, long O, int m,
