@@ -86,10 +86,12 @@ SHAPES = [
 
 @pytest.mark.parametrize("m", TILE_SIZES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_forward_matches_direct_convolution(shape, m):
+def test_forward_matches_direct_convolution(shape, m, isa_limit):
     rng = np.random.default_rng(sum(shape) + m)
     x, w, b = random_problem(rng, *shape)
-    assert_close_to_reference(_C.winograd_conv3x3_forward(x, w, b, m), x, w, b, m)
+    for isa in available_isas():  # each has its own strip copies at the edges
+        isa_limit(isa)
+        assert_close_to_reference(_C.winograd_conv3x3_forward(x, w, b, m), x, w, b, m)
 
 
 @pytest.mark.parametrize("m", TILE_SIZES)
