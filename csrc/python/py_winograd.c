@@ -244,7 +244,8 @@ PyMethodDef dtkd_winograd_methods[] = {
      "winograd_conv3x3_forward_transformed(x, u, b=None, residual=None, relu=False, out=None)"
      " -> y:\n"
      "as winograd_conv3x3_forward with u = winograd_transform_weights(w, m) precomputed (m read "
-     "from u.shape[0]: 16 -> 2, 36 -> 4)."},
+     "from u.shape[0]: 16 -> 2, 36 -> 4). u is not re-checked for NaN/Inf on every call (w was "
+     "checked when it was transformed; the scan would cost a few % of the call)."},
     {"winograd_transform_weights_backward", py_winograd_transform_weights_backward, METH_VARARGS,
      "winograd_transform_weights_backward(w, m=4) -> u float32 (a*a, O, C): the transform of "
      "w rotated by 180 degrees with O and C swapped, for the input gradient."},
