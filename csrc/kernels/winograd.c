@@ -126,25 +126,30 @@ struct wino_geom {
 static size_t round_up(size_t n, size_t k) { return (n + k - 1) / k * k; }
 
 /* Tiles per block. The GEMMs tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
- * on every call); V and M of a block (a*a*tiles*(C+O) floats) should stay near the L2 cache,
- * but up to 128 tiles are allowed past that (a sweep of 28..896 tiles at resnet32x4 shapes,
- * on a shared machine, had 56..128 within ~10% of each other and 28 or 896 clearly worse);
- * the blocks should split evenly over the threads; and the AVX-512 GEMM computes rows in
- * panels of 14, so a block of 15 tiles costs as much as one of 28. Pick the size that
- * minimizes the modelled time rounds * (rows computed + ~16 rows' worth of packing u). */
+ * on every call, and computes rows in panels of 14: a block of 15 tiles costs as much as one of
+ * 28), while V and M of a block (a*a*tiles*(C+O) floats) should stay in the L2 cache (1 MB per
+ * core here; 0.75 MB of it leaves room for the packed GEMM panels). Measured at resnet32x4's
+ * shapes (batch 64, 1 and 2 threads, 28..896 tiles): 56 tiles was best or within ~3% of the
+ * best everywhere, larger blocks lost 3-10% once V and M left L2, smaller ones lost to the GEMM;
+ * the exception was few tiles on 2 threads (256 channels at 8x8: 256 tiles), where one block
+ * per thread (128) beat 56 (5 blocks, 3 rounds) by ~8%. So: the L2 bound, at least 56; among
+ * sizes up to it (and, on several threads, one block per thread when that is at most 256 tiles),
+ * the one minimizing the modelled time rounds * (rows rounded to 14 + ~16 rows for packing u). */
 static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles, int nthreads)
 {
-    const long l2_floats = 384 * 1024;  /* 1.5 MB: about the L2 per core here */
+    const long l2_floats = 192 * 1024;
     long max_tiles = l2_floats / ((long)a * a * (c_pad + o_pad));
-    if (max_tiles < 128) max_tiles = 128;
+    if (max_tiles < 56) max_tiles = 56;
     if (max_tiles > 256) max_tiles = 256;
     if (max_tiles > tiles) max_tiles = tiles;
+    const long one_per_thread = nthreads > 1 ? (tiles + nthreads - 1) / nthreads : 0;
     long best = max_tiles, best_cost = -1;
-    for (long t = 14; t <= max_tiles; t++) {
+    for (long t = 14; t <= 256 && t <= tiles; t++) {
+        if (t > max_tiles && t != one_per_thread) continue;
         long blocks = (tiles + t - 1) / t;
         long rounds = (blocks + nthreads - 1) / nthreads;
         long cost = rounds * ((t + 13) / 14 * 14 + 16);
-        if (best_cost < 0 || cost < best_cost) best = t, best_cost = cost;
+        if (best_cost < 0 || cost <= best_cost) best = t, best_cost = cost;  /* ties: larger */
     }
     return best;
 }
