@@ -1,0 +1,577 @@
+/* winograd.c -- Winograd F(m x m, 3x3) forward convolution, m = 2 or 4 (see winograd.h).
+ *
+ * Tiles: the output is cut into m x m tiles, each reading an a x a input patch (a = m + 2,
+ * pad 1; patches of neighbouring tiles overlap by 2). Tiles are numbered over (n, tile row,
+ * tile column) and processed in blocks of `block_tiles`, one block per OpenMP iteration, each
+ * thread with its own slice of the workspace:
+ *   1. input transform  V[xi][t][c] = (B^T d B)[xi] for the block's tiles, 16 channels at a
+ *      time: the patch rows are first copied channel-last into a strip (zero padding at the
+ *      borders and for channels >= C), so the transform runs on 16-channel vectors;
+ *   2. a*a GEMMs        M[xi] (tiles x O) = V[xi] (tiles x C) x u[xi] (C x O)   (dtkd_sgemm,
+ *      which runs on the calling thread inside the parallel region);
+ *   3. output transform y = A^T M A into an output strip, copied back to NCHW with the
+ *      partial tiles at the right and bottom edges cut, adding bias and residual and applying
+ *      ReLU on the way (the epilogue of the eval path, where BN is folded into the conv).
+ * Channels live in the last dimension of V and M, so both transforms are vector operations
+ * over 16 channels; the same source is compiled for AVX-512, AVX2 and portable C (GCC vector
+ * extensions), chosen at run time by dtkd_isa().
+ *
+ * Transform matrices (Lavin & Gray 2015; points 0, +-1, +-2 and infinity for m = 4):
+ *   m = 2: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1],
+ *          G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+ *   m = 4: B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+ *                 0 4 0 -5 0 1],
+ *          A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1],
+ *          G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]. */
+#include "kernels/winograd.h"
+
+#include <immintrin.h>
+#include <omp.h>
+#include <string.h>
+
+#include "dtkd.h"
+#include "kernels/gemm.h"
+
+#define LANES 16          /* channels per vector (one AVX-512 register) */
+#define ALIGN_FLOATS 16   /* 64-byte alignment of every workspace piece */
+#define MAX_A 6           /* largest input tile side (m = 4) */
+
+typedef float vec16 __attribute__((vector_size(64)));
+
+/* ---- weight transform: u[xi][c][o] = (G g G^T)[xi], in double, once per weight version ---- */
+
+static void weight_transform_1d(double *out, const double *g, int m, long stride_g)
+{
+    double g0 = g[0], g1 = g[stride_g], g2 = g[2 * stride_g];
+    if (m == 2) {
+        out[0] = g0;
+        out[1] = 0.5 * (g0 + g1 + g2);
+        out[2] = 0.5 * (g0 - g1 + g2);
+        out[3] = g2;
+    } else {
+        out[0] = g0 / 4.0;
+        out[1] = -(g0 + g1 + g2) / 6.0;
+        out[2] = -(g0 - g1 + g2) / 6.0;
+        out[3] = g0 / 24.0 + g1 / 12.0 + g2 / 6.0;
+        out[4] = g0 / 24.0 - g1 / 12.0 + g2 / 6.0;
+        out[5] = g2;
+    }
+}
+
+/* full[i][j] = (G g G^T)[i][j] for one 3x3 filter g, rotated by 180 degrees if flip. */
+static void weight_transform_2d(double full[MAX_A][MAX_A], const float *g, int m, int flip)
+{
+    const int a = m + 2;
+    double gd[9], rows[3][MAX_A];
+    for (int k = 0; k < 9; k++) gd[k] = g[flip ? 8 - k : k];
+    for (int r = 0; r < 3; r++) weight_transform_1d(rows[r], gd + 3 * r, m, 1);
+    for (int j = 0; j < a; j++) {
+        double col[3] = {rows[0][j], rows[1][j], rows[2][j]}, out[MAX_A];
+        weight_transform_1d(out, col, m, 1);
+        for (int i = 0; i < a; i++) full[i][j] = out[i];
+    }
+}
+
+/* u[xi][p][q] = transform of the filter w[q][p] (forward: p = c, q = o) or of w[p][q] rotated
+ * by 180 degrees (backward: p = o, q = c), for P x Q filters. */
+static int transform_weights(float *u, const float *w, long O, long C, int m, int backward)
+{
+    if (O <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (m != 2 && m != 4) return DTKD_ERR_VALUE;
+    const int a = m + 2, aa = a * a;
+    const long P = backward ? O : C, Q = backward ? C : O;
+    /* Threads split p, so each writes whole rows u[xi][p][:]. The a*a rows of one p are P*Q
+     * floats apart (the same L1 set for typical sizes), so 16 outputs are gathered in `chunk`
+     * and each row is written a full cache line at a time. */
+#pragma omp parallel for num_threads(dtkd_get_num_threads()) schedule(static)
+    for (long p = 0; p < P; p++)
+        for (long q0 = 0; q0 < Q; q0 += LANES) {
+            const long lanes = Q - q0 < LANES ? Q - q0 : LANES;
+            float chunk[MAX_A * MAX_A][LANES];
+            for (long l = 0; l < lanes; l++) {
+                const long o = backward ? p : q0 + l, c = backward ? q0 + l : p;
+                double full[MAX_A][MAX_A];
+                weight_transform_2d(full, w + (o * C + c) * 9, m, backward);
+                for (int xi = 0; xi < aa; xi++) chunk[xi][l] = (float)full[xi / a][xi % a];
+            }
+            for (int xi = 0; xi < aa; xi++)
+                memcpy(u + ((size_t)xi * P + p) * Q + q0, chunk[xi], sizeof(float) * lanes);
+        }
+    return DTKD_OK;
+}
+
+int winograd_transform_weights(float *u, const float *w, long O, long C, int m)
+{
+    return transform_weights(u, w, O, C, m, 0);
+}
+
+int winograd_transform_weights_backward(float *u, const float *w, long O, long C, int m)
+{
+    return transform_weights(u, w, O, C, m, 1);
+}
+
+/* ---- geometry and workspace ---- */
+
+struct wino_geom {
+    long N, C, H, W, O;
+    int m, a;
+    long tiles_h, tiles_w, tiles;   /* tile grid per image and in total */
+    long c_pad, o_pad;              /* C, O rounded up to LANES */
+    long block_tiles, blocks;
+    long strip_w;                   /* input strip width in columns (one full tile row + 2) */
+    size_t v_stride, m_stride;      /* floats between the matrices of two points xi */
+    size_t v_floats, m_floats, in_strip_floats, out_strip_floats, per_thread;
+};
+
+static size_t round_up(size_t n, size_t k) { return (n + k - 1) / k * k; }
+
+/* Tiles per block. The GEMMs tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
+ * on every call, and computes rows in panels of 14: a block of 15 tiles costs as much as one of
+ * 28), while V and M of a block (a*a*tiles*(C+O) floats) should stay in the L2 cache (1 MB per
+ * core here; 0.75 MB of it leaves room for the packed GEMM panels). Measured at resnet32x4's
+ * shapes (batch 64, 1 and 2 threads, 28..896 tiles): 56 tiles was best or within ~3% of the
+ * best everywhere, larger blocks lost 3-10% once V and M left L2, smaller ones lost to the GEMM;
+ * the exception was few tiles on 2 threads (256 channels at 8x8: 256 tiles), where one block
+ * per thread (128) beat 56 (5 blocks, 3 rounds) by ~8%. So: the L2 bound, at least 56; among
+ * sizes up to it (and, on several threads, one block per thread when that is at most 256 tiles),
+ * the one minimizing the modelled time rounds * (rows rounded to 14 + ~16 rows for packing u). */
+static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles, int nthreads)
+{
+    const long l2_floats = 192 * 1024;
+    long max_tiles = l2_floats / ((long)a * a * (c_pad + o_pad));
+    if (max_tiles < 56) max_tiles = 56;
+    if (max_tiles > 256) max_tiles = 256;
+    if (max_tiles > tiles) max_tiles = tiles;
+    const long one_per_thread = nthreads > 1 ? (tiles + nthreads - 1) / nthreads : 0;
+    long best = max_tiles, best_cost = -1;
+    for (long t = 14; t <= 256 && t <= tiles; t++) {
+        if (t > max_tiles && t != one_per_thread) continue;
+        long blocks = (tiles + t - 1) / t;
+        long rounds = (blocks + nthreads - 1) / nthreads;
+        long cost = rounds * ((t + 13) / 14 * 14 + 16);
+        if (best_cost < 0 || cost <= best_cost) best = t, best_cost = cost;  /* ties: larger */
+    }
+    return best;
+}
+
+static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O, int m,
+                     int nthreads)
+{
+    if (N <= 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0) return DTKD_ERR_SHAPE;
+    if (m != 2 && m != 4) return DTKD_ERR_VALUE;
+    g->N = N, g->C = C, g->H = H, g->W = W, g->O = O, g->m = m, g->a = m + 2;
+    g->tiles_h = (H + m - 1) / m;
+    g->tiles_w = (W + m - 1) / m;
+    g->tiles = N * g->tiles_h * g->tiles_w;
+    g->c_pad = (long)round_up((size_t)C, LANES);
+    g->o_pad = (long)round_up((size_t)O, LANES);
+    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, g->a, g->tiles, nthreads);
+    g->blocks = (g->tiles + g->block_tiles - 1) / g->block_tiles;
+    g->strip_w = g->tiles_w * m + 2;
+    const size_t aa = (size_t)g->a * g->a;
+    /* One extra cache line between the a*a matrices: a transform touches all of them for one
+     * tile, and at a power-of-two distance they would all fall in one L1 set. */
+    g->v_stride = (size_t)g->block_tiles * g->c_pad + LANES;
+    g->m_stride = (size_t)g->block_tiles * g->o_pad + LANES;
+    g->v_floats = aa * g->v_stride;
+    g->m_floats = aa * g->m_stride;
+    g->in_strip_floats = round_up((size_t)g->a * g->strip_w * LANES, ALIGN_FLOATS);
+    g->out_strip_floats = round_up((size_t)m * g->tiles_w * m * LANES, ALIGN_FLOATS);
+    g->per_thread = g->v_floats + g->m_floats + g->in_strip_floats + g->out_strip_floats;
+    return DTKD_OK;
+}
+
+size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, int nthreads)
+{
+    struct wino_geom g;
+    if (nthreads < 1 || geom_init(&g, N, C, H, W, O, m, nthreads) != DTKD_OK) return 0;
+    return g.per_thread * (size_t)nthreads + ALIGN_FLOATS; /* + slack to align the base */
+}
+
+/* ---- strips: NCHW rows <-> channel-last rows of 16 channels ---- */
+
+/* strip[r][j][l] = x[c0 + l][h0 + r][w0 + j] for r < rows, j < cols; zero outside the image
+ * and for channels >= C. x points at one image (C, H, W). */
+static inline __attribute__((always_inline)) void
+pack_input_strip(float *strip, long strip_w, const float *x, long c0, long C, long H, long W,
+                 long h0, long w0, int rows, long cols)
+{
+    for (int r = 0; r < rows; r++) {
+        float *srow = strip + (size_t)r * strip_w * LANES;
+        long h = h0 + r;
+        if (h < 0 || h >= H) {
+            memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
+            continue;
+        }
+        long j_lo = w0 < 0 ? -w0 : 0;                 /* first column inside the image */
+        long j_hi = W - w0 < cols ? W - w0 : cols;    /* one past the last */
+        for (long j = 0; j < j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (long j = j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (int l = 0; l < LANES; l++) {
+            if (c0 + l < C) {
+                const float *xrow = x + ((c0 + l) * H + h) * W + w0;
+                for (long j = j_lo; j < j_hi; j++) srow[j * LANES + l] = xrow[j];
+            } else {
+                for (long j = j_lo; j < j_hi; j++) srow[j * LANES + l] = 0.0f;
+            }
+        }
+    }
+}
+
+/* What the output copy applies: y = relu?(conv + bias + residual); bias (O,) and residual
+ * (N, O, H, W) may be NULL. Fusing them here saves the eval path (BN folded into the conv)
+ * separate passes over y. */
+struct wino_epilogue {
+    const float *bias;
+    const float *residual;
+    int relu;
+};
+
+/* y[o0 + l][h0 + r][w0 + j] = epilogue(strip[r][j][l]) for the parts inside y and channels
+ * < O; y and res point at one image (O, H, W). */
+static inline __attribute__((always_inline)) void
+unpack_output_strip(float *y, const float *strip, long strip_w, const struct wino_epilogue *ep,
+                    const float *res, long o0, long O, long H, long W, long h0, long w0, int rows,
+                    long cols)
+{
+    if (rows > H - h0) rows = (int)(H - h0);
+    if (cols > W - w0) cols = W - w0;
+    for (int l = 0; l < LANES && o0 + l < O; l++) {
+        const float b = ep->bias ? ep->bias[o0 + l] : 0.0f;
+        for (int r = 0; r < rows; r++) {
+            const float *srow = strip + (size_t)r * strip_w * LANES + l;
+            const size_t at = ((o0 + l) * H + h0 + r) * W + w0;
+            for (long j = 0; j < cols; j++) {
+                float v = srow[j * LANES] + b;
+                if (res) v += res[at + j];
+                y[at + j] = ep->relu && !(v > 0.0f) ? 0.0f : v;
+            }
+        }
+    }
+}
+
+/* AVX-512 versions of the two strip copies: 16 x 16 blocks (16 channels x 16 columns) go
+ * through registers and a transpose instead of 256 scalar loads and stores (-20% of the
+ * total time at 64 channels, 32x32). The same with 8 x 8 AVX2 transposes for the AVX2 path
+ * measured no faster than the compiled loops (24.5 ms both), so that path keeps those. */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx2,fma")))
+
+/* r[i] = row i of a 16 x 16 block -> r[j] = column j. */
+static inline AVX512_TARGET void transpose16x16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* Within 128-bit lane L, r[4i + k] then holds column 4L + k of rows 4i..4i+3. */
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    /* Gather lane L of r[k], r[4+k], r[8+k], r[12+k] into column 4L + k. */
+    for (int k = 0; k < 4; k++) {
+        __m512 ab_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 ab_hi = _mm512_shuffle_f32x4(r[k], r[4 + k], _MM_SHUFFLE(3, 2, 3, 2));
+        __m512 cd_lo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 cd_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(3, 2, 3, 2));
+        t[k] = _mm512_shuffle_f32x4(ab_lo, cd_lo, _MM_SHUFFLE(2, 0, 2, 0));
+        t[4 + k] = _mm512_shuffle_f32x4(ab_lo, cd_lo, _MM_SHUFFLE(3, 1, 3, 1));
+        t[8 + k] = _mm512_shuffle_f32x4(ab_hi, cd_hi, _MM_SHUFFLE(2, 0, 2, 0));
+        t[12 + k] = _mm512_shuffle_f32x4(ab_hi, cd_hi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    for (int j = 0; j < 16; j++) r[j] = t[j];
+}
+
+static inline __mmask16 first_lanes(long n)
+{
+    return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* As pack_input_strip. */
+static AVX512_TARGET void
+pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, long C, long H,
+                        long W, long h0, long w0, int rows, long cols)
+{
+    for (int r = 0; r < rows; r++) {
+        float *srow = strip + (size_t)r * strip_w * LANES;
+        long h = h0 + r;
+        if (h < 0 || h >= H) {
+            memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
+            continue;
+        }
+        long j_lo = w0 < 0 ? -w0 : 0;
+        long j_hi = W - w0 < cols ? W - w0 : cols;
+        for (long j = 0; j < j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (long j = j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        for (long j = j_lo; j < j_hi; j += 16) {
+            const long n = j_hi - j < 16 ? j_hi - j : 16;
+            const __mmask16 k = first_lanes(n);
+            __m512 v[16];
+            for (int l = 0; l < LANES; l++)
+                v[l] = c0 + l < C ? _mm512_maskz_loadu_ps(k, x + ((c0 + l) * H + h) * W + w0 + j)
+                                  : _mm512_setzero_ps();
+            transpose16x16(v);
+            for (long jj = 0; jj < n; jj++) _mm512_store_ps(srow + (j + jj) * LANES, v[jj]);
+        }
+    }
+}
+
+/* As unpack_output_strip. */
+static AVX512_TARGET void
+unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
+                           const struct wino_epilogue *ep, const float *res, long o0, long O,
+                           long H, long W, long h0, long w0, int rows, long cols)
+{
+    if (rows > H - h0) rows = (int)(H - h0);
+    if (cols > W - w0) cols = W - w0;
+    const int lanes = O - o0 < LANES ? (int)(O - o0) : LANES;
+    for (int r = 0; r < rows; r++) {
+        const float *srow = strip + (size_t)r * strip_w * LANES;
+        for (long j = 0; j < cols; j += 16) {
+            const long n = cols - j < 16 ? cols - j : 16;
+            const __mmask16 k = first_lanes(n);
+            __m512 v[16];
+            for (long jj = 0; jj < 16; jj++)
+                v[jj] = jj < n ? _mm512_load_ps(srow + (j + jj) * LANES) : _mm512_setzero_ps();
+            transpose16x16(v);
+            for (int l = 0; l < lanes; l++) {
+                const size_t at = ((o0 + l) * H + h0 + r) * W + w0 + j;
+                const float b = ep->bias ? ep->bias[o0 + l] : 0.0f;
+                __m512 out = _mm512_add_ps(v[l], _mm512_set1_ps(b));
+                if (res) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(k, res + at));
+                if (ep->relu) out = _mm512_max_ps(out, _mm512_setzero_ps());
+                _mm512_mask_storeu_ps(y + at, k, out);
+            }
+        }
+    }
+}
+
+/* ---- transforms on 16-channel vectors ---- */
+
+#define LD(p) (*(const vec16 *)(p))
+#define ST(p, v) (*(vec16 *)(p) = (v))
+
+/* 1-D input transforms B^T d, d given as a vectors. */
+static inline __attribute__((always_inline)) void input_1d_f2(vec16 *r, const vec16 *d)
+{
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+}
+
+static inline __attribute__((always_inline)) void input_1d_f4(vec16 *r, const vec16 *d)
+{
+    const vec16 d4_m4d2 = d[4] - 4.0f * d[2], d3_m4d1 = d[3] - 4.0f * d[1];
+    const vec16 d4_md2 = d[4] - d[2], d3_md1 = d[3] - d[1];
+    r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+    r[1] = d4_m4d2 + d3_m4d1;
+    r[2] = d4_m4d2 - d3_m4d1;
+    r[3] = d4_md2 + 2.0f * d3_md1;
+    r[4] = d4_md2 - 2.0f * d3_md1;
+    r[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+/* 1-D output transforms A^T v. */
+static inline __attribute__((always_inline)) void output_1d_f2(vec16 *r, const vec16 *v)
+{
+    r[0] = v[0] + v[1] + v[2];
+    r[1] = v[1] - v[2] - v[3];
+}
+
+static inline __attribute__((always_inline)) void output_1d_f4(vec16 *r, const vec16 *v)
+{
+    const vec16 s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
+    r[0] = v[0] + s12 + s34;
+    r[1] = d12 + 2.0f * d34;
+    r[2] = s12 + 4.0f * s34;
+    r[3] = d12 + 8.0f * d34 + v[5];
+}
+
+/* V[xi * v_stride] = (B^T d B)[xi] for one tile; d is the a x a patch at `patch` in a strip
+ * with row stride row_stride floats. */
+static inline __attribute__((always_inline)) void
+input_transform(float *v, size_t v_stride, const float *patch, size_t row_stride, int m)
+{
+    const int a = m + 2;
+    vec16 rows[MAX_A][MAX_A];  /* rows[i][j] = (d B)[i][j] after the first pass */
+    for (int i = 0; i < a; i++) {
+        vec16 d[MAX_A];
+        for (int j = 0; j < a; j++) d[j] = LD(patch + i * row_stride + j * LANES);
+        if (m == 2) input_1d_f2(rows[i], d);
+        else input_1d_f4(rows[i], d);
+    }
+    for (int j = 0; j < a; j++) {
+        vec16 col[MAX_A], out[MAX_A];
+        for (int i = 0; i < a; i++) col[i] = rows[i][j];
+        if (m == 2) input_1d_f2(out, col);
+        else input_1d_f4(out, col);
+        for (int i = 0; i < a; i++) ST(v + (size_t)(i * a + j) * v_stride, out[i]);
+    }
+}
+
+/* out tile (m x m, row stride row_stride floats) = A^T M A for one tile of M. */
+static inline __attribute__((always_inline)) void
+output_transform(float *tile, size_t row_stride, const float *mt, size_t m_stride, int m)
+{
+    const int a = m + 2;
+    vec16 rows[MAX_A][4];  /* rows[i][j] = (M A)[i][j] */
+    for (int i = 0; i < a; i++) {
+        vec16 v[MAX_A];
+        for (int j = 0; j < a; j++) v[j] = LD(mt + (size_t)(i * a + j) * m_stride);
+        if (m == 2) output_1d_f2(rows[i], v);
+        else output_1d_f4(rows[i], v);
+    }
+    for (int j = 0; j < m; j++) {
+        vec16 col[MAX_A], out[4];
+        for (int i = 0; i < a; i++) col[i] = rows[i][j];
+        if (m == 2) output_1d_f2(out, col);
+        else output_1d_f4(out, col);
+        for (int i = 0; i < m; i++) ST(tile + i * row_stride + j * LANES, out[i]);
+    }
+}
+
+/* ---- one block of tiles [t0, t1): transforms, GEMMs, inverse transforms ---- */
+
+/* Runs BODY once per tile-row segment of the block [t0, t1), with n (image), th (tile row),
+ * tw0..tw1 (tile columns) and t_local (index in the block of tile tw0) set. */
+#define FOR_EACH_ROW_SEGMENT(g, t0, t1, BODY)                                                    \
+    for (long t_ = (t0); t_ < (t1);) {                                                           \
+        const long row_ = t_ / (g)->tiles_w, n = row_ / (g)->tiles_h, th = row_ % (g)->tiles_h;  \
+        const long tw0 = t_ % (g)->tiles_w;                                                      \
+        const long tw1 = (g)->tiles_w < tw0 + ((t1) - t_) ? (g)->tiles_w : tw0 + ((t1) - t_);    \
+        const long t_local = t_ - (t0);                                                          \
+        BODY;                                                                                    \
+        t_ += tw1 - tw0;                                                                         \
+    }
+
+static inline __attribute__((always_inline)) int
+process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
+              const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512)
+{
+    const int m = g->m, a = g->a, aa = a * a;
+    const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
+    float *V = ws, *M = V + g->v_floats, *in_strip = M + g->m_floats;
+    float *out_strip = in_strip + g->in_strip_floats;
+    const size_t v_stride = g->v_stride, m_stride = g->m_stride;
+
+    for (long c0 = 0; c0 < g->c_pad; c0 += LANES)
+        FOR_EACH_ROW_SEGMENT(g, t0, t1, {
+            const long cols = (tw1 - tw0) * m + 2;
+            if (avx512)
+                pack_input_strip_avx512(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C,
+                                        H, W, th * m - 1, tw0 * m - 1, a, cols);
+            else
+                pack_input_strip(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C, H, W,
+                                 th * m - 1, tw0 * m - 1, a, cols);
+            for (long tw = tw0; tw < tw1; tw++)
+                input_transform(V + (size_t)(t_local + tw - tw0) * g->c_pad + c0, v_stride,
+                                in_strip + (tw - tw0) * m * LANES, (size_t)g->strip_w * LANES, m);
+        })
+
+    /* Columns O..o_pad of M are never written: the output transform computes garbage lanes
+     * there that the output copy drops. */
+    for (int xi = 0; xi < aa; xi++) {
+        int st = dtkd_sgemm(0, 0, nt, O, C, 1.0f, V + xi * v_stride, g->c_pad,
+                            u + (size_t)xi * C * O, O, 0.0f, M + xi * m_stride, g->o_pad);
+        if (st != DTKD_OK) return st;
+    }
+
+    const long out_w = g->tiles_w * m;  /* output strip row width in columns */
+    for (long o0 = 0; o0 < g->o_pad; o0 += LANES)
+        FOR_EACH_ROW_SEGMENT(g, t0, t1, {
+            for (long tw = tw0; tw < tw1; tw++)
+                output_transform(out_strip + (tw - tw0) * m * LANES, (size_t)out_w * LANES,
+                                 M + (size_t)(t_local + tw - tw0) * g->o_pad + o0, m_stride, m);
+            const size_t image = (size_t)n * O * H * W;
+            const float *res = ep->residual ? ep->residual + image : NULL;
+            if (avx512)
+                unpack_output_strip_avx512(y + image, out_strip, out_w, ep, res, o0, O, H, W,
+                                           th * m, tw0 * m, m, (tw1 - tw0) * m);
+            else
+                unpack_output_strip(y + image, out_strip, out_w, ep, res, o0, O, H, W, th * m,
+                                    tw0 * m, m, (tw1 - tw0) * m);
+        })
+    return DTKD_OK;
+}
+
+/* One copy of process_block per instruction set; vec16 arithmetic becomes one AVX-512
+ * instruction, two AVX2 ones, or four SSE ones. Separate m = 2 / m = 4 instances let the
+ * compiler unroll the transforms fully. */
+#define DEFINE_BLOCK_FN(name, attr, avx512)                                                   \
+    attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u, \
+                         const struct wino_epilogue *ep, long t0, long t1, float *ws)         \
+    {                                                                                         \
+        struct wino_geom fixed = *g;                                                          \
+        if (g->m == 2) {                                                                      \
+            fixed.m = 2, fixed.a = 4;                                                         \
+            return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                    \
+        }                                                                                     \
+        fixed.m = 4, fixed.a = 6;                                                             \
+        return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                        \
+    }
+
+DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, 1)
+DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))), 0)
+DEFINE_BLOCK_FN(block_portable, , 0)
+
+int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
+                             const float *residual, long N, long C, long H, long W, long O, int m,
+                             int relu, float *workspace, size_t workspace_floats)
+{
+    /* The block size depends on the thread count; if the workspace was sized for fewer
+     * threads than are set now (set_num_threads in between), run on one. */
+    struct wino_geom g;
+    long nthreads = dtkd_get_num_threads();
+    int st = geom_init(&g, N, C, H, W, O, m, (int)nthreads);
+    if (st != DTKD_OK) return st;
+    if (workspace_floats < winograd_workspace_floats(N, C, H, W, O, m, (int)nthreads)) {
+        nthreads = 1;
+        geom_init(&g, N, C, H, W, O, m, 1);
+        if (workspace_floats < winograd_workspace_floats(N, C, H, W, O, m, 1))
+            return DTKD_ERR_NOMEM;
+    }
+    if (nthreads > g.blocks) nthreads = g.blocks;
+    /* Align the workspace base to 64 bytes: vec16 loads and stores assume it. */
+    if ((uintptr_t)workspace % sizeof(float)) return DTKD_ERR_NOMEM;
+    float *ws = workspace + ((-(uintptr_t)workspace / sizeof(float)) & (ALIGN_FLOATS - 1));
+
+    const struct wino_epilogue ep = {bias, residual, relu};
+    int (*block_fn)(const struct wino_geom *, float *, const float *, const float *,
+                    const struct wino_epilogue *, long, long, float *);
+    switch (dtkd_isa()) {
+    case DTKD_ISA_AVX512: block_fn = block_avx512; break;
+    case DTKD_ISA_AVX2: block_fn = block_avx2; break;
+    default: block_fn = block_portable; break;
+    }
+
+    int status = DTKD_OK;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *my_ws = ws + (size_t)omp_get_thread_num() * g.per_thread;
+#pragma omp for schedule(dynamic, 1)
+        for (long b = 0; b < g.blocks; b++) {
+            long t0 = b * g.block_tiles;
+            long t1 = t0 + g.block_tiles < g.tiles ? t0 + g.block_tiles : g.tiles;
+            int s = block_fn(&g, y, x, u, &ep, t0, t1, my_ws);
+            if (s != DTKD_OK) {
+#pragma omp atomic write
+                status = s;
+            }
+        }
+    }
+    return status;
+}
+
+/* dx[n][c] = sum_o conv3x3(dy[n][o], w[o][c] rotated by 180 degrees), pad 1: the same
+ * convolution with the roles of C and O swapped. */
+int winograd_conv3x3_backward_input(float *dx, const float *dy, const float *u_backward, long N,
+                                    long C, long H, long W, long O, int m, float *workspace,
+                                    size_t workspace_floats)
+{
+    return winograd_conv3x3_forward(dx, dy, u_backward, NULL, NULL, N, O, H, W, C, m, 0,
+                                    workspace, workspace_floats);
+}

@@ -1,0 +1,257 @@
+/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c). It serves inference:
+ * the forward and the input gradient; training uses the direct convolution (see winograd.h). */
+#include "boundary.h"
+
+#include <stdlib.h>
+
+#include "kernels/winograd.h"
+
+static int check_tile(int m)
+{
+    if (m != 2 && m != 4) {
+        PyErr_Format(PyExc_ValueError, "m: output tile size must be 2 or 4, got %d", m);
+        return -1;
+    }
+    return 0;
+}
+
+/* w (O, C, 3, 3) float32 -> u (a*a, C, O), a = m + 2; for backward, (a*a, O, C) of the
+ * rotated kernel. */
+static PyArrayObject *transform_weights(PyObject *w_obj, int m, int backward)
+{
+    const npy_intp w_shape[4] = {-1, -1, 3, 3};
+    PyArrayObject *w = dtkd_check_shape(w_obj, "w", NPY_FLOAT32, 4, w_shape);
+    if (!w) return NULL;
+    const npy_intp O = PyArray_DIM(w, 0), C = PyArray_DIM(w, 1);
+    if (O == 0 || C == 0) {
+        PyErr_Format(PyExc_ValueError, "w: expected a non-empty (O, C, 3, 3) array, got "
+                     "(%ld, %ld, 3, 3)", (long)O, (long)C);
+        return NULL;
+    }
+    if (dtkd_check_finite(w, "w")) return NULL;
+    const npy_intp u_shape[3] = {(npy_intp)(m + 2) * (m + 2), backward ? O : C, backward ? C : O};
+    PyArrayObject *u = (PyArrayObject *)PyArray_SimpleNew(3, u_shape, NPY_FLOAT32);
+    if (!u) return NULL;
+    int status;
+    DTKD_BEGIN_NOGIL
+    status = (backward ? winograd_transform_weights_backward : winograd_transform_weights)(
+        (float *)PyArray_DATA(u), (const float *)PyArray_DATA(w), (long)O, (long)C, m);
+    DTKD_END_NOGIL
+    if (status != DTKD_OK) {
+        Py_DECREF(u);
+        dtkd_raise_status(status, "winograd_transform_weights");
+        return NULL;
+    }
+    return u;
+}
+
+static int overlap(PyArrayObject *a, PyArrayObject *b)
+{
+    const char *a0 = PyArray_BYTES(a), *b0 = PyArray_BYTES(b);
+    return a0 < b0 + PyArray_NBYTES(b) && b0 < a0 + PyArray_NBYTES(a);
+}
+
+/* y = relu?(conv3x3(x, u) + b + residual) with u from transform_weights; u's first dim
+ * gives m. y is out if given (reused buffers: no page faults of a fresh array per call). */
+static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject *b_obj,
+                                     PyObject *residual_obj, int relu, PyObject *out_obj)
+{
+    const npy_intp a2 = PyArray_DIM(u, 0);
+    if (a2 != 16 && a2 != 36)
+        return DTKD_VALUE_ERR("u: expected shape (16, C, O) for m=2 or (36, C, O) for m=4, got "
+                              "first dimension %ld", (long)a2);
+    const int m = a2 == 16 ? 2 : 4;
+    const npy_intp C = PyArray_DIM(u, 1), O = PyArray_DIM(u, 2);
+    if (C == 0 || O == 0) return DTKD_VALUE_ERR("u: empty C or O dimension");
+    const npy_intp x_shape[4] = {-1, C, -1, -1};
+    PyArrayObject *x = dtkd_check_shape(x_obj, "x", NPY_FLOAT32, 4, x_shape);
+    if (!x) return NULL;
+    const npy_intp *d = PyArray_DIMS(x);
+    const npy_intp N = d[0], H = d[2], W = d[3];
+    if (N == 0 || H == 0 || W == 0)
+        return DTKD_VALUE_ERR("x: expected a non-empty (N, C, H, W) array, got (%ld, %ld, %ld, "
+                              "%ld)", (long)N, (long)C, (long)H, (long)W);
+    if (dtkd_check_finite(x, "x")) return NULL;
+    const float *bias = NULL;
+    if (b_obj != Py_None) {
+        const npy_intp b_shape[1] = {O};
+        PyArrayObject *b = dtkd_check_shape(b_obj, "b", NPY_FLOAT32, 1, b_shape);
+        if (!b || dtkd_check_finite(b, "b")) return NULL;
+        bias = (const float *)PyArray_DATA(b);
+    }
+    const npy_intp y_shape[4] = {N, O, H, W};
+    PyArrayObject *r = NULL, *y = NULL;
+    if (residual_obj != Py_None) {
+        r = dtkd_check_shape(residual_obj, "residual", NPY_FLOAT32, 4, y_shape);
+        if (!r || dtkd_check_finite(r, "residual")) return NULL;
+    }
+    if (out_obj != Py_None) {
+        y = dtkd_check_output(out_obj, "out", NPY_FLOAT32, 4, y_shape);
+        if (!y) return NULL;
+        /* x is read while y is written; residual is read element by element just before
+         * the same element of y is written, so it may be out itself but not overlap it
+         * otherwise. */
+        if (overlap(y, x)) return DTKD_VALUE_ERR("out: must not share memory with x");
+        if (r && overlap(y, r) && PyArray_DATA(r) != PyArray_DATA(y))
+            return DTKD_VALUE_ERR("out: must be residual itself or not overlap it");
+        Py_INCREF(y);
+    } else {
+        y = (PyArrayObject *)PyArray_SimpleNew(4, y_shape, NPY_FLOAT32);
+        if (!y) return NULL;
+    }
+    const float *residual = r ? (const float *)PyArray_DATA(r) : NULL;
+
+    const size_t ws_floats = winograd_workspace_floats((long)N, (long)C, (long)H, (long)W,
+                                                       (long)O, m, dtkd_get_num_threads());
+    float *ws = malloc(ws_floats * sizeof(float));
+    if (!ws) {
+        Py_DECREF(y);
+        return PyErr_NoMemory();
+    }
+    int status;
+    DTKD_BEGIN_NOGIL
+    status = winograd_conv3x3_forward((float *)PyArray_DATA(y), (const float *)PyArray_DATA(x),
+                                      (const float *)PyArray_DATA(u), bias, residual, (long)N,
+                                      (long)C, (long)H, (long)W, (long)O, m, relu, ws,
+                                      ws_floats);
+    DTKD_END_NOGIL
+    free(ws);
+    if (status != DTKD_OK) {
+        Py_DECREF(y);
+        return dtkd_raise_status(status, "winograd_conv3x3_forward");
+    }
+    return (PyObject *)y;
+}
+
+static PyObject *py_winograd_transform_weights(PyObject *self, PyObject *args)
+{
+    PyObject *w_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "O|i:winograd_transform_weights", &w_obj, &m)) return NULL;
+    if (check_tile(m)) return NULL;
+    return (PyObject *)transform_weights(w_obj, m, 0);
+}
+
+static PyObject *py_winograd_transform_weights_backward(PyObject *self, PyObject *args)
+{
+    PyObject *w_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "O|i:winograd_transform_weights_backward", &w_obj, &m))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    return (PyObject *)transform_weights(w_obj, m, 1);
+}
+
+/* dx (N, C, H, W) for y = conv3x3(x, w) and dy (N, O, H, W). */
+static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *args)
+{
+    PyObject *dy_obj, *w_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "OO|i:winograd_conv3x3_backward_input", &dy_obj, &w_obj, &m))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    PyArrayObject *u = transform_weights(w_obj, m, 1);
+    if (!u) return NULL;
+    const npy_intp O = PyArray_DIM(u, 1), C = PyArray_DIM(u, 2);
+    const npy_intp dy_shape[4] = {-1, O, -1, -1};
+    PyArrayObject *dy = dtkd_check_shape(dy_obj, "dy", NPY_FLOAT32, 4, dy_shape);
+    if (!dy) goto fail;
+    const npy_intp N = PyArray_DIM(dy, 0), H = PyArray_DIM(dy, 2), W = PyArray_DIM(dy, 3);
+    if (N == 0 || H == 0 || W == 0) {
+        PyErr_Format(PyExc_ValueError, "dy: expected a non-empty (N, O, H, W) array, got (%ld, "
+                     "%ld, %ld, %ld)", (long)N, (long)O, (long)H, (long)W);
+        goto fail;
+    }
+    if (dtkd_check_finite(dy, "dy")) goto fail;
+    const size_t ws_floats = winograd_workspace_floats((long)N, (long)O, (long)H, (long)W,
+                                                       (long)C, m, dtkd_get_num_threads());
+    float *ws = malloc(ws_floats * sizeof(float));
+    if (!ws) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    const npy_intp dx_shape[4] = {N, C, H, W};
+    PyArrayObject *dx = (PyArrayObject *)PyArray_SimpleNew(4, dx_shape, NPY_FLOAT32);
+    if (!dx) {
+        free(ws);
+        goto fail;
+    }
+    int status;
+    DTKD_BEGIN_NOGIL
+    status = winograd_conv3x3_backward_input((float *)PyArray_DATA(dx),
+                                             (const float *)PyArray_DATA(dy),
+                                             (const float *)PyArray_DATA(u), (long)N, (long)C,
+                                             (long)H, (long)W, (long)O, m, ws, ws_floats);
+    DTKD_END_NOGIL
+    free(ws);
+    Py_DECREF(u);
+    if (status != DTKD_OK) {
+        Py_DECREF(dx);
+        return dtkd_raise_status(status, "winograd_conv3x3_backward_input");
+    }
+    return (PyObject *)dx;
+fail:
+    Py_DECREF(u);
+    return NULL;
+}
+
+static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "w", "b", "m", "residual", "relu", "out", NULL};
+    PyObject *x_obj, *w_obj, *b_obj = Py_None, *residual_obj = Py_None, *out_obj = Py_None;
+    int m = 4, relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OiOpO:winograd_conv3x3_forward", kwlist,
+                                     &x_obj, &w_obj, &b_obj, &m, &residual_obj, &relu, &out_obj))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    PyArrayObject *u = transform_weights(w_obj, m, 0);
+    if (!u) return NULL;
+    PyObject *y = forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj);
+    Py_DECREF(u);
+    return y;
+}
+
+static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObject *args,
+                                                         PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "u", "b", "residual", "relu", "out", NULL};
+    PyObject *x_obj, *u_obj, *b_obj = Py_None, *residual_obj = Py_None, *out_obj = Py_None;
+    int relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     "OO|OOpO:winograd_conv3x3_forward_transformed", kwlist,
+                                     &x_obj, &u_obj, &b_obj, &residual_obj, &relu, &out_obj))
+        return NULL;
+    PyArrayObject *u = dtkd_check_array(u_obj, "u", NPY_FLOAT32, 3);
+    if (!u) return NULL;
+    return forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj);
+}
+
+PyMethodDef dtkd_winograd_methods[] = {
+    {"winograd_transform_weights", py_winograd_transform_weights, METH_VARARGS,
+     "winograd_transform_weights(w, m=4) -> u float32 (a*a, C, O), a = m + 2: Winograd "
+     "F(m x m, 3x3) transform G g G^T of the (O, C, 3, 3) weights w, computed once per weight "
+     "version. m is 2 or 4."},
+    {"winograd_conv3x3_forward", (PyCFunction)(void (*)(void))py_winograd_conv3x3_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "winograd_conv3x3_forward(x, w, b=None, m=4, residual=None, relu=False, out=None) -> y\n"
+     "(N, O, H, W): 3x3 convolution, stride 1, pad 1, of x (N, C, H, W) with w (O, C, 3, 3), "
+     "plus bias b (O,) and residual (N, O, H, W) if given, then ReLU if relu; by Winograd "
+     "F(m x m, 3x3). out: optional float32 (N, O, H, W) array to write y into (may be residual "
+     "itself, must not overlap x). For inference."},
+    {"winograd_conv3x3_forward_transformed",
+     (PyCFunction)(void (*)(void))py_winograd_conv3x3_forward_transformed,
+     METH_VARARGS | METH_KEYWORDS,
+     "winograd_conv3x3_forward_transformed(x, u, b=None, residual=None, relu=False, out=None)"
+     " -> y:\n"
+     "as winograd_conv3x3_forward with u = winograd_transform_weights(w, m) precomputed (m read "
+     "from u.shape[0]: 16 -> 2, 36 -> 4). u is not re-checked for NaN/Inf on every call (w was "
+     "checked when it was transformed; the scan would cost a few % of the call)."},
+    {"winograd_transform_weights_backward", py_winograd_transform_weights_backward, METH_VARARGS,
+     "winograd_transform_weights_backward(w, m=4) -> u float32 (a*a, O, C): the transform of "
+     "w rotated by 180 degrees with O and C swapped, for the input gradient."},
+    {"winograd_conv3x3_backward_input", py_winograd_conv3x3_backward_input, METH_VARARGS,
+     "winograd_conv3x3_backward_input(dy, w, m=4) -> dx (N, C, H, W): gradient of sum(y * dy) "
+     "with respect to x for y = conv3x3(x, w) (stride 1, pad 1), by Winograd F(m x m, 3x3). "
+     "No weight gradient: training uses the direct convolution."},
+    {NULL, NULL, 0, NULL},
+};
