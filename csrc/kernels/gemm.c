@@ -5,8 +5,8 @@
  * Loops (per thread):  jc over N by nc   -> pc over K by kc -> pack B block (L3)
  *                      ic over M by mc   -> pack A block (this thread's, L2)
  *                      jr over nr-panels -> ir over mr-panels -> micro-kernel.
- * Threads split either the columns (each packs and reads only its own B panels: no waiting)
- * or the rows of C (sharing one packed B block). Transposes are absorbed by the packing; edge
+ * Threads split either the columns or the rows of C and share nothing (each packs what it
+ * reads), so they never wait for each other. Transposes are absorbed by the packing; edge
  * tiles run the micro-kernel on zero-padded panels into a small temporary and copy the valid
  * part out. */
 #include "kernels/gemm.h"
@@ -160,9 +160,8 @@ struct gemm_problem {
     const float *A, *B;
     long lda, ldb, ldc;
     float *C;
-    float *b_pack;  /* kc x nc, shared by the team */
-    float *a_packs; /* one block of a_stride floats per thread */
-    size_t a_stride;
+    float *packs;   /* per thread: a B block (b_floats) then an A block (a_floats) */
+    size_t b_floats, a_floats;
     int split_m;    /* threads split the rows of C (else: the nr-panels of each B block) */
     int direct_b;   /* full B panels are read in place, unpacked (see dtkd_sgemm) */
 };
@@ -214,7 +213,8 @@ static void gemm_thread(const struct gemm_problem *g, int t, int nt)
 {
     const struct dtkd_sgemm_config *cfg = g->cfg;
     const int mr = cfg->mr, nr = cfg->nr;
-    float *a_pack = g->a_packs + (size_t)t * g->a_stride;
+    float *b_pack = g->packs + (size_t)t * (g->b_floats + g->a_floats);
+    float *a_pack = b_pack + g->b_floats;
 
     /* Rows of C this thread owns (all of them when threads split the columns). */
     long m_lo = 0, m_hi = g->M;
@@ -231,38 +231,28 @@ static void gemm_thread(const struct gemm_problem *g, int t, int nt)
         for (long pc = 0; pc < g->K; pc += cfg->kc) {
             long kc = g->K - pc < cfg->kc ? g->K - pc : cfg->kc;
 
-            /* Pack the B block together: each thread a share of its nr-panels. */
-            long jp_lo, jp_hi;
-            split_range(npanels, t, nt, &jp_lo, &jp_hi);
+            /* Each thread packs the B panels it uses into its own buffer: all of them when
+             * the threads split the rows (then N is small, so the copy is too), its share of
+             * them when they split the columns. Nothing is shared, so no thread ever waits
+             * for another (a barrier costs a whole time slice when the machine is busy). */
+            long jp_lo = 0, jp_hi = npanels;
+            if (!g->split_m) split_range(npanels, t, nt, &jp_lo, &jp_hi);
             for (long jp = jp_lo; jp < jp_hi; jp++) {
                 long cols = nc - jp * nr < nr ? nc - jp * nr : nr;
                 if (g->direct_b && cols == nr) continue; /* read in place */
-                pack_b_panel(g->b_pack + (size_t)jp * nr * kc, g->trans_b, g->B, g->ldb, pc, kc,
+                pack_b_panel(b_pack + (size_t)jp * nr * kc, g->trans_b, g->B, g->ldb, pc, kc,
                              jc + jp * nr, cols, nr, cfg);
             }
-            /* Split rows share the whole B block: wait until all of it is packed. Split
-             * columns use only the panels they packed themselves, so they never wait (no
-             * barrier means no spinning while a thread is descheduled on a busy machine). */
-            if (nt > 1 && g->split_m) {
-#pragma omp barrier
-            }
-
             /* The first K block applies the caller's beta; later ones accumulate. */
             float beta = pc == 0 ? g->beta : 1.0f;
-            long use_lo = 0, use_hi = npanels;
-            if (!g->split_m) { use_lo = jp_lo; use_hi = jp_hi; }
-            if (use_lo < use_hi) {
+            if (jp_lo < jp_hi) {
                 for (long ic = m_lo; ic < m_hi; ic += cfg->mc) {
                     long mc = m_hi - ic < cfg->mc ? m_hi - ic : cfg->mc;
                     pack_a(a_pack, g->trans_a, g->A, g->lda, ic, mc, pc, kc, mr, cfg);
-                    macro_kernel(g, a_pack, g->b_pack,
+                    macro_kernel(g, a_pack, b_pack,
                                  g->direct_b ? g->B + pc * g->ldb + jc : NULL, mc, nc, kc,
-                                 use_lo, use_hi, g->C + ic * g->ldc + jc, beta);
+                                 jp_lo, jp_hi, g->C + ic * g->ldc + jc, beta);
                 }
-            }
-            /* Nobody repacks B while another thread still reads it. */
-            if (nt > 1 && g->split_m) {
-#pragma omp barrier
             }
         }
     }
@@ -308,10 +298,10 @@ int dtkd_sgemm(int trans_a, int trans_b, long M, long N, long K, float alpha, co
     long m_panels = (M + mr - 1) / mr, n_panels = (N + nr - 1) / nr;
     if (nt > m_panels * n_panels) nt = (int)(m_panels * n_panels);
     if (nt < 1) nt = 1;
-    /* Split the columns when each thread gets enough of them: the threads then share nothing
-     * and never wait for each other; each packs all of A, which costs little when every
-     * packed float of A serves >= 2 * 256 flops (N / nt >= 256). Else split whichever of
-     * rows and columns has more micro-panels (split rows share the packed B block). */
+    /* Split the columns when each thread gets enough of them: each thread then packs all of
+     * A, which costs little when every packed float of A serves >= 2 * 256 flops
+     * (N / nt >= 256). Else split whichever of rows and columns has more micro-panels (split
+     * rows: each thread packs all of the, then small, B). */
     int split_m = (N >= 256L * nt && n_panels >= 4L * nt) ? 0 : m_panels >= n_panels;
     /* A row-major B used by few rows of C is read in place: each of its floats then serves
      * only M/mr micro-kernel calls, too few to repay a packing copy. Not for long rows, whose
@@ -327,13 +317,13 @@ int dtkd_sgemm(int trans_a, int trans_b, long M, long N, long K, float alpha, co
     /* Round each part to whole cache lines so every block starts 64-byte aligned. */
     b_floats = (b_floats + 15) / 16 * 16;
     a_floats = (a_floats + 15) / 16 * 16;
-    float *ws = workspace_get(b_floats + (size_t)nt * a_floats);
+    float *ws = workspace_get((size_t)nt * (b_floats + a_floats));
     if (!ws) return DTKD_ERR_NOMEM;
 
     struct gemm_problem g = {
         .cfg = cfg, .trans_a = trans_a != 0, .trans_b = trans_b != 0, .M = M, .N = N, .K = K,
         .alpha = alpha, .beta = beta, .A = A, .B = B, .lda = lda, .ldb = ldb, .ldc = ldc, .C = C,
-        .b_pack = ws, .a_packs = ws + b_floats, .a_stride = a_floats, .split_m = split_m,
+        .packs = ws, .b_floats = b_floats, .a_floats = a_floats, .split_m = split_m,
         .direct_b = direct_b,
     };
 
