@@ -223,10 +223,13 @@ def main():
     except ImportError:
         have_torch = False
     lines = ["| workload | threads | dtkd img/s | torch img/s | dtkd/torch | dtkd GFLOP/s "
-             "| dtkd peak RSS MB | torch peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "| dtkd peak RSS MB | torch peak RSS MB | load avg |", "|---|---|---|---|---|---|---|---|---|"]
     splits, by_threads = {}, defaultdict(dict)
     for model, mode in WORKLOADS:
         for t in args.threads:
+            # the 1-minute load average before the row: other processes on the cores distort
+            # multi-threaded runs badly (a parallel region waits for a descheduled thread)
+            load = os.getloadavg()[0]
             d = spawn("dtkd", model, mode, t, args.steps, args.batch)
             tr = spawn("torch", model, mode, t, args.steps, args.batch) if have_torch else None
             ips = args.batch / d["step_s"]
@@ -235,7 +238,7 @@ def main():
             flops = d["flops"] * (3 if mode == "train" else 1)
             lines.append(f"| {model} {mode} | {t} | {ips:.0f} | {tips:.0f} | {ips / tips:.2f}x "
                          f"| {flops / d['step_s'] / 1e9:.0f} | {d['peak_rss_mb']:.0f} "
-                         f"| {tr['peak_rss_mb'] if tr else float('nan'):.0f} |")
+                         f"| {tr['peak_rss_mb'] if tr else float('nan'):.0f} | {load:.1f} |")
             print(lines[-1], flush=True)
             splits[(model, mode, t)] = (d["step_s"], d["split"])
             by_threads[(model, mode)][t] = (ips, tips)
