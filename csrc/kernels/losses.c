@@ -18,6 +18,7 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
+#include <immintrin.h>
 
 /* Rows run in parallel only when a batch holds at least this many logits: below it the
  * OpenMP fork/join costs more than the second core saves (benchmarks/bench_losses.py). */
@@ -32,6 +33,11 @@
     static __attribute__((noinline)) ret name##_portable params { return name args; }            \
     static SIMD_AVX2 ret name##_avx2 params { return name args; }                                 \
     static SIMD_AVX512 ret name##_avx512 params { return name args; }
+/* The same for a row kernel whose last parameter `wide` selects the AVX-512 primitives. */
+#define ISA_VARIANTS_WIDE(ret, name, params, ...)                                                \
+    static __attribute__((noinline)) ret name##_portable params { return name(__VA_ARGS__, 0); } \
+    static SIMD_AVX2 ret name##_avx2 params { return name(__VA_ARGS__, 0); }                      \
+    static SIMD_AVX512 ret name##_avx512 params { return name(__VA_ARGS__, 1); }
 #define ISA_PICK(name)                                                                           \
     (dtkd_isa() == DTKD_ISA_AVX512 ? name##_avx512                                               \
      : dtkd_isa() == DTKD_ISA_AVX2 ? name##_avx2                                                  \
@@ -154,6 +160,84 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
     return z;
 }
 
+/* ---- AVX-512 versions of the four row primitives KD, DTKD and DKD spend their time in ----
+ * The generic C above vectorizes, but GCC lowers its `omp simd` reductions through stack
+ * arrays reduced one lane at a time, and finishes each loop with a scalar tail (100 classes =
+ * 6 vectors + 4 scalar iterations of the exp polynomial). These take the tail as one masked
+ * vector and reduce in registers; same formulas, same polynomial (fused multiply-adds). The
+ * kernels below call them only from their AVX-512 builds (the `wide` flag). */
+
+#define AVX512_ONLY static inline __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline))
+
+/* Lanes [0, n) of a 16-lane block (n may exceed 16). */
+AVX512_ONLY __mmask16 lanes_below(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+
+/* exp_nonpos on 16 lanes. */
+AVX512_ONLY __m512 exp_nonpos16(__m512 x)
+{
+    const __m512 magic = _mm512_set1_ps(12582912.0f + 127.0f);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 k = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
+    const __m512 fn = _mm512_sub_ps(k, magic);
+    __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(fn, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(k), 23));
+    return _mm512_mul_ps(e, scale);
+}
+
+static SIMD_AVX512 int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s,
+                                               float *m_t)
+{
+    const __m512 neg_inf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
+    __m512 ms = neg_inf, mt = neg_inf, poison = zero;
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 m = lanes_below(n - j);
+        const __m512 sv = _mm512_maskz_loadu_ps(m, s + j), tv = _mm512_maskz_loadu_ps(m, t + j);
+        ms = _mm512_mask_max_ps(ms, m, ms, sv);
+        mt = _mm512_mask_max_ps(mt, m, mt, tv);
+        poison = _mm512_add_ps(poison, _mm512_fmadd_ps(sv, zero, _mm512_mul_ps(tv, zero)));
+    }
+    *m_s = _mm512_reduce_max_ps(ms);
+    *m_t = _mm512_reduce_max_ps(mt);
+    return _mm512_reduce_add_ps(poison) == 0.0f;
+}
+
+static SIMD_AVX512 long first_index_of_avx512(const float *x, float m, long n)
+{
+    const __m512 mv = _mm512_set1_ps(m);
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 lanes = lanes_below(n - j);
+        const __mmask16 hit = _mm512_mask_cmp_ps_mask(lanes, _mm512_maskz_loadu_ps(lanes, x + j), mv, _CMP_EQ_OQ);
+        if (hit) return j + __builtin_ctz((unsigned)hit);
+    }
+    return n - 1;
+}
+
+typedef struct pair_moments pair_moments;
+static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
+                                                const float *s, const float *t,
+                                                const dtkd_softmax_pair *pr, long skip, long n);
+
+static SIMD_AVX512 void pair_backward_cached_row_avx512(float *ds, const float *exp_s,
+                                                        const float *exp_t, float cq, float cp,
+                                                        long n)
+{
+    const __m512 vq = _mm512_set1_ps(cq), vp = _mm512_set1_ps(cp);
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 m = lanes_below(n - j);
+        const __m512 g = _mm512_fmsub_ps(vq, _mm512_maskz_loadu_ps(m, exp_s + j),
+                                         _mm512_mul_ps(vp, _mm512_maskz_loadu_ps(m, exp_t + j)));
+        _mm512_mask_storeu_ps(ds + j, m, g);
+    }
+}
+
 /* sum of x[0:n] and of x[j] y[j]. */
 INLINE double range_sum(const float *x, long n)
 {
@@ -187,9 +271,9 @@ INLINE double range_dot(const float *x, const float *y, long n)
  * p_uu = sum e_p u^2, p_uv = sum e_p u v. They give KL and its derivatives in T_s, T_t.
  * When exp_s / exp_t are given, e_q and e_p are also stored there (index j), so that the
  * backward needs no exps of its own. */
-typedef struct {
+struct pair_moments {
     double zq, zp, p_u, p_v, q_v, p_uu, p_uv;
-} pair_moments;
+};
 
 INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, const float *s,
                              const float *t, const dtkd_softmax_pair *pr, long skip, long n)
@@ -228,13 +312,78 @@ INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, cons
     }
 }
 
+static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
+                                                const float *s, const float *t,
+                                                const dtkd_softmax_pair *pr, long skip, long n)
+{
+    const __m512 ss = _mm512_set1_ps(pr->shift_s), st = _mm512_set1_ps(pr->shift_t);
+    const __m512 ia = _mm512_set1_ps(pr->inv_ts), ib = _mm512_set1_ps(pr->inv_tt);
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < n ? j0 + SUM_BLOCK : n;
+        __m512 zq = _mm512_setzero_ps(), zp = zq, p_u = zq, p_v = zq, q_v = zq, p_uu = zq, p_uv = zq;
+        for (long j = j0; j < j1; j += 16) {
+            const __mmask16 lanes = lanes_below(j1 - j);
+            /* the skipped class (may have v, u > 0) and lanes past the row are zeroed, exp and all */
+            __mmask16 keep = lanes;
+            if (skip >= j && skip < j + 16) keep &= (__mmask16)~(1u << (skip - j));
+            const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + j), ss), ia);
+            const __m512 u = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, t + j), st), ib);
+            const __m512 eq = _mm512_maskz_mov_ps(keep, exp_nonpos16(v));
+            const __m512 ep = _mm512_maskz_mov_ps(keep, exp_nonpos16(u));
+            if (exp_s) {
+                _mm512_mask_storeu_ps(exp_s + j, lanes, eq);
+                _mm512_mask_storeu_ps(exp_t + j, lanes, ep);
+            }
+            const __m512 epu = _mm512_mul_ps(ep, u);
+            zq = _mm512_add_ps(zq, eq);
+            zp = _mm512_add_ps(zp, ep);
+            p_u = _mm512_add_ps(p_u, epu);
+            p_v = _mm512_fmadd_ps(ep, v, p_v);
+            q_v = _mm512_fmadd_ps(eq, v, q_v);
+            p_uu = _mm512_fmadd_ps(epu, u, p_uu);
+            p_uv = _mm512_fmadd_ps(epu, v, p_uv);
+        }
+        acc->zq += _mm512_reduce_add_ps(zq);
+        acc->zp += _mm512_reduce_add_ps(zp);
+        acc->p_u += _mm512_reduce_add_ps(p_u);
+        acc->p_v += _mm512_reduce_add_ps(p_v);
+        acc->q_v += _mm512_reduce_add_ps(q_v);
+        acc->p_uu += _mm512_reduce_add_ps(p_uu);
+        acc->p_uv += _mm512_reduce_add_ps(p_uv);
+    }
+}
+
+/* The row primitives by ISA: `wide` is a constant in each build of a row kernel, so the
+ * choice folds away. */
+INLINE int pair_max_finite_w(int wide, const float *s, const float *t, long n, float *m_s, float *m_t)
+{
+    return wide ? pair_max_finite_avx512(s, t, n, m_s, m_t) : pair_max_finite(s, t, n, m_s, m_t);
+}
+
+INLINE long first_index_of_w(int wide, const float *x, float m, long n)
+{
+    return wide ? first_index_of_avx512(x, m, n) : first_index_of(x, m, n);
+}
+
+INLINE void pair_moments_row_w(int wide, pair_moments *acc, float *exp_s, float *exp_t,
+                               const float *s, const float *t, const dtkd_softmax_pair *pr,
+                               long skip, long n)
+{
+    if (wide) pair_moments_row_avx512(acc, exp_s, exp_t, s, t, pr, skip, n);
+    else pair_moments_row(acc, exp_s, exp_t, s, t, pr, skip, n);
+}
+
 /* ds[j] = dloss (coef_q q_j - coef_p p_j) for j in [0, n) from the exps the forward stored
  * (q_j = exp_s[j] / zq, p_j = exp_t[j] / zp). ds may be exp_s: each entry is read, then written. */
-INLINE void pair_backward_cached_row(float *ds, const float *exp_s, const float *exp_t,
+INLINE void pair_backward_cached_row(int wide, float *ds, const float *exp_s, const float *exp_t,
                                      const dtkd_softmax_pair *pr, float dloss, long n)
 {
     const float cq = (float)(dloss * pr->coef_q * exp(-pr->log_zs));
     const float cp = (float)(dloss * pr->coef_p * exp(-pr->log_zt));
+    if (wide) {
+        pair_backward_cached_row_avx512(ds, exp_s, exp_t, cq, cp, n);
+        return;
+    }
 #pragma omp simd
     for (long j = 0; j < n; j++) ds[j] = cq * exp_s[j] - cp * exp_t[j];
 }
@@ -555,17 +704,17 @@ int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, 
  * for t), and m_s moves T_s and T_t by +-temperature_slope. */
 INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv,
                           float *exp_s, float *exp_t, const float *s, const float *t, float T,
-                          enum dtkd_kl_mode mode, long C)
+                          enum dtkd_kl_mode mode, long C, int wide)
 {
     float m_s, m_t;
-    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
+    if (!pair_max_finite_w(wide, s, t, C, &m_s, &m_t)) return -1;
     double a = T, b = T;
     int fallback = 0;
     if (mode != DTKD_KL_FIXED) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
     dtkd_softmax_pair *pr = &sv->pair;
     set_pair(pr, m_s, m_t, a, b);
     pair_moments mo = {0};
-    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, -1, C);
+    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C);
 
     const double lzq = log(mo.zq), lzp = log(mo.zp);
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
@@ -584,27 +733,27 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
         const double dkl_da = (e_pv - e_qv) / a, dkl_db = -(e_pur - e_pu * kl) / b;
         const double dl_da = b * kl + w * dkl_da, dl_db = a * kl + w * dkl_db;
         sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
-        sv->argmax_s = first_index_of(s, m_s, C);
+        sv->argmax_s = first_index_of_w(wide, s, m_s, C);
     }
     return fallback;
 }
-ISA_VARIANTS(int, kl_row_forward,
-             (float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv, float *exp_s,
-              float *exp_t, const float *s, const float *t, float T, enum dtkd_kl_mode mode,
-              long C),
-             (loss, t_student, t_teacher, sv, exp_s, exp_t, s, t, T, mode, C))
+ISA_VARIANTS_WIDE(int, kl_row_forward,
+                  (float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv,
+                   float *exp_s, float *exp_t, const float *s, const float *t, float T,
+                   enum dtkd_kl_mode mode, long C),
+                  loss, t_student, t_teacher, sv, exp_s, exp_t, s, t, T, mode, C)
 
 INLINE int kl_row_backward(float *ds, const dtkd_kl_saved *sv, const float *exp_s,
-                           const float *exp_t, float dloss, long C)
+                           const float *exp_t, float dloss, long C, int wide)
 {
-    pair_backward_cached_row(ds, exp_s, exp_t, &sv->pair, dloss, C);
+    pair_backward_cached_row(wide, ds, exp_s, exp_t, &sv->pair, dloss, C);
     ds[sv->argmax_s] += (float)(dloss * sv->dmax);
     return 0;
 }
-ISA_VARIANTS(int, kl_row_backward,
-             (float *ds, const dtkd_kl_saved *sv, const float *exp_s, const float *exp_t,
-              float dloss, long C),
-             (ds, sv, exp_s, exp_t, dloss, C))
+ISA_VARIANTS_WIDE(int, kl_row_backward,
+                  (float *ds, const dtkd_kl_saved *sv, const float *exp_s, const float *exp_t,
+                   float dloss, long C),
+                  ds, sv, exp_s, exp_t, dloss, C)
 
 int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *saved,
                     float *exp_s, float *exp_t, long *n_fallback, const float *s, const float *t,
@@ -651,11 +800,11 @@ typedef struct {
 
 INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, float *exp_t,
                            const float *s, const float *t, int64_t y, float shift_s,
-                           float shift_t, double a, double b, long C)
+                           float shift_t, double a, double b, long C, int wide)
 {
     set_pair(pr, shift_s, shift_t, a, b);
     pair_moments mo = {0};
-    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, y, C);
+    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, y, C);
     const double lzq = log(mo.zq), lzp = log(mo.zp);
     pr->log_zs = lzq;
     pr->log_zt = lzp;
@@ -689,10 +838,10 @@ INLINE float non_target_max(const float *x, int64_t y, long C)
 INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_student,
                            float *t_teacher, dtkd_dkd_saved *sv, float *exp_s, float *exp_t,
                            const float *s, const float *t, int64_t y, float alpha, float beta, float T, int dynamic_tckd,
-                           int dynamic_nckd, enum dtkd_kl_mode mode, long C)
+                           int dynamic_nckd, enum dtkd_kl_mode mode, long C, int wide)
 {
     float m_s, m_t;
-    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
+    if (!pair_max_finite_w(wide, s, t, C, &m_s, &m_t)) return -1;
     double a = T, b = T;
     int fallback = 0;
     if (dynamic_tckd || dynamic_nckd) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
@@ -706,9 +855,10 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
     const float shift_t = t[y] < m_t ? m_t : non_target_max(t, y, C);
 
     dkd_terms tc, nc;
-    dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C);
+    dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C, wide);
     if (shared) nc = tc;
-    else dkd_pair_terms(&nc, &sv->pair[1], NULL, NULL, s, t, y, shift_s, shift_t, a_nc, b_nc, C);
+    else dkd_pair_terms(&nc, &sv->pair[1], NULL, NULL, s, t, y, shift_s, shift_t, a_nc, b_nc,
+                         C, wide);
     sv->n_pairs = shared ? 1 : 2;
 
     const double w_tc = a_tc * b_tc, w_nc = a_nc * b_nc;
@@ -740,34 +890,34 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
             dl_db += beta * (a * nc.nckd + a * b * nc.dnckd_db);
         }
         sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
-        sv->argmax_s = first_index_of(s, m_s, C);
+        sv->argmax_s = first_index_of_w(wide, s, m_s, C);
     }
     return fallback;
 }
-ISA_VARIANTS(int, dkd_row_forward,
-             (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
-              dtkd_dkd_saved *sv, float *exp_s, float *exp_t, const float *s, const float *t,
-              int64_t y, float alpha, float beta, float T, int dynamic_tckd, int dynamic_nckd,
-              enum dtkd_kl_mode mode, long C),
-             (loss, tckd, nckd, t_student, t_teacher, sv, exp_s, exp_t, s, t, y, alpha, beta, T,
-              dynamic_tckd, dynamic_nckd, mode, C))
+ISA_VARIANTS_WIDE(int, dkd_row_forward,
+                  (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
+                   dtkd_dkd_saved *sv, float *exp_s, float *exp_t, const float *s,
+                   const float *t, int64_t y, float alpha, float beta, float T,
+                   int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, long C),
+                  loss, tckd, nckd, t_student, t_teacher, sv, exp_s, exp_t, s, t, y, alpha,
+                  beta, T, dynamic_tckd, dynamic_nckd, mode, C)
 
 INLINE int dkd_row_backward(float *ds, const dtkd_dkd_saved *sv, const float *exp_s,
                             const float *exp_t, const float *s, const float *t, int64_t y,
-                            float dloss, long C)
+                            float dloss, long C, int wide)
 {
     /* Pair 0 from the stored exps, a second pair (other temperatures) recomputed; the loops
      * run over all classes for speed and the target entry is then overwritten. */
-    pair_backward_cached_row(ds, exp_s, exp_t, &sv->pair[0], dloss, C);
+    pair_backward_cached_row(wide, ds, exp_s, exp_t, &sv->pair[0], dloss, C);
     if (sv->n_pairs == 2) pair_backward_row(ds, s, t, &sv->pair[1], dloss, 1, C);
     ds[y] = (float)(dloss * sv->grad_target);
     ds[sv->argmax_s] += (float)(dloss * sv->dmax);
     return 0;
 }
-ISA_VARIANTS(int, dkd_row_backward,
-             (float *ds, const dtkd_dkd_saved *sv, const float *exp_s, const float *exp_t,
-              const float *s, const float *t, int64_t y, float dloss, long C),
-             (ds, sv, exp_s, exp_t, s, t, y, dloss, C))
+ISA_VARIANTS_WIDE(int, dkd_row_backward,
+                  (float *ds, const dtkd_dkd_saved *sv, const float *exp_s, const float *exp_t,
+                   const float *s, const float *t, int64_t y, float dloss, long C),
+                  ds, sv, exp_s, exp_t, s, t, y, dloss, C)
 
 int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
                      dtkd_dkd_saved *saved, float *exp_s, float *exp_t, long *n_fallback,
