@@ -378,8 +378,8 @@ INLINE void pair_moments_row_w(int wide, pair_moments *acc, float *exp_s, float 
 INLINE void pair_backward_cached_row(int wide, float *ds, const float *exp_s, const float *exp_t,
                                      const dtkd_softmax_pair *pr, float dloss, long n)
 {
-    const float cq = (float)(dloss * pr->coef_q * exp(-pr->log_zs));
-    const float cp = (float)(dloss * pr->coef_p * exp(-pr->log_zt));
+    const float cq = (float)(dloss * pr->coef_q / pr->zs);
+    const float cp = (float)(dloss * pr->coef_p / pr->zt);
     if (wide) {
         pair_backward_cached_row_avx512(ds, exp_s, exp_t, cq, cp, n);
         return;
@@ -716,20 +716,21 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     pair_moments mo = {0};
     pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C);
 
-    const double lzq = log(mo.zq), lzp = log(mo.zp);
+    /* one log per row: KL needs only log zq - log zp, the backward only 1 / zq and 1 / zp */
+    const double log_ratio = log(mo.zq / mo.zp);
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
-    const double kl = e_pu - e_pv - lzp + lzq;
+    const double kl = e_pu - e_pv + log_ratio;
     const double w = a * b;
     *loss = (float)(w * kl);
     *t_student = (float)a;
     *t_teacher = (float)b;
-    pr->log_zs = lzq;
-    pr->log_zt = lzp;
+    pr->zs = mo.zq;
+    pr->zt = mo.zp;
     pr->coef_q = pr->coef_p = w / a;
     sv->dmax = 0.0;
     sv->argmax_s = 0;
     if (mode == DTKD_KL_DYNAMIC && !fallback) {
-        const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + (lzq - lzp) * e_pu;
+        const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + log_ratio * e_pu;
         const double dkl_da = (e_pv - e_qv) / a, dkl_db = -(e_pur - e_pu * kl) / b;
         const double dl_da = b * kl + w * dkl_da, dl_db = a * kl + w * dkl_db;
         sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
@@ -806,6 +807,8 @@ INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, 
     pair_moments mo = {0};
     pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, y, C);
     const double lzq = log(mo.zq), lzp = log(mo.zp);
+    pr->zs = mo.zq;
+    pr->zt = mo.zp;
     pr->log_zs = lzq;
     pr->log_zt = lzp;
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;

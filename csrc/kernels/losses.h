@@ -35,7 +35,8 @@ enum dtkd_kl_mode {
 typedef struct {
     float shift_s, shift_t;   /* max of s and of t over the set (softmax shifts) */
     float inv_ts, inv_tt;     /* 1 / T_s and 1 / T_t as used */
-    double log_zs, log_zt;    /* log sum exp((x - shift) / T) over the set */
+    double zs, zt;            /* sum exp((x - shift) / T) over the set */
+    double log_zs, log_zt;    /* their logs (DKD only: kept for a backward that recomputes exps) */
     double coef_q, coef_p;    /* backward coefficients of q_j and p_j */
 } dtkd_softmax_pair;
 
