@@ -132,11 +132,15 @@ def _labels(y, n, num_classes):
 
 
 _INF = float("inf")
+_TWO_53 = 2 ** 53
 
 
 def _temperature(temperature, name="temperature"):
+    """as_positive_float, with a fast path for a float or an int that is obviously fine."""
     if type(temperature) is float and 0.0 < temperature < _INF:
         return temperature
+    if type(temperature) is int and 0 < temperature <= _TWO_53:
+        return float(temperature)
     return as_positive_float(temperature, name)
 
 
@@ -159,11 +163,14 @@ def _reduce(total, per_sample, reduction, n):
     return per_sample
 
 
-def _reduce_term(per_sample, reduction):
-    if reduction == "none":
-        return per_sample
-    total = float(np.sum(per_sample, dtype=np.float64))
-    return total / per_sample.shape[0] if reduction == "mean" else total
+def _real(x, name):
+    """as_float, with a fast path for a finite float or an exactly representable int."""
+    if type(x) is float:
+        if x - x == 0.0:  # NaN and +-Inf give NaN
+            return x
+    elif type(x) is int and -_TWO_53 <= x <= _TWO_53:
+        return float(x)
+    return as_float(x, name)
 
 
 def _check_pair(student, teacher):
@@ -314,23 +321,25 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
     y = _labels(labels, n, c)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
-    total, per_sample, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
-        s, t, y, as_float(alpha, "alpha"), as_float(beta, "beta"), _temperature(temperature),
+    total, per_sample, tckd, nckd, tckd_total, nckd_total, ts, tt, n_fallback, grad = _C.dkd(
+        s, t, y, _real(alpha, "alpha"), _real(beta, "beta"), _temperature(temperature),
         dyn_tc, dyn_nc, mode, _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
-    fields = dict(tckd=_reduce_term(tckd, reduction), nckd=_reduce_term(nckd, reduction))
+    tckd = _reduce(tckd_total, tckd, reduction, n)
+    nckd = _reduce(nckd_total, nckd, reduction, n)
     if dyn_tc or dyn_nc:
-        fields.update(t_student=ts, t_teacher=tt, n_fallback=n_fallback)
-    return LossResult(loss, grad, **fields)
+        return LossResult(loss, grad, t_student=ts, t_teacher=tt, n_fallback=n_fallback,
+                          tckd=tckd, nckd=nckd)
+    return LossResult(loss, grad, tckd=tckd, nckd=nckd)
 
 
 # ---- the objectives of the official trainers ----
 
 def _warmup_factor(epoch, warmup):
-    epoch = as_float(epoch, "epoch")
+    epoch = _real(epoch, "epoch")
     if epoch < 0:
         raise ValueError(f"epoch: must be >= 0, got {epoch}")
-    warmup = as_positive_float(warmup, "warmup")
+    warmup = _temperature(warmup, "warmup")
     return min(epoch / warmup, 1.0)
 
 
@@ -344,7 +353,7 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     s, t = _check_pair(student, teacher)
     n, c = s.shape
     y = _labels(labels, n, c)
-    alpha, beta, gamma = as_float(alpha, "alpha"), as_float(beta, "beta"), as_float(gamma, "gamma")
+    alpha, beta, gamma = _real(alpha, "alpha"), _real(beta, "beta"), _real(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
@@ -371,20 +380,19 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     s, t = _check_pair(student, teacher)
     n, c = s.shape
     y = _labels(labels, n, c)
-    alpha, beta, gamma = as_float(alpha, "alpha"), as_float(beta, "beta"), as_float(gamma, "gamma")
+    alpha, beta, gamma = _real(alpha, "alpha"), _real(beta, "beta"), _real(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     inv_n = 1.0 / (n or 1)
-    dkd_total, _, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
+    dkd_total, _, _, _, tckd_total, nckd_total, ts, tt, n_fallback, grad = _C.dkd(
         s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n)
     ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
     grad += ce_grad
     l_ce = ce_total * inv_n
     loss = gamma * l_ce + wf * dkd_total * inv_n
-    fields = dict(tckd=_reduce_term(tckd, "mean"), nckd=_reduce_term(nckd, "mean"), ce=l_ce,
-                  warmup_factor=wf)
+    fields = dict(tckd=tckd_total * inv_n, nckd=nckd_total * inv_n, ce=l_ce, warmup_factor=wf)
     if dyn_tc or dyn_nc:
         fields.update(t_student=ts, t_teacher=tt, n_fallback=n_fallback)
     return LossResult(loss, grad, **fields)
