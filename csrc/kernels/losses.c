@@ -223,7 +223,8 @@ static SIMD_AVX512 long first_index_of_avx512(const float *x, float m, long n)
 typedef struct pair_moments pair_moments;
 static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
-                                                const dtkd_softmax_pair *pr, long skip, long n);
+                                                const dtkd_softmax_pair *pr, long skip, long n,
+                                                int full);
 
 static SIMD_AVX512 void pair_backward_cached_row_avx512(float *ds, const float *exp_s,
                                                         const float *exp_t, float cq, float cp,
@@ -314,7 +315,8 @@ INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, cons
 
 static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
-                                                const dtkd_softmax_pair *pr, long skip, long n)
+                                                const dtkd_softmax_pair *pr, long skip, long n,
+                                                int full)
 {
     const __m512 ss = _mm512_set1_ps(pr->shift_s), st = _mm512_set1_ps(pr->shift_t);
     const __m512 ia = _mm512_set1_ps(pr->inv_ts), ib = _mm512_set1_ps(pr->inv_tt);
@@ -334,14 +336,16 @@ static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s,
                 _mm512_mask_storeu_ps(exp_s + j, lanes, eq);
                 _mm512_mask_storeu_ps(exp_t + j, lanes, ep);
             }
-            const __m512 epu = _mm512_mul_ps(ep, u);
             zq = _mm512_add_ps(zq, eq);
             zp = _mm512_add_ps(zp, ep);
-            p_u = _mm512_add_ps(p_u, epu);
+            p_u = _mm512_fmadd_ps(ep, u, p_u);
             p_v = _mm512_fmadd_ps(ep, v, p_v);
-            q_v = _mm512_fmadd_ps(eq, v, q_v);
-            p_uu = _mm512_fmadd_ps(epu, u, p_uu);
-            p_uv = _mm512_fmadd_ps(epu, v, p_uv);
+            if (full) {
+                const __m512 epu = _mm512_mul_ps(ep, u);
+                q_v = _mm512_fmadd_ps(eq, v, q_v);
+                p_uu = _mm512_fmadd_ps(epu, u, p_uu);
+                p_uv = _mm512_fmadd_ps(epu, v, p_uv);
+            }
         }
         acc->zq += _mm512_reduce_add_ps(zq);
         acc->zp += _mm512_reduce_add_ps(zp);
@@ -365,11 +369,13 @@ INLINE long first_index_of_w(int wide, const float *x, float m, long n)
     return wide ? first_index_of_avx512(x, m, n) : first_index_of(x, m, n);
 }
 
+/* q_v, p_uu and p_uv only serve the gradient through the temperatures: with full == 0 the
+ * AVX-512 path leaves them 0 (the generic one computes them anyway). */
 INLINE void pair_moments_row_w(int wide, pair_moments *acc, float *exp_s, float *exp_t,
                                const float *s, const float *t, const dtkd_softmax_pair *pr,
-                               long skip, long n)
+                               long skip, long n, int full)
 {
-    if (wide) pair_moments_row_avx512(acc, exp_s, exp_t, s, t, pr, skip, n);
+    if (wide) pair_moments_row_avx512(acc, exp_s, exp_t, s, t, pr, skip, n, full);
     else pair_moments_row(acc, exp_s, exp_t, s, t, pr, skip, n);
 }
 
@@ -714,7 +720,8 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     dtkd_softmax_pair *pr = &sv->pair;
     set_pair(pr, m_s, m_t, a, b);
     pair_moments mo = {0};
-    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C);
+    const int temperature_grad = mode == DTKD_KL_DYNAMIC && !fallback;
+    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C, temperature_grad);
 
     /* one log per row: KL needs only log zq - log zp, the backward only 1 / zq and 1 / zp */
     const double log_ratio = log(mo.zq / mo.zp);
@@ -729,7 +736,7 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     pr->coef_q = pr->coef_p = w / a;
     sv->dmax = 0.0;
     sv->argmax_s = 0;
-    if (mode == DTKD_KL_DYNAMIC && !fallback) {
+    if (temperature_grad) {
         const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + log_ratio * e_pu;
         const double dkl_da = (e_pv - e_qv) / a, dkl_db = -(e_pur - e_pu * kl) / b;
         const double dl_da = b * kl + w * dkl_da, dl_db = a * kl + w * dkl_db;
@@ -801,11 +808,12 @@ typedef struct {
 
 INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, float *exp_t,
                            const float *s, const float *t, int64_t y, float shift_s,
-                           float shift_t, double a, double b, long C, int wide)
+                           float shift_t, double a, double b, long C, int wide,
+                           int temperature_grad)
 {
     set_pair(pr, shift_s, shift_t, a, b);
     pair_moments mo = {0};
-    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, y, C);
+    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, y, C, temperature_grad);
     const double lzq = log(mo.zq), lzp = log(mo.zp);
     pr->zs = mo.zq;
     pr->zt = mo.zp;
@@ -853,15 +861,18 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
     const double a_tc = dynamic_tckd ? a : T, b_tc = dynamic_tckd ? b : T;
     const double a_nc = dynamic_nckd ? a : T, b_nc = dynamic_nckd ? b : T;
     const int shared = a_tc == a_nc && b_tc == b_nc;
+    const int temperature_grad =
+        mode != DTKD_KL_DYNAMIC_DETACHED && !fallback && (dynamic_tckd || dynamic_nckd);
     /* Non-target maxima: the row maxima unless the target holds them. */
     const float shift_s = s[y] < m_s ? m_s : non_target_max(s, y, C);
     const float shift_t = t[y] < m_t ? m_t : non_target_max(t, y, C);
 
     dkd_terms tc, nc;
-    dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C, wide);
+    dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C, wide,
+                   temperature_grad);
     if (shared) nc = tc;
     else dkd_pair_terms(&nc, &sv->pair[1], NULL, NULL, s, t, y, shift_s, shift_t, a_nc, b_nc,
-                         C, wide);
+                         C, wide, temperature_grad);
     sv->n_pairs = shared ? 1 : 2;
 
     const double w_tc = a_tc * b_tc, w_nc = a_nc * b_nc;
@@ -882,7 +893,7 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
     /* Gradient through the temperatures, for the terms that use them. */
     sv->dmax = 0.0;
     sv->argmax_s = 0;
-    if (mode != DTKD_KL_DYNAMIC_DETACHED && !fallback && (dynamic_tckd || dynamic_nckd)) {
+    if (temperature_grad) {
         double dl_da = 0.0, dl_db = 0.0;
         if (dynamic_tckd) {
             dl_da += alpha * (b * tc.tckd + a * b * tc.dtckd_da);
