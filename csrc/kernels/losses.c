@@ -172,13 +172,13 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
 /* Lanes [0, n) of a 16-lane block (n may exceed 16). */
 AVX512_ONLY __mmask16 lanes_below(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
-/* exp_nonpos on 16 lanes. */
+/* exp_nonpos on 16 lanes: the same reduction and polynomial, with round-to-nearest
+ * (vrndscaleps) for n and vscalefps for the 2^n (1 op instead of shift + multiply). */
 AVX512_ONLY __m512 exp_nonpos16(__m512 x)
 {
-    const __m512 magic = _mm512_set1_ps(12582912.0f + 127.0f);
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    const __m512 k = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
-    const __m512 fn = _mm512_sub_ps(k, magic);
+    const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fmadd_ps(fn, _mm512_set1_ps(2.12194440e-4f), r);
     __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -188,8 +188,7 @@ AVX512_ONLY __m512 exp_nonpos16(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     const __m512 e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(k), 23));
-    return _mm512_mul_ps(e, scale);
+    return _mm512_scalef_ps(e, fn);
 }
 
 static SIMD_AVX512 int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s,
