@@ -790,6 +790,39 @@ int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
     return DTKD_OK;
 }
 
+/* Both directions row by row: the row's exps are still in L1 when its gradient is written. */
+INLINE int kl_row_forward_backward(float *loss, float *t_student, float *t_teacher, float *ds,
+                                   float *exp_t, const float *s, const float *t, float T,
+                                   enum dtkd_kl_mode mode, float dloss, long C, int wide)
+{
+    dtkd_kl_saved sv;
+    const int st = kl_row_forward(loss, t_student, t_teacher, &sv, ds, exp_t, s, t, T, mode, C, wide);
+    if (st >= 0) kl_row_backward(ds, &sv, ds, exp_t, dloss, C, wide);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, kl_row_forward_backward,
+                  (float *loss, float *t_student, float *t_teacher, float *ds, float *exp_t,
+                   const float *s, const float *t, float T, enum dtkd_kl_mode mode, float dloss,
+                   long C),
+                  loss, t_student, t_teacher, ds, exp_t, s, t, T, mode, dloss, C)
+
+int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, float *ds,
+                             float *exp_t, long *n_fallback, const float *s, const float *t,
+                             float temperature, enum dtkd_kl_mode mode, float dloss, long N,
+                             long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    int (*row)(float *, float *, float *, float *, float *, const float *, const float *, float,
+               enum dtkd_kl_mode, float, long) = ISA_PICK(kl_row_forward_backward);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, t_student + i, t_teacher + i, ds + i * C, exp_t + i * C,
+                           s + i * C, t + i * C, temperature, mode, dloss, C));
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* DKD                                                                                        */
 /* ------------------------------------------------------------------------------------------ */
@@ -966,4 +999,45 @@ int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s
     FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, s + i * C,
                            t + i * C, y[i], dloss, C));
     return DTKD_OK;
+}
+
+INLINE int dkd_row_forward_backward(float *loss, float *tckd, float *nckd, float *t_student,
+                                    float *t_teacher, float *ds, float *exp_t, const float *s,
+                                    const float *t, int64_t y, float alpha, float beta, float T,
+                                    int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode,
+                                    float dloss, long C, int wide)
+{
+    dtkd_dkd_saved sv = {0}; /* pair[1] is only read when set (n_pairs == 2) */
+    const int st = dkd_row_forward(loss, tckd, nckd, t_student, t_teacher, &sv, ds, exp_t, s, t,
+                                   y, alpha, beta, T, dynamic_tckd, dynamic_nckd, mode, C, wide);
+    if (st >= 0) dkd_row_backward(ds, &sv, ds, exp_t, s, t, y, dloss, C, wide);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, dkd_row_forward_backward,
+                  (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
+                   float *ds, float *exp_t, const float *s, const float *t, int64_t y,
+                   float alpha, float beta, float T, int dynamic_tckd, int dynamic_nckd,
+                   enum dtkd_kl_mode mode, float dloss, long C),
+                  loss, tckd, nckd, t_student, t_teacher, ds, exp_t, s, t, y, alpha, beta, T,
+                  dynamic_tckd, dynamic_nckd, mode, dloss, C)
+
+int dtkd_dkd_forward_backward(float *loss, float *tckd, float *nckd, float *t_student,
+                              float *t_teacher, float *ds, float *exp_t, long *n_fallback,
+                              const float *s, const float *t, const int64_t *y, float alpha,
+                              float beta, float temperature, int dynamic_tckd, int dynamic_nckd,
+                              enum dtkd_kl_mode mode, float dloss, long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, float *, float *, float *, float *, float *, const float *,
+               const float *, int64_t, float, float, float, int, int, enum dtkd_kl_mode, float,
+               long) = ISA_PICK(dkd_row_forward_backward);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, tckd + i, nckd + i, t_student + i, t_teacher + i, ds + i * C,
+                           exp_t + i * C, s + i * C, t + i * C, y[i], alpha, beta, temperature,
+                           dynamic_tckd, dynamic_nckd, mode, dloss, C));
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }

@@ -104,6 +104,14 @@ int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_sav
 int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
                      const float *exp_t, float dloss, long N, long C);
 
+/* The forward and then the backward, row by row (a row's exps are still in cache when its
+ * gradient is written): loss, t_student, t_teacher, n_fallback as dtkd_kl_forward, ds (N,C)
+ * as dtkd_kl_backward; exp_t (N,C) is scratch. What the Python binding calls. */
+int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, float *ds,
+                             float *exp_t, long *n_fallback, const float *s, const float *t,
+                             float temperature, enum dtkd_kl_mode mode, float dloss, long N,
+                             long C);
+
 /* ---- DKD: alpha TCKD + beta NCKD (C >= 2) ----
  * TCKD = KL over (target, rest), NCKD = KL over the non-target classes (the target excluded
  * exactly), each times T^2. With dynamic_tckd / dynamic_nckd the term uses the DTKD
@@ -121,5 +129,12 @@ int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, fl
 int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s,
                       const float *exp_t, const float *s, const float *t, const int64_t *y,
                       float dloss, long N, long C);
+
+/* Forward then backward, row by row, as dtkd_kl_forward_backward; exp_t (N,C) is scratch. */
+int dtkd_dkd_forward_backward(float *loss, float *tckd, float *nckd, float *t_student,
+                              float *t_teacher, float *ds, float *exp_t, long *n_fallback,
+                              const float *s, const float *t, const int64_t *y, float alpha,
+                              float beta, float temperature, int dynamic_tckd, int dynamic_nckd,
+                              enum dtkd_kl_mode mode, float dloss, long N, long C);
 
 #endif

@@ -313,7 +313,8 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
 /* ---- KD / DTKD ---- */
 
 /* kl(student, teacher, temperature, mode, dloss)
- *   -> (sum of losses, losses (N,), t_student (N,), t_teacher (N,), n_fallback, grad (N,C)). */
+ *   -> (sum of losses, losses (N,), t_student (N,), t_teacher (N,), n_fallback, grad (N,C));
+ * t_student and t_teacher are None for mode 0 (KD: they are T). */
 static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     float temperature, dloss;
@@ -329,34 +330,35 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyArrayObject *t = check_like(to, "teacher", s, "student");
     if (!t) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
-    PyObject *loss = new_array(1, n, 0), *ts = new_array(1, n, 0), *tt = new_array(1, n, 0);
-    PyObject *grad = new_array(2, n, c);
-    dtkd_kl_saved *saved = PyMem_Malloc(n * sizeof(dtkd_kl_saved));
-    float *exp_t = PyMem_Malloc(n * c * sizeof(float));
-    if (!loss || !ts || !tt || !grad || !saved || !exp_t) {
+    const int fixed = mode == DTKD_KL_FIXED;
+    PyObject *loss = new_array(1, n, 0), *grad = new_array(2, n, c);
+    PyObject *ts = fixed ? Py_None : new_array(1, n, 0), *tt = fixed ? Py_None : new_array(1, n, 0);
+    Py_XINCREF(fixed ? ts : NULL);
+    Py_XINCREF(fixed ? tt : NULL);
+    /* scratch: the teacher exps, then (KD) the temperatures nobody asked for */
+    float *scratch = PyMem_Malloc((n * c + (fixed ? 2 * n : 0)) * sizeof(float));
+    if (!loss || !ts || !tt || !grad || !scratch) {
         Py_XDECREF(loss);
         Py_XDECREF(ts);
         Py_XDECREF(tt);
         Py_XDECREF(grad);
-        PyMem_Free(saved);
-        PyMem_Free(exp_t);
+        PyMem_Free(scratch);
         return PyErr_NoMemory();
     }
-    float *gp = PyArray_DATA((PyArrayObject *)grad); /* also holds the student exps */
+    float *tsp = fixed ? scratch + n * c : PyArray_DATA((PyArrayObject *)ts);
+    float *ttp = fixed ? scratch + n * c + n : PyArray_DATA((PyArrayObject *)tt);
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     float *lp = PyArray_DATA((PyArrayObject *)loss);
     long n_fallback = 0;
     double total = 0.0;
     int st;
     DTKD_BEGIN_NOGIL
-    st = dtkd_kl_forward(lp, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
-                         saved, gp, exp_t, &n_fallback, sp, tp, temperature,
-                         (enum dtkd_kl_mode)mode, n, c);
-    if (st == DTKD_OK) st = dtkd_kl_backward(gp, saved, gp, exp_t, dloss, n, c);
+    st = dtkd_kl_forward_backward(lp, tsp, ttp, PyArray_DATA((PyArrayObject *)grad), scratch,
+                                  &n_fallback, sp, tp, temperature, (enum dtkd_kl_mode)mode,
+                                  dloss, n, c);
     if (st == DTKD_OK) total = sum_f32(lp, n);
     DTKD_END_NOGIL
-    PyMem_Free(saved);
-    PyMem_Free(exp_t);
+    PyMem_Free(scratch);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(ts);
@@ -394,20 +396,17 @@ static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!y) return NULL;
     PyObject *loss = new_array(1, n, 0), *tckd = new_array(1, n, 0), *nckd = new_array(1, n, 0);
     PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
-    dtkd_dkd_saved *saved = PyMem_Malloc(n * sizeof(dtkd_dkd_saved));
     float *exp_t = PyMem_Malloc(n * c * sizeof(float));
-    if (!loss || !tckd || !nckd || !ts || !tt || !grad || !saved || !exp_t) {
+    if (!loss || !tckd || !nckd || !ts || !tt || !grad || !exp_t) {
         Py_XDECREF(loss);
         Py_XDECREF(tckd);
         Py_XDECREF(nckd);
         Py_XDECREF(ts);
         Py_XDECREF(tt);
         Py_XDECREF(grad);
-        PyMem_Free(saved);
         PyMem_Free(exp_t);
         return PyErr_NoMemory();
     }
-    float *gp = PyArray_DATA((PyArrayObject *)grad); /* also holds the student exps */
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     const int64_t *yp = PyArray_DATA(y);
     float *lp = PyArray_DATA((PyArrayObject *)loss);
@@ -415,18 +414,18 @@ static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     double total = 0.0, tckd_total = 0.0, nckd_total = 0.0;
     int st;
     DTKD_BEGIN_NOGIL
-    st = dtkd_dkd_forward(lp, PyArray_DATA((PyArrayObject *)tckd), PyArray_DATA((PyArrayObject *)nckd),
-                          PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt), saved,
-                          gp, exp_t, &n_fallback, sp, tp, yp, alpha, beta, temperature, dyn_tc,
-                          dyn_nc, (enum dtkd_kl_mode)mode, n, c);
-    if (st == DTKD_OK) st = dtkd_dkd_backward(gp, saved, gp, exp_t, sp, tp, yp, dloss, n, c);
+    st = dtkd_dkd_forward_backward(lp, PyArray_DATA((PyArrayObject *)tckd),
+                                   PyArray_DATA((PyArrayObject *)nckd),
+                                   PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
+                                   PyArray_DATA((PyArrayObject *)grad), exp_t, &n_fallback, sp, tp,
+                                   yp, alpha, beta, temperature, dyn_tc, dyn_nc,
+                                   (enum dtkd_kl_mode)mode, dloss, n, c);
     if (st == DTKD_OK) {
         total = sum_f32(lp, n);
         tckd_total = sum_f32(PyArray_DATA((PyArrayObject *)tckd), n);
         nckd_total = sum_f32(PyArray_DATA((PyArrayObject *)nckd), n);
     }
     DTKD_END_NOGIL
-    PyMem_Free(saved);
     PyMem_Free(exp_t);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
@@ -460,7 +459,7 @@ PyMethodDef dtkd_losses_methods[] = {
      "cross_entropy(logits, labels, dloss) -> (sum, losses, grad of dloss*sum)."},
     {"kl", (PyCFunction)(void (*)(void))py_kl, METH_FASTCALL,
      "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached, dloss)"
-     " -> (sum, losses, t_student, t_teacher, n_fallback, grad of dloss*sum)."},
+     " -> (sum, losses, t_student, t_teacher (None for KD), n_fallback, grad of dloss*sum)."},
     {"dkd", (PyCFunction)(void (*)(void))py_dkd, METH_FASTCALL,
      "dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode,"
      " dloss) -> (sum, losses, tckd, nckd, sum of tckd, sum of nckd, t_student, t_teacher,"
