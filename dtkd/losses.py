@@ -75,8 +75,8 @@ class LossResult:
     def __init__(self, loss, grad, t_student=None, t_teacher=None, n_fallback=None, ce=None,
                  kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None):
         # One tuple behind read-only properties (as namedtuple does): cheap to build.
-        object.__setattr__(self, "_values", (loss, grad, t_student, t_teacher, n_fallback, ce,
-                                             kd, dtkd, tckd, nckd, warmup_factor))
+        _set_values(self, (loss, grad, t_student, t_teacher, n_fallback, ce, kd, dtkd, tckd, nckd,
+                           warmup_factor))
 
     def __setattr__(self, name, value):
         raise AttributeError("LossResult is read-only")
@@ -103,6 +103,9 @@ class LossResult:
 def _field(index, name):
     return property(lambda self: self._values[index], doc=f"The {name} field (read-only).")
 
+
+# The slot's own setter: bypasses the read-only __setattr__ without a method lookup.
+_set_values = LossResult._values.__set__
 
 for _index, _name in enumerate(LossResult._FIELDS):
     setattr(LossResult, _name, _field(_index, _name))
@@ -174,6 +177,12 @@ def _real(x, name):
 
 
 def _check_pair(student, teacher):
+    # the common case, checked in one go (as _logits does for each)
+    if (type(student) is np.ndarray and type(teacher) is np.ndarray
+            and student.dtype is _FLOAT32 and teacher.dtype is _FLOAT32 and student.ndim == 2
+            and student.shape == teacher.shape and student.flags.c_contiguous
+            and teacher.flags.c_contiguous):
+        return student, teacher
     s = _logits(student, "student")
     t = _logits(teacher, "teacher")
     if s.shape != t.shape:
