@@ -168,6 +168,9 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
  * kernels below call them only from their AVX-512 builds (the `wide` flag). */
 
 #define AVX512_ONLY static inline __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline))
+/* Inlined into the AVX-512 builds of the row kernels; the other builds keep a (never taken)
+ * call, since GCC does not inline across incompatible targets. */
+#define AVX512_ROW static inline __attribute__((target("avx512f,avx512dq,avx2,fma")))
 
 /* Lanes [0, n) of a 16-lane block (n may exceed 16). */
 AVX512_ONLY __mmask16 lanes_below(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
@@ -191,7 +194,7 @@ AVX512_ONLY __m512 exp_nonpos16(__m512 x)
     return _mm512_scalef_ps(e, fn);
 }
 
-static SIMD_AVX512 int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s,
+AVX512_ROW int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s,
                                                float *m_t)
 {
     const __m512 neg_inf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
@@ -208,7 +211,7 @@ static SIMD_AVX512 int pair_max_finite_avx512(const float *s, const float *t, lo
     return _mm512_reduce_add_ps(poison) == 0.0f;
 }
 
-static SIMD_AVX512 long first_index_of_avx512(const float *x, float m, long n)
+AVX512_ROW long first_index_of_avx512(const float *x, float m, long n)
 {
     const __m512 mv = _mm512_set1_ps(m);
     for (long j = 0; j < n; j += 16) {
@@ -220,12 +223,12 @@ static SIMD_AVX512 long first_index_of_avx512(const float *x, float m, long n)
 }
 
 typedef struct pair_moments pair_moments;
-static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
+AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
                                                 const dtkd_softmax_pair *pr, long skip, long n,
                                                 int full);
 
-static SIMD_AVX512 void pair_backward_cached_row_avx512(float *ds, const float *exp_s,
+AVX512_ROW void pair_backward_cached_row_avx512(float *ds, const float *exp_s,
                                                         const float *exp_t, float cq, float cp,
                                                         long n)
 {
@@ -312,7 +315,7 @@ INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, cons
     }
 }
 
-static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
+AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
                                                 const dtkd_softmax_pair *pr, long skip, long n,
                                                 int full)
@@ -350,9 +353,11 @@ static SIMD_AVX512 void pair_moments_row_avx512(pair_moments *acc, float *exp_s,
         acc->zp += _mm512_reduce_add_ps(zp);
         acc->p_u += _mm512_reduce_add_ps(p_u);
         acc->p_v += _mm512_reduce_add_ps(p_v);
-        acc->q_v += _mm512_reduce_add_ps(q_v);
-        acc->p_uu += _mm512_reduce_add_ps(p_uu);
-        acc->p_uv += _mm512_reduce_add_ps(p_uv);
+        if (full) {
+            acc->q_v += _mm512_reduce_add_ps(q_v);
+            acc->p_uu += _mm512_reduce_add_ps(p_uu);
+            acc->p_uv += _mm512_reduce_add_ps(p_uv);
+        }
     }
 }
 
