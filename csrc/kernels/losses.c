@@ -175,9 +175,9 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
 /* Lanes [0, n) of a 16-lane block (n may exceed 16). */
 AVX512_ONLY __mmask16 lanes_below(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
-/* exp_nonpos on 16 lanes: the same reduction and polynomial, with round-to-nearest
- * (vrndscaleps) for n and vscalefps for the 2^n (1 op instead of shift + multiply). */
-AVX512_ONLY __m512 exp_nonpos16(__m512 x)
+/* exp_nonpos on the lanes of `keep` (0 elsewhere): the same reduction and polynomial, with
+ * round-to-nearest (vrndscaleps) for n and a zero-masked vscalefps for the 2^n. */
+AVX512_ONLY __m512 exp_nonpos16(__mmask16 keep, __m512 x)
 {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -191,7 +191,7 @@ AVX512_ONLY __m512 exp_nonpos16(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     const __m512 e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(e, fn);
+    return _mm512_maskz_scalef_ps(keep, e, fn);
 }
 
 AVX512_ROW int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s,
@@ -332,8 +332,7 @@ AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *
             if (skip >= j && skip < j + 16) keep &= (__mmask16)~(1u << (skip - j));
             const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + j), ss), ia);
             const __m512 u = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, t + j), st), ib);
-            const __m512 eq = _mm512_maskz_mov_ps(keep, exp_nonpos16(v));
-            const __m512 ep = _mm512_maskz_mov_ps(keep, exp_nonpos16(u));
+            const __m512 eq = exp_nonpos16(keep, v), ep = exp_nonpos16(keep, u);
             if (exp_s) {
                 _mm512_mask_storeu_ps(exp_s + j, lanes, eq);
                 _mm512_mask_storeu_ps(exp_t + j, lanes, ep);
