@@ -222,6 +222,50 @@ AVX512_ROW long first_index_of_avx512(const float *x, float m, long n)
     return n - 1;
 }
 
+/* Max of x[0:n]; returns 0 if x holds NaN or Inf. */
+AVX512_ROW int row_max_finite_avx512(const float *x, long n, float *max)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 m = _mm512_set1_ps(-INFINITY), poison = zero;
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 lanes = lanes_below(n - j);
+        const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + j);
+        m = _mm512_mask_max_ps(m, lanes, m, xv);
+        poison = _mm512_fmadd_ps(xv, zero, poison);
+    }
+    *max = _mm512_reduce_max_ps(m);
+    return _mm512_reduce_add_ps(poison) == 0.0f;
+}
+
+/* e[j] = exp(x[j] - shift) (x <= shift) for j in [0, n); returns their sum. */
+AVX512_ROW double exp_store_sum_avx512(float *e, const float *x, float shift, long n)
+{
+    const __m512 sh = _mm512_set1_ps(shift);
+    double z = 0.0;
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < n ? j0 + SUM_BLOCK : n;
+        __m512 zb = _mm512_setzero_ps();
+        for (long j = j0; j < j1; j += 16) {
+            const __mmask16 lanes = lanes_below(j1 - j);
+            const __m512 ev = exp_nonpos16(lanes, _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, x + j), sh));
+            _mm512_mask_storeu_ps(e + j, lanes, ev);
+            zb = _mm512_add_ps(zb, ev);
+        }
+        z += _mm512_reduce_add_ps(zb);
+    }
+    return z;
+}
+
+/* x[j] *= a for j in [0, n). */
+AVX512_ROW void scale_row_avx512(float *x, float a, long n)
+{
+    const __m512 av = _mm512_set1_ps(a);
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 lanes = lanes_below(n - j);
+        _mm512_mask_storeu_ps(x + j, lanes, _mm512_mul_ps(av, _mm512_maskz_loadu_ps(lanes, x + j)));
+    }
+}
+
 typedef struct pair_moments pair_moments;
 AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
@@ -669,6 +713,38 @@ ISA_VARIANTS(int, cross_entropy_backward_row,
              (float *ds, double log_z, const float *s, int64_t y, float dloss, long C),
              (ds, log_z, s, y, dloss, C))
 
+/* Both directions in one sweep: the exps of the forward, stored in ds, become the gradient
+ * (one exp per logit instead of two). */
+INLINE int cross_entropy_row_forward_backward(float *loss, float *ds, const float *s, int64_t y,
+                                              float dloss, long C, int wide)
+{
+    float m;
+    double z;
+    if (wide) {
+        if (!row_max_finite_avx512(s, C, &m)) return -1;
+        z = exp_store_sum_avx512(ds, s, m, C);
+    } else {
+        if (!row_finite(s, C)) return -1;
+        m = range_max(s, 0, C);
+#pragma omp simd
+        for (long j = 0; j < C; j++) ds[j] = exp_nonpos(s[j] - m);
+        z = range_sum(ds, C);
+    }
+    *loss = (float)((double)m + log(z) - s[y]);
+    const float g = (float)(dloss / z);
+    if (wide) {
+        scale_row_avx512(ds, g, C);
+    } else {
+#pragma omp simd
+        for (long j = 0; j < C; j++) ds[j] *= g;
+    }
+    ds[y] -= dloss;
+    return 0;
+}
+ISA_VARIANTS_WIDE(int, cross_entropy_row_forward_backward,
+                  (float *loss, float *ds, const float *s, int64_t y, float dloss, long C),
+                  loss, ds, s, y, dloss, C)
+
 static int labels_ok(const int64_t *y, long N, long C)
 {
     for (long i = 0; i < N; i++)
@@ -699,6 +775,19 @@ int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, 
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(ds + i * C, log_z[i], s + i * C, y[i], dloss, C));
     return DTKD_OK;
+}
+
+int dtkd_cross_entropy_forward_backward(float *loss, float *ds, const float *s, const int64_t *y,
+                                        float dloss, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, const float *, int64_t, float, long) =
+        ISA_PICK(cross_entropy_row_forward_backward);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, ds + i * C, s + i * C, y[i], dloss, C));
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
 /* ------------------------------------------------------------------------------------------ */

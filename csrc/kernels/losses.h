@@ -92,6 +92,11 @@ int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const
 int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, const int64_t *y,
                                 float dloss, long N, long C);
 
+/* Forward and backward in one sweep (what the Python binding calls): loss (N) as the forward,
+ * ds (N,C) as the backward. */
+int dtkd_cross_entropy_forward_backward(float *loss, float *ds, const float *s, const int64_t *y,
+                                        float dloss, long N, long C);
+
 /* ---- KD / DTKD: w KL(softmax(t / T_t) || softmax(s / T_s)) ----
  * The forward stores the shifted exps exp((s - max s)/T_s), exp((t - max t)/T_t) in exp_s,
  * exp_t (N,C) for the backward, which then needs no exp of its own (halves the exps). */

@@ -283,12 +283,10 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
     PyArrayObject *y = check_labels(yo, n);
     if (!y) return NULL;
     PyObject *loss = new_array(1, n, 0), *grad = new_array(2, n, c);
-    double *log_z = PyMem_Malloc(n * sizeof(double));
-    if (!loss || !grad || !log_z) {
+    if (!loss || !grad) {
         Py_XDECREF(loss);
         Py_XDECREF(grad);
-        PyMem_Free(log_z);
-        return PyErr_NoMemory();
+        return NULL;
     }
     const float *sp = PyArray_DATA(s);
     const int64_t *yp = PyArray_DATA(y);
@@ -296,12 +294,10 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
     int st;
     double total = 0.0;
     DTKD_BEGIN_NOGIL
-    st = dtkd_cross_entropy_forward(lp, log_z, sp, yp, n, c);
-    if (st == DTKD_OK)
-        st = dtkd_cross_entropy_backward(PyArray_DATA((PyArrayObject *)grad), log_z, sp, yp, dloss, n, c);
+    st = dtkd_cross_entropy_forward_backward(lp, PyArray_DATA((PyArrayObject *)grad), sp, yp,
+                                             dloss, n, c);
     if (st == DTKD_OK) total = sum_f32(lp, n);
     DTKD_END_NOGIL
-    PyMem_Free(log_z);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(grad);
