@@ -400,6 +400,42 @@ def test_simd_paths_agree_with_reference(rng, isa):
     assert_grad_close(d.grad, fd)
 
 
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("num_classes", [2, 16, 21, 100, 130])   # full vectors, tails, > 1 block
+def test_simd_paths_every_fused_loss(rng, isa, num_classes):
+    """KD, detached DTKD, cross-entropy and DKD (fixed and dynamic temperatures) on each ISA
+    path, against the float64 reference and its finite differences."""
+    n = 5
+    s = ref.random_logits(rng, n, num_classes, scale=3.0, shift=1.0)
+    t = ref.random_logits(rng, n, num_classes, scale=3.0, shift=2.0)
+    y = rng.integers(0, num_classes, size=n)
+    y[0] = np.argmax(s[0])                       # the target holds the student's max
+    previous = dtkd.cpu_features()["isa"]
+    try:
+        _C.set_isa(isa)
+        got = {
+            "kd": losses.kd(s, t, reduction="sum"),
+            "dtkd_detached": losses.dtkd(s, t, detach_temperature=True, reduction="sum"),
+            "ce": losses.cross_entropy(s, y, reduction="sum"),
+            "dkd": losses.dkd(s, t, y, reduction="sum"),
+            "dkd_nckd": losses.dkd(s, t, y, reduction="sum", dynamic_temperature="nckd"),
+        }
+    finally:
+        _C.set_isa(previous)
+    ts, tt = ref.temperatures(f64(s), f64(t), T)[:2]
+    refs = {
+        "kd": lambda x: ref.kd(x, f64(t), T),
+        "dtkd_detached": lambda x: ref.dtkd(x, f64(t), T, fixed_temperatures=(ts, tt)),
+        "ce": lambda x: ref.cross_entropy(x, y),
+        "dkd": lambda x: ref.dkd(x, f64(t), y, 1.0, 8.0, T)[0],
+        "dkd_nckd": lambda x: ref.dkd(x, f64(t), y, 1.0, 8.0, T, dynamic="nckd")[0],
+    }
+    for name, r in got.items():
+        expected = refs[name](f64(s))
+        assert r.loss == pytest.approx(expected.sum(), rel=1e-5, abs=1e-5), name
+        assert_grad_close(r.grad, ref.finite_difference_grad(refs[name], s))
+
+
 def test_parallel_rows_match_serial_rows(rng):
     s = ref.random_logits(rng, 256, 300, scale=3.0, shift=1.0)   # above the parallel threshold
     t = ref.random_logits(rng, 256, 300, scale=3.0, shift=2.0)
