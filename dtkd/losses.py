@@ -367,11 +367,8 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     wf = _warmup_factor(epoch, warmup)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     inv_n = 1.0 / (n or 1)
-    dt_total, _, ts, tt, n_fallback, grad = _C.kl(s, t, T, mode, wf * alpha * inv_n)
-    kd_total, _, _, _, _, kd_grad = _C.kl(s, t, T, _KL_FIXED, wf * beta * inv_n)
-    ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
-    grad += kd_grad
-    grad += ce_grad
+    dt_total, kd_total, ce_total, ts, tt, n_fallback, grad = _C.dtkd_objective(
+        s, t, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, gamma * inv_n)
     l_dtkd, l_kd, l_ce = dt_total * inv_n, kd_total * inv_n, ce_total * inv_n
     loss = wf * (alpha * l_dtkd + beta * l_kd) + gamma * l_ce
     return LossResult(loss, grad, dtkd=l_dtkd, kd=l_kd, ce=l_ce, t_student=ts, t_teacher=tt,
@@ -395,10 +392,8 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     inv_n = 1.0 / (n or 1)
-    dkd_total, _, _, _, tckd_total, nckd_total, ts, tt, n_fallback, grad = _C.dkd(
-        s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n)
-    ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
-    grad += ce_grad
+    dkd_total, tckd_total, nckd_total, ce_total, ts, tt, n_fallback, grad = _C.dkd_objective(
+        s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, gamma * inv_n)
     l_ce = ce_total * inv_n
     loss = gamma * l_ce + wf * dkd_total * inv_n
     fields = dict(tckd=tckd_total * inv_n, nckd=nckd_total * inv_n, ce=l_ce, warmup_factor=wf)

@@ -1134,3 +1134,113 @@ int dtkd_dkd_forward_backward(float *loss, float *tckd, float *nckd, float *t_st
     *n_fallback = fallbacks;
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* The trainers' objectives, every term of a row in one visit                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+INLINE void add_row(float *dst, const float *src, long n)
+{
+#pragma omp simd
+    for (long j = 0; j < n; j++) dst[j] += src[j];
+}
+
+/* One row of w_dtkd DTKD + w_kd KD + w_ce CE: each term's gradient goes to the scratch row g
+ * and is added to ds while the row is in cache. Row status as the KL kernel's. */
+INLINE int dtkd_objective_row(float *dtkd_loss, float *kd_loss, float *ce_loss, float *t_student,
+                              float *t_teacher, float *ds, float *g, float *exp_t, const float *s,
+                              const float *t, int64_t y, float T, enum dtkd_kl_mode mode,
+                              float w_dtkd, float w_kd, float w_ce, long C, int wide)
+{
+    float unused_ts, unused_tt;
+    const int st = kl_row_forward_backward(dtkd_loss, t_student, t_teacher, ds, exp_t, s, t, T,
+                                           mode, w_dtkd, C, wide);
+    if (st < 0) return st;
+    kl_row_forward_backward(kd_loss, &unused_ts, &unused_tt, g, exp_t, s, t, T, DTKD_KL_FIXED,
+                            w_kd, C, wide);
+    add_row(ds, g, C);
+    cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    add_row(ds, g, C);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, dtkd_objective_row,
+                  (float *dtkd_loss, float *kd_loss, float *ce_loss, float *t_student,
+                   float *t_teacher, float *ds, float *g, float *exp_t, const float *s,
+                   const float *t, int64_t y, float T, enum dtkd_kl_mode mode, float w_dtkd,
+                   float w_kd, float w_ce, long C),
+                  dtkd_loss, kd_loss, ce_loss, t_student, t_teacher, ds, g, exp_t, s, t, y, T,
+                  mode, w_dtkd, w_kd, w_ce, C)
+
+int dtkd_dtkd_objective_forward_backward(float *dtkd_loss, float *kd_loss, float *ce_loss,
+                                         float *t_student, float *t_teacher, float *ds,
+                                         float *scratch, long *n_fallback, const float *s,
+                                         const float *t, const int64_t *y, float temperature,
+                                         enum dtkd_kl_mode mode, float w_dtkd, float w_kd,
+                                         float w_ce, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, float *, float *, float *, float *, float *, float *,
+               const float *, const float *, int64_t, float, enum dtkd_kl_mode, float, float,
+               float, long) = ISA_PICK(dtkd_objective_row);
+    float *g = scratch, *exp_t = scratch + N * C;
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dtkd_loss + i, kd_loss + i, ce_loss + i, t_student + i, t_teacher + i,
+                           ds + i * C, g + i * C, exp_t + i * C, s + i * C, t + i * C, y[i],
+                           temperature, mode, w_dtkd, w_kd, w_ce, C));
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+/* One row of w_dkd (alpha TCKD + beta NCKD) + w_ce CE. */
+INLINE int dkd_objective_row(float *dkd_loss, float *tckd, float *nckd, float *ce_loss,
+                             float *t_student, float *t_teacher, float *ds, float *g,
+                             float *exp_t, const float *s, const float *t, int64_t y,
+                             float alpha, float beta, float T, int dynamic_tckd,
+                             int dynamic_nckd, enum dtkd_kl_mode mode, float w_dkd, float w_ce,
+                             long C, int wide)
+{
+    const int st = dkd_row_forward_backward(dkd_loss, tckd, nckd, t_student, t_teacher, ds, exp_t,
+                                            s, t, y, alpha, beta, T, dynamic_tckd, dynamic_nckd,
+                                            mode, w_dkd, C, wide);
+    if (st < 0) return st;
+    cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    add_row(ds, g, C);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, dkd_objective_row,
+                  (float *dkd_loss, float *tckd, float *nckd, float *ce_loss, float *t_student,
+                   float *t_teacher, float *ds, float *g, float *exp_t, const float *s,
+                   const float *t, int64_t y, float alpha, float beta, float T,
+                   int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, float w_dkd,
+                   float w_ce, long C),
+                  dkd_loss, tckd, nckd, ce_loss, t_student, t_teacher, ds, g, exp_t, s, t, y,
+                  alpha, beta, T, dynamic_tckd, dynamic_nckd, mode, w_dkd, w_ce, C)
+
+int dtkd_dkd_objective_forward_backward(float *dkd_loss, float *tckd, float *nckd,
+                                        float *ce_loss, float *t_student, float *t_teacher,
+                                        float *ds, float *scratch, long *n_fallback,
+                                        const float *s, const float *t, const int64_t *y,
+                                        float alpha, float beta, float temperature,
+                                        int dynamic_tckd, int dynamic_nckd,
+                                        enum dtkd_kl_mode mode, float w_dkd, float w_ce, long N,
+                                        long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, float *, float *, float *, float *, float *, float *, float *,
+               const float *, const float *, int64_t, float, float, float, int, int,
+               enum dtkd_kl_mode, float, float, long) = ISA_PICK(dkd_objective_row);
+    float *g = scratch, *exp_t = scratch + N * C;
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dkd_loss + i, tckd + i, nckd + i, ce_loss + i, t_student + i,
+                           t_teacher + i, ds + i * C, g + i * C, exp_t + i * C, s + i * C,
+                           t + i * C, y[i], alpha, beta, temperature, dynamic_tckd, dynamic_nckd,
+                           mode, w_dkd, w_ce, C));
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}

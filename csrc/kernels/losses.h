@@ -142,4 +142,28 @@ int dtkd_dkd_forward_backward(float *loss, float *tckd, float *nckd, float *t_st
                               float beta, float temperature, int dynamic_tckd, int dynamic_nckd,
                               enum dtkd_kl_mode mode, float dloss, long N, long C);
 
+/* ---- the official trainers' objectives, all terms of a row in one visit ----
+ * Per-sample terms (N) and ds (N,C) = the gradient of the weighted sum of the terms (weights
+ * include the warmup factor and 1/N); scratch is (2 N C) floats. */
+
+/* dtkd_loss, kd_loss, ce_loss, t_student, t_teacher (N); ds = d(w_dtkd sum dtkd + w_kd sum kd
+ * + w_ce sum ce)/ds; mode as the KL kernel's for the DTKD term. */
+int dtkd_dtkd_objective_forward_backward(float *dtkd_loss, float *kd_loss, float *ce_loss,
+                                         float *t_student, float *t_teacher, float *ds,
+                                         float *scratch, long *n_fallback, const float *s,
+                                         const float *t, const int64_t *y, float temperature,
+                                         enum dtkd_kl_mode mode, float w_dtkd, float w_kd,
+                                         float w_ce, long N, long C);
+
+/* dkd_loss (= alpha tckd + beta nckd), tckd, nckd, ce_loss, t_student, t_teacher (N);
+ * ds = d(w_dkd sum dkd_loss + w_ce sum ce)/ds; the DKD arguments as dtkd_dkd_forward's. */
+int dtkd_dkd_objective_forward_backward(float *dkd_loss, float *tckd, float *nckd,
+                                        float *ce_loss, float *t_student, float *t_teacher,
+                                        float *ds, float *scratch, long *n_fallback,
+                                        const float *s, const float *t, const int64_t *y,
+                                        float alpha, float beta, float temperature,
+                                        int dynamic_tckd, int dynamic_nckd,
+                                        enum dtkd_kl_mode mode, float w_dkd, float w_ce, long N,
+                                        long C);
+
 #endif

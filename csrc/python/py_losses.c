@@ -436,6 +436,128 @@ static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                          n_fallback, grad);
 }
 
+/* ---- the trainers' objectives ---- */
+
+/* dtkd_objective(student, teacher, labels, temperature, mode, w_dtkd, w_kd, w_ce)
+ *   -> (sum of dtkd, sum of kd, sum of ce, t_student, t_teacher (N,), n_fallback, grad),
+ * grad = d(w_dtkd sum dtkd + w_kd sum kd + w_ce sum ce)/d student. */
+static PyObject *py_dtkd_objective(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    float temperature, w_dtkd, w_kd, w_ce;
+    int mode;
+    if (check_nargs("dtkd_objective", nargs, 8) < 0 || arg_float(args[3], &temperature) < 0 ||
+        arg_int(args[4], &mode) < 0 || arg_float(args[5], &w_dtkd) < 0 ||
+        arg_float(args[6], &w_kd) < 0 || arg_float(args[7], &w_ce) < 0)
+        return NULL;
+    if (mode != DTKD_KL_DYNAMIC && mode != DTKD_KL_DYNAMIC_DETACHED)
+        return DTKD_VALUE_ERR("dtkd_objective: mode must be 1 or 2, got %d", mode);
+    PyArrayObject *s = check_logits(args[0], "student", 2);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyArrayObject *y = check_labels(args[2], n);
+    if (!y) return NULL;
+    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
+    /* scratch: the per-sample terms (3 N), then the kernel's (2 N C) */
+    float *scratch = PyMem_Malloc((3 * n + 2 * n * c) * sizeof(float));
+    if (!ts || !tt || !grad || !scratch) {
+        Py_XDECREF(ts);
+        Py_XDECREF(tt);
+        Py_XDECREF(grad);
+        PyMem_Free(scratch);
+        return PyErr_NoMemory();
+    }
+    float *dt = scratch, *kd = scratch + n, *ce = scratch + 2 * n;
+    long n_fallback = 0;
+    double dt_total = 0.0, kd_total = 0.0, ce_total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_dtkd_objective_forward_backward(
+        dt, kd, ce, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
+        PyArray_DATA((PyArrayObject *)grad), scratch + 3 * n, &n_fallback, PyArray_DATA(s),
+        PyArray_DATA(t), PyArray_DATA(y), temperature, (enum dtkd_kl_mode)mode, w_dtkd, w_kd,
+        w_ce, n, c);
+    if (st == DTKD_OK) {
+        dt_total = sum_f32(dt, n);
+        kd_total = sum_f32(kd, n);
+        ce_total = sum_f32(ce, n);
+    }
+    DTKD_END_NOGIL
+    PyMem_Free(scratch);
+    if (st != DTKD_OK) {
+        Py_DECREF(ts);
+        Py_DECREF(tt);
+        Py_DECREF(grad);
+        return raise_for(st, "dtkd_objective(student, teacher, labels)", s, "student", t,
+                         "teacher", y, c);
+    }
+    return Py_BuildValue("dddNNlN", dt_total, kd_total, ce_total, ts, tt, n_fallback, grad);
+}
+
+/* dkd_objective(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd,
+ *               mode, w_dkd, w_ce)
+ *   -> (sum of alpha tckd + beta nckd, sum of tckd, sum of nckd, sum of ce, t_student,
+ *       t_teacher (N,), n_fallback, grad),
+ * grad = d(w_dkd sum (alpha tckd + beta nckd) + w_ce sum ce)/d student. */
+static PyObject *py_dkd_objective(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    float alpha, beta, temperature, w_dkd, w_ce;
+    int dyn_tc, dyn_nc, mode;
+    if (check_nargs("dkd_objective", nargs, 11) < 0 || arg_float(args[3], &alpha) < 0 ||
+        arg_float(args[4], &beta) < 0 || arg_float(args[5], &temperature) < 0 ||
+        arg_bool(args[6], &dyn_tc) < 0 || arg_bool(args[7], &dyn_nc) < 0 ||
+        arg_int(args[8], &mode) < 0 || arg_float(args[9], &w_dkd) < 0 ||
+        arg_float(args[10], &w_ce) < 0)
+        return NULL;
+    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
+        return DTKD_VALUE_ERR("dkd_objective: mode must be 0, 1 or 2, got %d", mode);
+    PyArrayObject *s = check_logits(args[0], "student", 2);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyArrayObject *y = check_labels(args[2], n);
+    if (!y) return NULL;
+    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
+    /* scratch: the per-sample terms (4 N), then the kernel's (2 N C) */
+    float *scratch = PyMem_Malloc((4 * n + 2 * n * c) * sizeof(float));
+    if (!ts || !tt || !grad || !scratch) {
+        Py_XDECREF(ts);
+        Py_XDECREF(tt);
+        Py_XDECREF(grad);
+        PyMem_Free(scratch);
+        return PyErr_NoMemory();
+    }
+    float *dkd = scratch, *tckd = scratch + n, *nckd = scratch + 2 * n, *ce = scratch + 3 * n;
+    long n_fallback = 0;
+    double dkd_total = 0.0, tckd_total = 0.0, nckd_total = 0.0, ce_total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_dkd_objective_forward_backward(
+        dkd, tckd, nckd, ce, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
+        PyArray_DATA((PyArrayObject *)grad), scratch + 4 * n, &n_fallback, PyArray_DATA(s),
+        PyArray_DATA(t), PyArray_DATA(y), alpha, beta, temperature, dyn_tc, dyn_nc,
+        (enum dtkd_kl_mode)mode, w_dkd, w_ce, n, c);
+    if (st == DTKD_OK) {
+        dkd_total = sum_f32(dkd, n);
+        tckd_total = sum_f32(tckd, n);
+        nckd_total = sum_f32(nckd, n);
+        ce_total = sum_f32(ce, n);
+    }
+    DTKD_END_NOGIL
+    PyMem_Free(scratch);
+    if (st != DTKD_OK) {
+        Py_DECREF(ts);
+        Py_DECREF(tt);
+        Py_DECREF(grad);
+        return raise_for(st, "dkd_objective(student, teacher, labels)", s, "student", t,
+                         "teacher", y, c);
+    }
+    return Py_BuildValue("ddddNNlN", dkd_total, tckd_total, nckd_total, ce_total, ts, tt,
+                         n_fallback, grad);
+}
+
 PyMethodDef dtkd_losses_methods[] = {
     {"log_softmax_forward", py_log_softmax_forward, METH_VARARGS,
      "log_softmax_forward(x, temperature) -> log_softmax(x / T), (N,C) float32."},
@@ -460,5 +582,12 @@ PyMethodDef dtkd_losses_methods[] = {
      "dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode,"
      " dloss) -> (sum, losses, tckd, nckd, sum of tckd, sum of nckd, t_student, t_teacher,"
      " n_fallback, grad)."},
+    {"dtkd_objective", (PyCFunction)(void (*)(void))py_dtkd_objective, METH_FASTCALL,
+     "dtkd_objective(student, teacher, labels, temperature, mode 1|2, w_dtkd, w_kd, w_ce)"
+     " -> (sum dtkd, sum kd, sum ce, t_student, t_teacher, n_fallback, grad of the weighted sum)."},
+    {"dkd_objective", (PyCFunction)(void (*)(void))py_dkd_objective, METH_FASTCALL,
+     "dkd_objective(student, teacher, labels, alpha, beta, temperature, dynamic_tckd,"
+     " dynamic_nckd, mode, w_dkd, w_ce) -> (sum dkd, sum tckd, sum nckd, sum ce, t_student,"
+     " t_teacher, n_fallback, grad of the weighted sum)."},
     {NULL, NULL, 0, NULL},
 };
