@@ -111,9 +111,12 @@ int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
 
 /* The forward and then the backward, row by row (a row's exps are still in cache when its
  * gradient is written): loss, t_student, t_teacher, n_fallback as dtkd_kl_forward, ds (N,C)
- * as dtkd_kl_backward; exp_t (N,C) is scratch. What the Python binding calls. */
+ * as dtkd_kl_backward; scratch holds DTKD_KL_SCRATCH_FLOATS(N, C) floats, 8-byte aligned
+ * (the teacher exps, then 3 doubles per row). What the Python binding calls. */
+#define DTKD_KL_PENDING_OFFSET(N, C) ((((N) * (C) + 1) / 2) * 2)
+#define DTKD_KL_SCRATCH_FLOATS(N, C) (DTKD_KL_PENDING_OFFSET(N, C) + 6 * (N))
 int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, float *ds,
-                             float *exp_t, long *n_fallback, const float *s, const float *t,
+                             float *scratch, long *n_fallback, const float *s, const float *t,
                              float temperature, enum dtkd_kl_mode mode, float dloss, long N,
                              long C);
 

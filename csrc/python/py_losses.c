@@ -331,8 +331,9 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *ts = fixed ? Py_None : new_array(1, n, 0), *tt = fixed ? Py_None : new_array(1, n, 0);
     Py_XINCREF(fixed ? ts : NULL);
     Py_XINCREF(fixed ? tt : NULL);
-    /* scratch: the teacher exps, then (KD) the temperatures nobody asked for */
-    float *scratch = PyMem_Malloc((n * c + (fixed ? 2 * n : 0)) * sizeof(float));
+    /* scratch: the kernel's, then (KD) the temperatures nobody asked for */
+    const npy_intp kernel_scratch = DTKD_KL_SCRATCH_FLOATS(n, c);
+    float *scratch = PyMem_Malloc((kernel_scratch + (fixed ? 2 * n : 0)) * sizeof(float));
     if (!loss || !ts || !tt || !grad || !scratch) {
         Py_XDECREF(loss);
         Py_XDECREF(ts);
@@ -341,8 +342,8 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyMem_Free(scratch);
         return PyErr_NoMemory();
     }
-    float *tsp = fixed ? scratch + n * c : PyArray_DATA((PyArrayObject *)ts);
-    float *ttp = fixed ? scratch + n * c + n : PyArray_DATA((PyArrayObject *)tt);
+    float *tsp = fixed ? scratch + kernel_scratch : PyArray_DATA((PyArrayObject *)ts);
+    float *ttp = fixed ? scratch + kernel_scratch + n : PyArray_DATA((PyArrayObject *)tt);
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     float *lp = PyArray_DATA((PyArrayObject *)loss);
     long n_fallback = 0;
