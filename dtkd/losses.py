@@ -114,17 +114,21 @@ del _index, _name
 
 # ---- argument conversion (fast path for arrays that are already what the kernels take) ----
 
-_FLOAT32 = np.dtype(np.float32)
 _INT64 = np.dtype(np.int64)
 
 
+_is_float32_matrix = _C.same_float32_matrices
+
+
 def _logits(x, name):
-    if type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 2 and x.flags.c_contiguous:
+    if _is_float32_matrix(x):
         return x
     # NaN / Inf (also from float64 values beyond float32's range) are found by the kernels,
     # which then name the argument.
     with np.errstate(over="ignore"):
-        return as_float32(x, name, ndim=2, finite=False)
+        x = as_float32(x, name, ndim=2, finite=False)
+    # ascontiguousarray keeps a misaligned float32 buffer as is; the kernels need it aligned
+    return x if x.flags.aligned else x.copy()
 
 
 def _labels(y, n, num_classes):
@@ -177,11 +181,7 @@ def _real(x, name):
 
 
 def _check_pair(student, teacher):
-    # the common case, checked in one go (as _logits does for each)
-    if (type(student) is np.ndarray and type(teacher) is np.ndarray
-            and student.dtype is _FLOAT32 and teacher.dtype is _FLOAT32 and student.ndim == 2
-            and student.shape == teacher.shape and student.flags.c_contiguous
-            and teacher.flags.c_contiguous):
+    if _is_float32_matrix(student, teacher):  # the common case, checked in one C call
         return student, teacher
     s = _logits(student, "student")
     t = _logits(teacher, "teacher")

@@ -378,6 +378,29 @@ def test_array_likes_and_other_dtypes_are_converted(batch):
     assert losses.dkd(s_strided, t, y).loss == pytest.approx(expected, rel=1e-6)
 
 
+def test_inputs_off_the_fast_path_are_converted(rng):
+    """Byte-swapped, subclassed, strided and misaligned float32 logits are not what the C
+    boundary takes as is; the Python layer converts them and the result is the same."""
+    s = ref.random_logits(rng, 6, 11).astype(np.float32)
+    t = ref.random_logits(rng, 6, 11, shift=1.0).astype(np.float32)
+    expected = losses.kd(s, t)
+
+    class Sub(np.ndarray):
+        pass
+
+    raw = np.empty(s.size * 4 + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data, np.float32, s.size, offset=1).reshape(s.shape)
+    misaligned[...] = s
+    for variant in (s.astype(s.dtype.newbyteorder()), s.view(Sub), np.asfortranarray(s),
+                    misaligned):
+        assert _C.same_float32_matrices(variant, t) is False
+        r = losses.kd(variant, t)
+        assert r.loss == pytest.approx(expected.loss, rel=1e-6)
+        np.testing.assert_allclose(r.grad, expected.grad, rtol=1e-6, atol=1e-9)
+    assert _C.same_float32_matrices(s, t) is True
+    assert _C.same_float32_matrices(s, t[:, :10].copy()) is False
+
+
 # ---- execution paths: SIMD and threads give the same numbers ----
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
