@@ -3,7 +3,12 @@
  * Layout: small always-inline row primitives (max, sum of exps, softmax-pair moments, softmax-
  * pair backward) written once in plain C with `omp simd` loops; per-row kernels built from them;
  * each per-row kernel compiled three times (portable, AVX2+FMA, AVX-512 via target attributes)
- * and chosen at run time with dtkd_isa(); batch drivers that run rows in parallel.
+ * and chosen at run time with dtkd_isa(); batch drivers that run rows in parallel. The row
+ * kernels of KL, DKD and cross-entropy take a constant `wide` flag that, in their AVX-512
+ * build, swaps the primitives they spend their time in for AVX-512 intrinsic versions (masked
+ * tails, in-register reductions: what GCC's omp simd lowering does badly at C ~ 100). The
+ * `*_forward_backward` drivers (what the bindings call) run a row's forward and backward
+ * together while its exps are in cache.
  *
  * Every pass over a row costs one exp per element and one softmax pair; the KL and DKD forwards
  * gather all the moments their loss and temperature gradient need in a single exp pass, so a
