@@ -6,6 +6,7 @@ the same thread count for dtkd and PyTorch, and prints the ratios. Times are the
 
     python benchmarks/bench_losses.py [--threads 2] [--repeats 5] [--seconds 0.2] [--clock wall]
     python benchmarks/bench_losses.py --threshold-sweep   # 1 vs N threads by batch size
+    python benchmarks/bench_losses.py --shapes 64x100 --losses KD DTKD   # a subset
 """
 import argparse
 import time
@@ -122,6 +123,10 @@ def main():
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: perf_counter; cpu: process CPU time (robust on a loaded machine, "
                          "meaningful with --threads 1 only)")
+    ap.add_argument("--shapes", nargs="+", default=[f"{n}x{c}" for n, c in SHAPES],
+                    help="batch shapes NxC (default: %(default)s)")
+    ap.add_argument("--losses", nargs="+", default=["KD", "DTKD", "DKD"],
+                    choices=["KD", "DTKD", "DKD"])
     ap.add_argument("--threshold-sweep", action="store_true",
                     help="time DTKD on 1 thread vs --threads threads for growing N*C")
     args = ap.parse_args()
@@ -160,7 +165,7 @@ def main():
     print(header)
     if torch:
         t_kd, t_dtkd, t_dkd = torch_fns(torch)
-    for n, c in SHAPES:
+    for n, c in (tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes):
         s = rng.normal(size=(n, c)).astype(np.float32) * 2
         t = (rng.normal(size=(n, c)) * 4 + 1).astype(np.float32)
         y = rng.integers(0, c, size=n)
@@ -182,7 +187,8 @@ def main():
 
             torch_cases = {"KD": torch_step(t_kd), "DTKD": torch_step(t_dtkd),
                            "DKD": torch_step(t_dkd, gt)}
-        for name, (ours, ref) in cases.items():
+        for name in args.losses:
+            ours, ref = cases[name]
             # the baselines must compute the same thing
             np.testing.assert_allclose(ours().grad, ref()[1], rtol=1e-3, atol=1e-6)
             t_ours = best_time(ours, args.repeats, args.seconds)

@@ -75,8 +75,8 @@ class LossResult:
     def __init__(self, loss, grad, t_student=None, t_teacher=None, n_fallback=None, ce=None,
                  kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None):
         # One tuple behind read-only properties (as namedtuple does): cheap to build.
-        object.__setattr__(self, "_values", (loss, grad, t_student, t_teacher, n_fallback, ce,
-                                             kd, dtkd, tckd, nckd, warmup_factor))
+        _set_values(self, (loss, grad, t_student, t_teacher, n_fallback, ce, kd, dtkd, tckd, nckd,
+                           warmup_factor))
 
     def __setattr__(self, name, value):
         raise AttributeError("LossResult is read-only")
@@ -104,6 +104,9 @@ def _field(index, name):
     return property(lambda self: self._values[index], doc=f"The {name} field (read-only).")
 
 
+# The slot's own setter: bypasses the read-only __setattr__ without a method lookup.
+_set_values = LossResult._values.__set__
+
 for _index, _name in enumerate(LossResult._FIELDS):
     setattr(LossResult, _name, _field(_index, _name))
 del _index, _name
@@ -111,17 +114,21 @@ del _index, _name
 
 # ---- argument conversion (fast path for arrays that are already what the kernels take) ----
 
-_FLOAT32 = np.dtype(np.float32)
 _INT64 = np.dtype(np.int64)
 
 
+_is_float32_matrix = _C.same_float32_matrices
+
+
 def _logits(x, name):
-    if type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 2 and x.flags.c_contiguous:
+    if _is_float32_matrix(x):
         return x
     # NaN / Inf (also from float64 values beyond float32's range) are found by the kernels,
     # which then name the argument.
     with np.errstate(over="ignore"):
-        return as_float32(x, name, ndim=2, finite=False)
+        x = as_float32(x, name, ndim=2, finite=False)
+    # ascontiguousarray keeps a misaligned float32 buffer as is; the kernels need it aligned
+    return x if x.flags.aligned else x.copy()
 
 
 def _labels(y, n, num_classes):
@@ -132,11 +139,15 @@ def _labels(y, n, num_classes):
 
 
 _INF = float("inf")
+_TWO_53 = 2 ** 53
 
 
 def _temperature(temperature, name="temperature"):
+    """as_positive_float, with a fast path for a float or an int that is obviously fine."""
     if type(temperature) is float and 0.0 < temperature < _INF:
         return temperature
+    if type(temperature) is int and 0 < temperature <= _TWO_53:
+        return float(temperature)
     return as_positive_float(temperature, name)
 
 
@@ -159,14 +170,19 @@ def _reduce(total, per_sample, reduction, n):
     return per_sample
 
 
-def _reduce_term(per_sample, reduction):
-    if reduction == "none":
-        return per_sample
-    total = float(np.sum(per_sample, dtype=np.float64))
-    return total / per_sample.shape[0] if reduction == "mean" else total
+def _real(x, name):
+    """as_float, with a fast path for a finite float or an exactly representable int."""
+    if type(x) is float:
+        if x - x == 0.0:  # NaN and +-Inf give NaN
+            return x
+    elif type(x) is int and -_TWO_53 <= x <= _TWO_53:
+        return float(x)
+    return as_float(x, name)
 
 
 def _check_pair(student, teacher):
+    if _is_float32_matrix(student, teacher):  # the common case, checked in one C call
+        return student, teacher
     s = _logits(student, "student")
     t = _logits(teacher, "teacher")
     if s.shape != t.shape:
@@ -314,23 +330,25 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
     y = _labels(labels, n, c)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
-    total, per_sample, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
-        s, t, y, as_float(alpha, "alpha"), as_float(beta, "beta"), _temperature(temperature),
+    total, per_sample, tckd, nckd, tckd_total, nckd_total, ts, tt, n_fallback, grad = _C.dkd(
+        s, t, y, _real(alpha, "alpha"), _real(beta, "beta"), _temperature(temperature),
         dyn_tc, dyn_nc, mode, _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
-    fields = dict(tckd=_reduce_term(tckd, reduction), nckd=_reduce_term(nckd, reduction))
+    tckd = _reduce(tckd_total, tckd, reduction, n)
+    nckd = _reduce(nckd_total, nckd, reduction, n)
     if dyn_tc or dyn_nc:
-        fields.update(t_student=ts, t_teacher=tt, n_fallback=n_fallback)
-    return LossResult(loss, grad, **fields)
+        return LossResult(loss, grad, t_student=ts, t_teacher=tt, n_fallback=n_fallback,
+                          tckd=tckd, nckd=nckd)
+    return LossResult(loss, grad, tckd=tckd, nckd=nckd)
 
 
 # ---- the objectives of the official trainers ----
 
 def _warmup_factor(epoch, warmup):
-    epoch = as_float(epoch, "epoch")
+    epoch = _real(epoch, "epoch")
     if epoch < 0:
         raise ValueError(f"epoch: must be >= 0, got {epoch}")
-    warmup = as_positive_float(warmup, "warmup")
+    warmup = _temperature(warmup, "warmup")
     return min(epoch / warmup, 1.0)
 
 
@@ -344,16 +362,13 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     s, t = _check_pair(student, teacher)
     n, c = s.shape
     y = _labels(labels, n, c)
-    alpha, beta, gamma = as_float(alpha, "alpha"), as_float(beta, "beta"), as_float(gamma, "gamma")
+    alpha, beta, gamma = _real(alpha, "alpha"), _real(beta, "beta"), _real(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     inv_n = 1.0 / (n or 1)
-    dt_total, _, ts, tt, n_fallback, grad = _C.kl(s, t, T, mode, wf * alpha * inv_n)
-    kd_total, _, _, _, _, kd_grad = _C.kl(s, t, T, _KL_FIXED, wf * beta * inv_n)
-    ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
-    grad += kd_grad
-    grad += ce_grad
+    dt_total, kd_total, ce_total, ts, tt, n_fallback, grad = _C.dtkd_objective(
+        s, t, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, gamma * inv_n)
     l_dtkd, l_kd, l_ce = dt_total * inv_n, kd_total * inv_n, ce_total * inv_n
     loss = wf * (alpha * l_dtkd + beta * l_kd) + gamma * l_ce
     return LossResult(loss, grad, dtkd=l_dtkd, kd=l_kd, ce=l_ce, t_student=ts, t_teacher=tt,
@@ -371,20 +386,17 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     s, t = _check_pair(student, teacher)
     n, c = s.shape
     y = _labels(labels, n, c)
-    alpha, beta, gamma = as_float(alpha, "alpha"), as_float(beta, "beta"), as_float(gamma, "gamma")
+    alpha, beta, gamma = _real(alpha, "alpha"), _real(beta, "beta"), _real(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     inv_n = 1.0 / (n or 1)
-    dkd_total, _, tckd, nckd, ts, tt, n_fallback, grad = _C.dkd(
-        s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n)
-    ce_total, _, ce_grad = _C.cross_entropy(s, y, gamma * inv_n)
-    grad += ce_grad
+    dkd_total, tckd_total, nckd_total, ce_total, ts, tt, n_fallback, grad = _C.dkd_objective(
+        s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, gamma * inv_n)
     l_ce = ce_total * inv_n
     loss = gamma * l_ce + wf * dkd_total * inv_n
-    fields = dict(tckd=_reduce_term(tckd, "mean"), nckd=_reduce_term(nckd, "mean"), ce=l_ce,
-                  warmup_factor=wf)
+    fields = dict(tckd=tckd_total * inv_n, nckd=nckd_total * inv_n, ce=l_ce, warmup_factor=wf)
     if dyn_tc or dyn_nc:
         fields.update(t_student=ts, t_teacher=tt, n_fallback=n_fallback)
     return LossResult(loss, grad, **fields)

@@ -378,6 +378,29 @@ def test_array_likes_and_other_dtypes_are_converted(batch):
     assert losses.dkd(s_strided, t, y).loss == pytest.approx(expected, rel=1e-6)
 
 
+def test_inputs_off_the_fast_path_are_converted(rng):
+    """Byte-swapped, subclassed, strided and misaligned float32 logits are not what the C
+    boundary takes as is; the Python layer converts them and the result is the same."""
+    s = ref.random_logits(rng, 6, 11).astype(np.float32)
+    t = ref.random_logits(rng, 6, 11, shift=1.0).astype(np.float32)
+    expected = losses.kd(s, t)
+
+    class Sub(np.ndarray):
+        pass
+
+    raw = np.empty(s.size * 4 + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data, np.float32, s.size, offset=1).reshape(s.shape)
+    misaligned[...] = s
+    for variant in (s.astype(s.dtype.newbyteorder()), s.view(Sub), np.asfortranarray(s),
+                    misaligned):
+        assert _C.same_float32_matrices(variant, t) is False
+        r = losses.kd(variant, t)
+        assert r.loss == pytest.approx(expected.loss, rel=1e-6)
+        np.testing.assert_allclose(r.grad, expected.grad, rtol=1e-6, atol=1e-9)
+    assert _C.same_float32_matrices(s, t) is True
+    assert _C.same_float32_matrices(s, t[:, :10].copy()) is False
+
+
 # ---- execution paths: SIMD and threads give the same numbers ----
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
@@ -398,6 +421,42 @@ def test_simd_paths_agree_with_reference(rng, isa):
     np.testing.assert_allclose(lsm, ref.log_softmax(f64(s) / 2.0), atol=2e-6)
     fd = ref.finite_difference_grad(lambda x: ref.dtkd(x, f64(t), T), s)
     assert_grad_close(d.grad, fd)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("num_classes", [2, 16, 21, 100, 130])   # full vectors, tails, > 1 block
+def test_simd_paths_every_fused_loss(rng, isa, num_classes):
+    """KD, detached DTKD, cross-entropy and DKD (fixed and dynamic temperatures) on each ISA
+    path, against the float64 reference and its finite differences."""
+    n = 5
+    s = ref.random_logits(rng, n, num_classes, scale=3.0, shift=1.0)
+    t = ref.random_logits(rng, n, num_classes, scale=3.0, shift=2.0)
+    y = rng.integers(0, num_classes, size=n)
+    y[0] = np.argmax(s[0])                       # the target holds the student's max
+    previous = dtkd.cpu_features()["isa"]
+    try:
+        _C.set_isa(isa)
+        got = {
+            "kd": losses.kd(s, t, reduction="sum"),
+            "dtkd_detached": losses.dtkd(s, t, detach_temperature=True, reduction="sum"),
+            "ce": losses.cross_entropy(s, y, reduction="sum"),
+            "dkd": losses.dkd(s, t, y, reduction="sum"),
+            "dkd_nckd": losses.dkd(s, t, y, reduction="sum", dynamic_temperature="nckd"),
+        }
+    finally:
+        _C.set_isa(previous)
+    ts, tt = ref.temperatures(f64(s), f64(t), T)[:2]
+    refs = {
+        "kd": lambda x: ref.kd(x, f64(t), T),
+        "dtkd_detached": lambda x: ref.dtkd(x, f64(t), T, fixed_temperatures=(ts, tt)),
+        "ce": lambda x: ref.cross_entropy(x, y),
+        "dkd": lambda x: ref.dkd(x, f64(t), y, 1.0, 8.0, T)[0],
+        "dkd_nckd": lambda x: ref.dkd(x, f64(t), y, 1.0, 8.0, T, dynamic="nckd")[0],
+    }
+    for name, r in got.items():
+        expected = refs[name](f64(s))
+        assert r.loss == pytest.approx(expected.sum(), rel=1e-5, abs=1e-5), name
+        assert_grad_close(r.grad, ref.finite_difference_grad(refs[name], s))
 
 
 def test_parallel_rows_match_serial_rows(rng):

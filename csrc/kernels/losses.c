@@ -3,7 +3,12 @@
  * Layout: small always-inline row primitives (max, sum of exps, softmax-pair moments, softmax-
  * pair backward) written once in plain C with `omp simd` loops; per-row kernels built from them;
  * each per-row kernel compiled three times (portable, AVX2+FMA, AVX-512 via target attributes)
- * and chosen at run time with dtkd_isa(); batch drivers that run rows in parallel.
+ * and chosen at run time with dtkd_isa(); batch drivers that run rows in parallel. The row
+ * kernels of KL, DKD and cross-entropy take a constant `wide` flag that, in their AVX-512
+ * build, swaps the primitives they spend their time in for AVX-512 intrinsic versions (masked
+ * tails, in-register reductions: what GCC's omp simd lowering does badly at C ~ 100). The
+ * `*_forward_backward` drivers (what the bindings call) run a row's forward and backward
+ * together while its exps are in cache.
  *
  * Every pass over a row costs one exp per element and one softmax pair; the KL and DKD forwards
  * gather all the moments their loss and temperature gradient need in a single exp pass, so a
@@ -18,6 +23,7 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
+#include <immintrin.h>
 
 /* Rows run in parallel only when a batch holds at least this many logits: below it the
  * OpenMP fork/join costs more than the second core saves (benchmarks/bench_losses.py). */
@@ -32,6 +38,11 @@
     static __attribute__((noinline)) ret name##_portable params { return name args; }            \
     static SIMD_AVX2 ret name##_avx2 params { return name args; }                                 \
     static SIMD_AVX512 ret name##_avx512 params { return name args; }
+/* The same for a row kernel whose last parameter `wide` selects the AVX-512 primitives. */
+#define ISA_VARIANTS_WIDE(ret, name, params, ...)                                                \
+    static __attribute__((noinline)) ret name##_portable params { return name(__VA_ARGS__, 0); } \
+    static SIMD_AVX2 ret name##_avx2 params { return name(__VA_ARGS__, 0); }                      \
+    static SIMD_AVX512 ret name##_avx512 params { return name(__VA_ARGS__, 1); }
 #define ISA_PICK(name)                                                                           \
     (dtkd_isa() == DTKD_ISA_AVX512 ? name##_avx512                                               \
      : dtkd_isa() == DTKD_ISA_AVX2 ? name##_avx2                                                  \
@@ -154,6 +165,153 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
     return z;
 }
 
+/* ---- AVX-512 versions of the four row primitives KD, DTKD and DKD spend their time in ----
+ * The generic C above vectorizes, but GCC lowers its `omp simd` reductions through stack
+ * arrays reduced one lane at a time, and finishes each loop with a scalar tail (100 classes =
+ * 6 vectors + 4 scalar iterations of the exp polynomial). These take the tail as one masked
+ * vector and reduce in registers; same formulas, same polynomial (fused multiply-adds). The
+ * kernels below call them only from their AVX-512 builds (the `wide` flag). */
+
+#define AVX512_ONLY static inline __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline))
+/* Inlined into the AVX-512 builds of the row kernels; the other builds keep a (never taken)
+ * call, since GCC does not inline across incompatible targets. */
+#define AVX512_ROW static inline __attribute__((target("avx512f,avx512dq,avx2,fma")))
+
+/* Lanes [0, n) of a 16-lane block (n may exceed 16). */
+AVX512_ONLY __mmask16 lanes_below(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+
+/* exp_nonpos on the lanes of `keep` (0 elsewhere): the same reduction and polynomial, with
+ * round-to-nearest (vrndscaleps) for n and a zero-masked vscalefps for the 2^n. */
+AVX512_ONLY __m512 exp_nonpos16(__mmask16 keep, __m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(fn, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_maskz_scalef_ps(keep, e, fn);
+}
+
+AVX512_ROW int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s,
+                                               float *m_t)
+{
+    const __m512 neg_inf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
+    __m512 ms = neg_inf, mt = neg_inf, poison = zero;
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 m = lanes_below(n - j);
+        const __m512 sv = _mm512_maskz_loadu_ps(m, s + j), tv = _mm512_maskz_loadu_ps(m, t + j);
+        ms = _mm512_mask_max_ps(ms, m, ms, sv);
+        mt = _mm512_mask_max_ps(mt, m, mt, tv);
+        poison = _mm512_add_ps(poison, _mm512_fmadd_ps(sv, zero, _mm512_mul_ps(tv, zero)));
+    }
+    *m_s = _mm512_reduce_max_ps(ms);
+    *m_t = _mm512_reduce_max_ps(mt);
+    return _mm512_reduce_add_ps(poison) == 0.0f;
+}
+
+AVX512_ROW long first_index_of_avx512(const float *x, float m, long n)
+{
+    const __m512 mv = _mm512_set1_ps(m);
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 lanes = lanes_below(n - j);
+        const __mmask16 hit = _mm512_mask_cmp_ps_mask(lanes, _mm512_maskz_loadu_ps(lanes, x + j), mv, _CMP_EQ_OQ);
+        if (hit) return j + __builtin_ctz((unsigned)hit);
+    }
+    return n - 1;
+}
+
+/* Max of x[0:n]; returns 0 if x holds NaN or Inf. */
+AVX512_ROW int row_max_finite_avx512(const float *x, long n, float *max)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 m = _mm512_set1_ps(-INFINITY), poison = zero;
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 lanes = lanes_below(n - j);
+        const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + j);
+        m = _mm512_mask_max_ps(m, lanes, m, xv);
+        poison = _mm512_fmadd_ps(xv, zero, poison);
+    }
+    *max = _mm512_reduce_max_ps(m);
+    return _mm512_reduce_add_ps(poison) == 0.0f;
+}
+
+/* e[j] = exp(x[j] - shift) (x <= shift) for j in [0, n); returns their sum. */
+AVX512_ROW double exp_store_sum_avx512(float *e, const float *x, float shift, long n)
+{
+    const __m512 sh = _mm512_set1_ps(shift);
+    double z = 0.0;
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < n ? j0 + SUM_BLOCK : n;
+        __m512 zb = _mm512_setzero_ps();
+        for (long j = j0; j < j1; j += 16) {
+            const __mmask16 lanes = lanes_below(j1 - j);
+            const __m512 ev = exp_nonpos16(lanes, _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, x + j), sh));
+            _mm512_mask_storeu_ps(e + j, lanes, ev);
+            zb = _mm512_add_ps(zb, ev);
+        }
+        z += _mm512_reduce_add_ps(zb);
+    }
+    return z;
+}
+
+/* x[j] *= a for j in [0, n). */
+AVX512_ROW void scale_row_avx512(float *x, float a, long n)
+{
+    const __m512 av = _mm512_set1_ps(a);
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 lanes = lanes_below(n - j);
+        _mm512_mask_storeu_ps(x + j, lanes, _mm512_mul_ps(av, _mm512_maskz_loadu_ps(lanes, x + j)));
+    }
+}
+
+/* log(x) on 8 doubles, x > 0 finite and normal: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+ * log m = 2 atanh(f), f = (m - 1) / (m + 1), |f| <= 0.172, by its series up to f^21
+ * (truncation ~1e-17 relative). */
+AVX512_ONLY __m512d log_pd8(__m512d x)
+{
+    const __m512d one = _mm512_set1_pd(1.0);
+    __m512d m = _mm512_getmant_pd(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    __m512d e = _mm512_getexp_pd(x);
+    const __mmask8 high = _mm512_cmp_pd_mask(m, _mm512_set1_pd(1.4142135623730951), _CMP_GT_OQ);
+    m = _mm512_mask_mul_pd(m, high, m, _mm512_set1_pd(0.5));
+    e = _mm512_mask_add_pd(e, high, e, one);
+    const __m512d f = _mm512_div_pd(_mm512_sub_pd(m, one), _mm512_add_pd(m, one));
+    const __m512d f2 = _mm512_mul_pd(f, f);
+    __m512d p = _mm512_set1_pd(1.0 / 21);
+    static const double coef[] = {1.0 / 19, 1.0 / 17, 1.0 / 15, 1.0 / 13, 1.0 / 11, 1.0 / 9,
+                                  1.0 / 7, 1.0 / 5, 1.0 / 3};
+    for (int k = 0; k < 9; k++) p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(coef[k]));
+    const __m512d two_f = _mm512_add_pd(f, f);
+    const __m512d log_m = _mm512_fmadd_pd(_mm512_mul_pd(two_f, f2), p, two_f);
+    return _mm512_fmadd_pd(e, _mm512_set1_pd(0.6931471805599453), log_m);
+}
+
+typedef struct pair_moments pair_moments;
+AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
+                                                const float *s, const float *t,
+                                                const dtkd_softmax_pair *pr, long skip, long n,
+                                                int full);
+
+AVX512_ROW void pair_backward_cached_row_avx512(float *ds, const float *exp_s,
+                                                        const float *exp_t, float cq, float cp,
+                                                        long n)
+{
+    const __m512 vq = _mm512_set1_ps(cq), vp = _mm512_set1_ps(cp);
+    for (long j = 0; j < n; j += 16) {
+        const __mmask16 m = lanes_below(n - j);
+        const __m512 g = _mm512_fmsub_ps(vq, _mm512_maskz_loadu_ps(m, exp_s + j),
+                                         _mm512_mul_ps(vp, _mm512_maskz_loadu_ps(m, exp_t + j)));
+        _mm512_mask_storeu_ps(ds + j, m, g);
+    }
+}
+
 /* sum of x[0:n] and of x[j] y[j]. */
 INLINE double range_sum(const float *x, long n)
 {
@@ -187,9 +345,9 @@ INLINE double range_dot(const float *x, const float *y, long n)
  * p_uu = sum e_p u^2, p_uv = sum e_p u v. They give KL and its derivatives in T_s, T_t.
  * When exp_s / exp_t are given, e_q and e_p are also stored there (index j), so that the
  * backward needs no exps of its own. */
-typedef struct {
+struct pair_moments {
     double zq, zp, p_u, p_v, q_v, p_uu, p_uv;
-} pair_moments;
+};
 
 INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, const float *s,
                              const float *t, const dtkd_softmax_pair *pr, long skip, long n)
@@ -228,13 +386,84 @@ INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, cons
     }
 }
 
+AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
+                                                const float *s, const float *t,
+                                                const dtkd_softmax_pair *pr, long skip, long n,
+                                                int full)
+{
+    const __m512 ss = _mm512_set1_ps(pr->shift_s), st = _mm512_set1_ps(pr->shift_t);
+    const __m512 ia = _mm512_set1_ps(pr->inv_ts), ib = _mm512_set1_ps(pr->inv_tt);
+    for (long j0 = 0; j0 < n; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < n ? j0 + SUM_BLOCK : n;
+        __m512 zq = _mm512_setzero_ps(), zp = zq, p_u = zq, p_v = zq, q_v = zq, p_uu = zq, p_uv = zq;
+        for (long j = j0; j < j1; j += 16) {
+            const __mmask16 lanes = lanes_below(j1 - j);
+            /* the skipped class (may have v, u > 0) and lanes past the row are zeroed, exp and all */
+            __mmask16 keep = lanes;
+            if (skip >= j && skip < j + 16) keep &= (__mmask16)~(1u << (skip - j));
+            const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + j), ss), ia);
+            const __m512 u = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, t + j), st), ib);
+            const __m512 eq = exp_nonpos16(keep, v), ep = exp_nonpos16(keep, u);
+            if (exp_s) {
+                _mm512_mask_storeu_ps(exp_s + j, lanes, eq);
+                _mm512_mask_storeu_ps(exp_t + j, lanes, ep);
+            }
+            zq = _mm512_add_ps(zq, eq);
+            zp = _mm512_add_ps(zp, ep);
+            p_u = _mm512_fmadd_ps(ep, u, p_u);
+            p_v = _mm512_fmadd_ps(ep, v, p_v);
+            if (full) {
+                const __m512 epu = _mm512_mul_ps(ep, u);
+                q_v = _mm512_fmadd_ps(eq, v, q_v);
+                p_uu = _mm512_fmadd_ps(epu, u, p_uu);
+                p_uv = _mm512_fmadd_ps(epu, v, p_uv);
+            }
+        }
+        acc->zq += _mm512_reduce_add_ps(zq);
+        acc->zp += _mm512_reduce_add_ps(zp);
+        acc->p_u += _mm512_reduce_add_ps(p_u);
+        acc->p_v += _mm512_reduce_add_ps(p_v);
+        if (full) {
+            acc->q_v += _mm512_reduce_add_ps(q_v);
+            acc->p_uu += _mm512_reduce_add_ps(p_uu);
+            acc->p_uv += _mm512_reduce_add_ps(p_uv);
+        }
+    }
+}
+
+/* The row primitives by ISA: `wide` is a constant in each build of a row kernel, so the
+ * choice folds away. */
+INLINE int pair_max_finite_w(int wide, const float *s, const float *t, long n, float *m_s, float *m_t)
+{
+    return wide ? pair_max_finite_avx512(s, t, n, m_s, m_t) : pair_max_finite(s, t, n, m_s, m_t);
+}
+
+INLINE long first_index_of_w(int wide, const float *x, float m, long n)
+{
+    return wide ? first_index_of_avx512(x, m, n) : first_index_of(x, m, n);
+}
+
+/* q_v, p_uu and p_uv only serve the gradient through the temperatures: with full == 0 the
+ * AVX-512 path leaves them 0 (the generic one computes them anyway). */
+INLINE void pair_moments_row_w(int wide, pair_moments *acc, float *exp_s, float *exp_t,
+                               const float *s, const float *t, const dtkd_softmax_pair *pr,
+                               long skip, long n, int full)
+{
+    if (wide) pair_moments_row_avx512(acc, exp_s, exp_t, s, t, pr, skip, n, full);
+    else pair_moments_row(acc, exp_s, exp_t, s, t, pr, skip, n);
+}
+
 /* ds[j] = dloss (coef_q q_j - coef_p p_j) for j in [0, n) from the exps the forward stored
  * (q_j = exp_s[j] / zq, p_j = exp_t[j] / zp). ds may be exp_s: each entry is read, then written. */
-INLINE void pair_backward_cached_row(float *ds, const float *exp_s, const float *exp_t,
+INLINE void pair_backward_cached_row(int wide, float *ds, const float *exp_s, const float *exp_t,
                                      const dtkd_softmax_pair *pr, float dloss, long n)
 {
-    const float cq = (float)(dloss * pr->coef_q * exp(-pr->log_zs));
-    const float cp = (float)(dloss * pr->coef_p * exp(-pr->log_zt));
+    const float cq = (float)(dloss * pr->coef_q / pr->zs);
+    const float cp = (float)(dloss * pr->coef_p / pr->zt);
+    if (wide) {
+        pair_backward_cached_row_avx512(ds, exp_s, exp_t, cq, cp, n);
+        return;
+    }
 #pragma omp simd
     for (long j = 0; j < n; j++) ds[j] = cq * exp_s[j] - cp * exp_t[j];
 }
@@ -511,6 +740,38 @@ ISA_VARIANTS(int, cross_entropy_backward_row,
              (float *ds, double log_z, const float *s, int64_t y, float dloss, long C),
              (ds, log_z, s, y, dloss, C))
 
+/* Both directions in one sweep: the exps of the forward, stored in ds, become the gradient
+ * (one exp per logit instead of two). */
+INLINE int cross_entropy_row_forward_backward(float *loss, float *ds, const float *s, int64_t y,
+                                              float dloss, long C, int wide)
+{
+    float m;
+    double z;
+    if (wide) {
+        if (!row_max_finite_avx512(s, C, &m)) return -1;
+        z = exp_store_sum_avx512(ds, s, m, C);
+    } else {
+        if (!row_finite(s, C)) return -1;
+        m = range_max(s, 0, C);
+#pragma omp simd
+        for (long j = 0; j < C; j++) ds[j] = exp_nonpos(s[j] - m);
+        z = range_sum(ds, C);
+    }
+    *loss = (float)((double)m + log(z) - s[y]);
+    const float g = (float)(dloss / z);
+    if (wide) {
+        scale_row_avx512(ds, g, C);
+    } else {
+#pragma omp simd
+        for (long j = 0; j < C; j++) ds[j] *= g;
+    }
+    ds[y] -= dloss;
+    return 0;
+}
+ISA_VARIANTS_WIDE(int, cross_entropy_row_forward_backward,
+                  (float *loss, float *ds, const float *s, int64_t y, float dloss, long C),
+                  loss, ds, s, y, dloss, C)
+
 static int labels_ok(const int64_t *y, long N, long C)
 {
     for (long i = 0; i < N; i++)
@@ -543,9 +804,57 @@ int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, 
     return DTKD_OK;
 }
 
+int dtkd_cross_entropy_forward_backward(float *loss, float *ds, const float *s, const int64_t *y,
+                                        float dloss, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, const float *, int64_t, float, long) =
+        ISA_PICK(cross_entropy_row_forward_backward);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, ds + i * C, s + i * C, y[i], dloss, C));
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* KD / DTKD                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
+
+/* A row's loss as base + weight log(ratio), its log left for one vectorized pass over the
+ * batch (a scalar libm log per row was ~10% of a (64,100) KD call). */
+typedef struct {
+    double ratio, base, weight;
+} kl_pending;
+
+/* loss[i] = base + weight log(ratio) for every row. */
+static SIMD_AVX512 void finish_pending_avx512(float *loss, const kl_pending *pd, long N)
+{
+    for (long i0 = 0; i0 < N; i0 += 8) {
+        double ratio[8], base[8], weight[8];
+        float out[8];
+        const int len = (int)(N - i0 < 8 ? N - i0 : 8);
+        for (int l = 0; l < 8; l++) {
+            const int in = l < len;
+            ratio[l] = in ? pd[i0 + l].ratio : 1.0;
+            base[l] = in ? pd[i0 + l].base : 0.0;
+            weight[l] = in ? pd[i0 + l].weight : 0.0;
+        }
+        const __m512d v = _mm512_fmadd_pd(_mm512_loadu_pd(weight), log_pd8(_mm512_loadu_pd(ratio)),
+                                          _mm512_loadu_pd(base));
+        _mm256_storeu_ps(out, _mm512_cvtpd_ps(v));
+        for (int l = 0; l < len; l++) loss[i0 + l] = out[l];
+    }
+}
+
+static void finish_pending(float *loss, const kl_pending *pd, long N)
+{
+    if (dtkd_isa() == DTKD_ISA_AVX512) {
+        finish_pending_avx512(loss, pd, N);
+        return;
+    }
+    for (long i = 0; i < N; i++) loss[i] = (float)(pd[i].base + pd[i].weight * log(pd[i].ratio));
+}
 
 /* One sample of  w KL(p || q),  p = softmax(t / T_t), q = softmax(s / T_s), w = T_s T_t.
  * With v = (s - m_s)/T_s, u = (t - m_t)/T_t and r = log p - log q:
@@ -555,56 +864,65 @@ int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, 
  * for t), and m_s moves T_s and T_t by +-temperature_slope. */
 INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv,
                           float *exp_s, float *exp_t, const float *s, const float *t, float T,
-                          enum dtkd_kl_mode mode, long C)
+                          enum dtkd_kl_mode mode, kl_pending *pending, long C, int wide)
 {
     float m_s, m_t;
-    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
+    if (!pair_max_finite_w(wide, s, t, C, &m_s, &m_t)) return -1;
     double a = T, b = T;
     int fallback = 0;
     if (mode != DTKD_KL_FIXED) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
     dtkd_softmax_pair *pr = &sv->pair;
     set_pair(pr, m_s, m_t, a, b);
     pair_moments mo = {0};
-    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, -1, C);
+    const int temperature_grad = mode == DTKD_KL_DYNAMIC && !fallback;
+    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C, temperature_grad);
 
-    const double lzq = log(mo.zq), lzp = log(mo.zp);
+    /* one log per row: KL needs only log zq - log zp, the backward only 1 / zq and 1 / zp;
+     * with `pending` and no temperature gradient, that log is left to finish_pending */
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
-    const double kl = e_pu - e_pv - lzp + lzq;
     const double w = a * b;
-    *loss = (float)(w * kl);
+    double log_ratio = 0.0, kl = 0.0;
+    if (pending && !temperature_grad) {
+        *pending = (kl_pending){mo.zq / mo.zp, w * (e_pu - e_pv), w};
+    } else {
+        log_ratio = log(mo.zq / mo.zp);
+        kl = e_pu - e_pv + log_ratio;
+        if (pending) *pending = (kl_pending){1.0, w * kl, 0.0};
+        else *loss = (float)(w * kl);
+    }
     *t_student = (float)a;
     *t_teacher = (float)b;
-    pr->log_zs = lzq;
-    pr->log_zt = lzp;
+    pr->zs = mo.zq;
+    pr->zt = mo.zp;
     pr->coef_q = pr->coef_p = w / a;
     sv->dmax = 0.0;
     sv->argmax_s = 0;
-    if (mode == DTKD_KL_DYNAMIC && !fallback) {
-        const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + (lzq - lzp) * e_pu;
+    if (temperature_grad) {
+        const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + log_ratio * e_pu;
         const double dkl_da = (e_pv - e_qv) / a, dkl_db = -(e_pur - e_pu * kl) / b;
         const double dl_da = b * kl + w * dkl_da, dl_db = a * kl + w * dkl_db;
         sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
-        sv->argmax_s = first_index_of(s, m_s, C);
+        sv->argmax_s = first_index_of_w(wide, s, m_s, C);
     }
     return fallback;
 }
-ISA_VARIANTS(int, kl_row_forward,
-             (float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv, float *exp_s,
-              float *exp_t, const float *s, const float *t, float T, enum dtkd_kl_mode mode,
-              long C),
-             (loss, t_student, t_teacher, sv, exp_s, exp_t, s, t, T, mode, C))
+ISA_VARIANTS_WIDE(int, kl_row_forward,
+                  (float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *sv,
+                   float *exp_s, float *exp_t, const float *s, const float *t, float T,
+                   enum dtkd_kl_mode mode, long C),
+                  loss, t_student, t_teacher, sv, exp_s, exp_t, s, t, T, mode, NULL, C)
 
 INLINE int kl_row_backward(float *ds, const dtkd_kl_saved *sv, const float *exp_s,
-                           const float *exp_t, float dloss, long C)
+                           const float *exp_t, float dloss, long C, int wide)
 {
-    pair_backward_cached_row(ds, exp_s, exp_t, &sv->pair, dloss, C);
+    pair_backward_cached_row(wide, ds, exp_s, exp_t, &sv->pair, dloss, C);
     ds[sv->argmax_s] += (float)(dloss * sv->dmax);
     return 0;
 }
-ISA_VARIANTS(int, kl_row_backward,
-             (float *ds, const dtkd_kl_saved *sv, const float *exp_s, const float *exp_t,
-              float dloss, long C),
-             (ds, sv, exp_s, exp_t, dloss, C))
+ISA_VARIANTS_WIDE(int, kl_row_backward,
+                  (float *ds, const dtkd_kl_saved *sv, const float *exp_s, const float *exp_t,
+                   float dloss, long C),
+                  ds, sv, exp_s, exp_t, dloss, C)
 
 int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_saved *saved,
                     float *exp_s, float *exp_t, long *n_fallback, const float *s, const float *t,
@@ -634,6 +952,49 @@ int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
     return DTKD_OK;
 }
 
+/* Both directions row by row: the row's exps are still in L1 when its gradient is written. */
+INLINE int kl_row_forward_backward(float *loss, float *t_student, float *t_teacher, float *ds,
+                                   float *exp_t, const float *s, const float *t, float T,
+                                   enum dtkd_kl_mode mode, float dloss, kl_pending *pending,
+                                   long C, int wide)
+{
+    dtkd_kl_saved sv;
+    const int st = kl_row_forward(loss, t_student, t_teacher, &sv, ds, exp_t, s, t, T, mode,
+                                  pending, C, wide);
+    if (st >= 0) kl_row_backward(ds, &sv, ds, exp_t, dloss, C, wide);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, kl_row_forward_backward,
+                  (float *loss, float *t_student, float *t_teacher, float *ds, float *exp_t,
+                   const float *s, const float *t, float T, enum dtkd_kl_mode mode, float dloss,
+                   kl_pending *pending, long C),
+                  loss, t_student, t_teacher, ds, exp_t, s, t, T, mode, dloss, pending, C)
+
+int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, float *ds,
+                             float *scratch, long *n_fallback, const float *s, const float *t,
+                             float temperature, enum dtkd_kl_mode mode, float dloss, long N,
+                             long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    int (*row)(float *, float *, float *, float *, float *, const float *, const float *, float,
+               enum dtkd_kl_mode, float, kl_pending *, long) = ISA_PICK(kl_row_forward_backward);
+    float *exp_t = scratch;
+    /* DTKD's exact gradient needs each row's log at once: only KD and detached DTKD defer it */
+    kl_pending *pending = mode == DTKD_KL_DYNAMIC
+                              ? NULL
+                              : (kl_pending *)(scratch + DTKD_KL_PENDING_OFFSET(N, C));
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, t_student + i, t_teacher + i, ds + i * C, exp_t + i * C,
+                           s + i * C, t + i * C, temperature, mode, dloss,
+                           pending ? pending + i : NULL, C));
+    *n_fallback = fallbacks;
+    if (bad) return DTKD_ERR_NONFINITE;
+    if (pending) finish_pending(loss, pending, N);
+    return DTKD_OK;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* DKD                                                                                        */
 /* ------------------------------------------------------------------------------------------ */
@@ -651,12 +1012,15 @@ typedef struct {
 
 INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, float *exp_t,
                            const float *s, const float *t, int64_t y, float shift_s,
-                           float shift_t, double a, double b, long C)
+                           float shift_t, double a, double b, long C, int wide,
+                           int temperature_grad)
 {
     set_pair(pr, shift_s, shift_t, a, b);
     pair_moments mo = {0};
-    pair_moments_row(&mo, exp_s, exp_t, s, t, pr, y, C);
+    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, y, C, temperature_grad);
     const double lzq = log(mo.zq), lzp = log(mo.zp);
+    pr->zs = mo.zq;
+    pr->zt = mo.zp;
     pr->log_zs = lzq;
     pr->log_zt = lzp;
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
@@ -689,10 +1053,10 @@ INLINE float non_target_max(const float *x, int64_t y, long C)
 INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_student,
                            float *t_teacher, dtkd_dkd_saved *sv, float *exp_s, float *exp_t,
                            const float *s, const float *t, int64_t y, float alpha, float beta, float T, int dynamic_tckd,
-                           int dynamic_nckd, enum dtkd_kl_mode mode, long C)
+                           int dynamic_nckd, enum dtkd_kl_mode mode, long C, int wide)
 {
     float m_s, m_t;
-    if (!pair_max_finite(s, t, C, &m_s, &m_t)) return -1;
+    if (!pair_max_finite_w(wide, s, t, C, &m_s, &m_t)) return -1;
     double a = T, b = T;
     int fallback = 0;
     if (dynamic_tckd || dynamic_nckd) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
@@ -701,14 +1065,18 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
     const double a_tc = dynamic_tckd ? a : T, b_tc = dynamic_tckd ? b : T;
     const double a_nc = dynamic_nckd ? a : T, b_nc = dynamic_nckd ? b : T;
     const int shared = a_tc == a_nc && b_tc == b_nc;
+    const int temperature_grad =
+        mode != DTKD_KL_DYNAMIC_DETACHED && !fallback && (dynamic_tckd || dynamic_nckd);
     /* Non-target maxima: the row maxima unless the target holds them. */
     const float shift_s = s[y] < m_s ? m_s : non_target_max(s, y, C);
     const float shift_t = t[y] < m_t ? m_t : non_target_max(t, y, C);
 
     dkd_terms tc, nc;
-    dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C);
+    dkd_pair_terms(&tc, &sv->pair[0], exp_s, exp_t, s, t, y, shift_s, shift_t, a_tc, b_tc, C, wide,
+                   temperature_grad);
     if (shared) nc = tc;
-    else dkd_pair_terms(&nc, &sv->pair[1], NULL, NULL, s, t, y, shift_s, shift_t, a_nc, b_nc, C);
+    else dkd_pair_terms(&nc, &sv->pair[1], NULL, NULL, s, t, y, shift_s, shift_t, a_nc, b_nc,
+                         C, wide, temperature_grad);
     sv->n_pairs = shared ? 1 : 2;
 
     const double w_tc = a_tc * b_tc, w_nc = a_nc * b_nc;
@@ -729,7 +1097,7 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
     /* Gradient through the temperatures, for the terms that use them. */
     sv->dmax = 0.0;
     sv->argmax_s = 0;
-    if (mode != DTKD_KL_DYNAMIC_DETACHED && !fallback && (dynamic_tckd || dynamic_nckd)) {
+    if (temperature_grad) {
         double dl_da = 0.0, dl_db = 0.0;
         if (dynamic_tckd) {
             dl_da += alpha * (b * tc.tckd + a * b * tc.dtckd_da);
@@ -740,34 +1108,34 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
             dl_db += beta * (a * nc.nckd + a * b * nc.dnckd_db);
         }
         sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
-        sv->argmax_s = first_index_of(s, m_s, C);
+        sv->argmax_s = first_index_of_w(wide, s, m_s, C);
     }
     return fallback;
 }
-ISA_VARIANTS(int, dkd_row_forward,
-             (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
-              dtkd_dkd_saved *sv, float *exp_s, float *exp_t, const float *s, const float *t,
-              int64_t y, float alpha, float beta, float T, int dynamic_tckd, int dynamic_nckd,
-              enum dtkd_kl_mode mode, long C),
-             (loss, tckd, nckd, t_student, t_teacher, sv, exp_s, exp_t, s, t, y, alpha, beta, T,
-              dynamic_tckd, dynamic_nckd, mode, C))
+ISA_VARIANTS_WIDE(int, dkd_row_forward,
+                  (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
+                   dtkd_dkd_saved *sv, float *exp_s, float *exp_t, const float *s,
+                   const float *t, int64_t y, float alpha, float beta, float T,
+                   int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, long C),
+                  loss, tckd, nckd, t_student, t_teacher, sv, exp_s, exp_t, s, t, y, alpha,
+                  beta, T, dynamic_tckd, dynamic_nckd, mode, C)
 
 INLINE int dkd_row_backward(float *ds, const dtkd_dkd_saved *sv, const float *exp_s,
                             const float *exp_t, const float *s, const float *t, int64_t y,
-                            float dloss, long C)
+                            float dloss, long C, int wide)
 {
     /* Pair 0 from the stored exps, a second pair (other temperatures) recomputed; the loops
      * run over all classes for speed and the target entry is then overwritten. */
-    pair_backward_cached_row(ds, exp_s, exp_t, &sv->pair[0], dloss, C);
+    pair_backward_cached_row(wide, ds, exp_s, exp_t, &sv->pair[0], dloss, C);
     if (sv->n_pairs == 2) pair_backward_row(ds, s, t, &sv->pair[1], dloss, 1, C);
     ds[y] = (float)(dloss * sv->grad_target);
     ds[sv->argmax_s] += (float)(dloss * sv->dmax);
     return 0;
 }
-ISA_VARIANTS(int, dkd_row_backward,
-             (float *ds, const dtkd_dkd_saved *sv, const float *exp_s, const float *exp_t,
-              const float *s, const float *t, int64_t y, float dloss, long C),
-             (ds, sv, exp_s, exp_t, s, t, y, dloss, C))
+ISA_VARIANTS_WIDE(int, dkd_row_backward,
+                  (float *ds, const dtkd_dkd_saved *sv, const float *exp_s, const float *exp_t,
+                   const float *s, const float *t, int64_t y, float dloss, long C),
+                  ds, sv, exp_s, exp_t, s, t, y, dloss, C)
 
 int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
                      dtkd_dkd_saved *saved, float *exp_s, float *exp_t, long *n_fallback,
@@ -803,4 +1171,155 @@ int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s
     FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, s + i * C,
                            t + i * C, y[i], dloss, C));
     return DTKD_OK;
+}
+
+INLINE int dkd_row_forward_backward(float *loss, float *tckd, float *nckd, float *t_student,
+                                    float *t_teacher, float *ds, float *exp_t, const float *s,
+                                    const float *t, int64_t y, float alpha, float beta, float T,
+                                    int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode,
+                                    float dloss, long C, int wide)
+{
+    dtkd_dkd_saved sv = {0}; /* pair[1] is only read when set (n_pairs == 2) */
+    const int st = dkd_row_forward(loss, tckd, nckd, t_student, t_teacher, &sv, ds, exp_t, s, t,
+                                   y, alpha, beta, T, dynamic_tckd, dynamic_nckd, mode, C, wide);
+    if (st >= 0) dkd_row_backward(ds, &sv, ds, exp_t, s, t, y, dloss, C, wide);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, dkd_row_forward_backward,
+                  (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
+                   float *ds, float *exp_t, const float *s, const float *t, int64_t y,
+                   float alpha, float beta, float T, int dynamic_tckd, int dynamic_nckd,
+                   enum dtkd_kl_mode mode, float dloss, long C),
+                  loss, tckd, nckd, t_student, t_teacher, ds, exp_t, s, t, y, alpha, beta, T,
+                  dynamic_tckd, dynamic_nckd, mode, dloss, C)
+
+int dtkd_dkd_forward_backward(float *loss, float *tckd, float *nckd, float *t_student,
+                              float *t_teacher, float *ds, float *exp_t, long *n_fallback,
+                              const float *s, const float *t, const int64_t *y, float alpha,
+                              float beta, float temperature, int dynamic_tckd, int dynamic_nckd,
+                              enum dtkd_kl_mode mode, float dloss, long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, float *, float *, float *, float *, float *, const float *,
+               const float *, int64_t, float, float, float, int, int, enum dtkd_kl_mode, float,
+               long) = ISA_PICK(dkd_row_forward_backward);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, tckd + i, nckd + i, t_student + i, t_teacher + i, ds + i * C,
+                           exp_t + i * C, s + i * C, t + i * C, y[i], alpha, beta, temperature,
+                           dynamic_tckd, dynamic_nckd, mode, dloss, C));
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The trainers' objectives, every term of a row in one visit                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+INLINE void add_row(float *dst, const float *src, long n)
+{
+#pragma omp simd
+    for (long j = 0; j < n; j++) dst[j] += src[j];
+}
+
+/* One row of w_dtkd DTKD + w_kd KD + w_ce CE: each term's gradient goes to the scratch row g
+ * and is added to ds while the row is in cache. Row status as the KL kernel's. */
+INLINE int dtkd_objective_row(float *dtkd_loss, float *kd_loss, float *ce_loss, float *t_student,
+                              float *t_teacher, float *ds, float *g, float *exp_t, const float *s,
+                              const float *t, int64_t y, float T, enum dtkd_kl_mode mode,
+                              float w_dtkd, float w_kd, float w_ce, long C, int wide)
+{
+    float unused_ts, unused_tt;
+    const int st = kl_row_forward_backward(dtkd_loss, t_student, t_teacher, ds, exp_t, s, t, T,
+                                           mode, w_dtkd, NULL, C, wide);
+    if (st < 0) return st;
+    kl_row_forward_backward(kd_loss, &unused_ts, &unused_tt, g, exp_t, s, t, T, DTKD_KL_FIXED,
+                            w_kd, NULL, C, wide);
+    add_row(ds, g, C);
+    cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    add_row(ds, g, C);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, dtkd_objective_row,
+                  (float *dtkd_loss, float *kd_loss, float *ce_loss, float *t_student,
+                   float *t_teacher, float *ds, float *g, float *exp_t, const float *s,
+                   const float *t, int64_t y, float T, enum dtkd_kl_mode mode, float w_dtkd,
+                   float w_kd, float w_ce, long C),
+                  dtkd_loss, kd_loss, ce_loss, t_student, t_teacher, ds, g, exp_t, s, t, y, T,
+                  mode, w_dtkd, w_kd, w_ce, C)
+
+int dtkd_dtkd_objective_forward_backward(float *dtkd_loss, float *kd_loss, float *ce_loss,
+                                         float *t_student, float *t_teacher, float *ds,
+                                         float *scratch, long *n_fallback, const float *s,
+                                         const float *t, const int64_t *y, float temperature,
+                                         enum dtkd_kl_mode mode, float w_dtkd, float w_kd,
+                                         float w_ce, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, float *, float *, float *, float *, float *, float *,
+               const float *, const float *, int64_t, float, enum dtkd_kl_mode, float, float,
+               float, long) = ISA_PICK(dtkd_objective_row);
+    float *g = scratch, *exp_t = scratch + N * C;
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dtkd_loss + i, kd_loss + i, ce_loss + i, t_student + i, t_teacher + i,
+                           ds + i * C, g + i * C, exp_t + i * C, s + i * C, t + i * C, y[i],
+                           temperature, mode, w_dtkd, w_kd, w_ce, C));
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+/* One row of w_dkd (alpha TCKD + beta NCKD) + w_ce CE. */
+INLINE int dkd_objective_row(float *dkd_loss, float *tckd, float *nckd, float *ce_loss,
+                             float *t_student, float *t_teacher, float *ds, float *g,
+                             float *exp_t, const float *s, const float *t, int64_t y,
+                             float alpha, float beta, float T, int dynamic_tckd,
+                             int dynamic_nckd, enum dtkd_kl_mode mode, float w_dkd, float w_ce,
+                             long C, int wide)
+{
+    const int st = dkd_row_forward_backward(dkd_loss, tckd, nckd, t_student, t_teacher, ds, exp_t,
+                                            s, t, y, alpha, beta, T, dynamic_tckd, dynamic_nckd,
+                                            mode, w_dkd, C, wide);
+    if (st < 0) return st;
+    cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    add_row(ds, g, C);
+    return st;
+}
+ISA_VARIANTS_WIDE(int, dkd_objective_row,
+                  (float *dkd_loss, float *tckd, float *nckd, float *ce_loss, float *t_student,
+                   float *t_teacher, float *ds, float *g, float *exp_t, const float *s,
+                   const float *t, int64_t y, float alpha, float beta, float T,
+                   int dynamic_tckd, int dynamic_nckd, enum dtkd_kl_mode mode, float w_dkd,
+                   float w_ce, long C),
+                  dkd_loss, tckd, nckd, ce_loss, t_student, t_teacher, ds, g, exp_t, s, t, y,
+                  alpha, beta, T, dynamic_tckd, dynamic_nckd, mode, w_dkd, w_ce, C)
+
+int dtkd_dkd_objective_forward_backward(float *dkd_loss, float *tckd, float *nckd,
+                                        float *ce_loss, float *t_student, float *t_teacher,
+                                        float *ds, float *scratch, long *n_fallback,
+                                        const float *s, const float *t, const int64_t *y,
+                                        float alpha, float beta, float temperature,
+                                        int dynamic_tckd, int dynamic_nckd,
+                                        enum dtkd_kl_mode mode, float w_dkd, float w_ce, long N,
+                                        long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    if (!usable_temperature(temperature)) return DTKD_ERR_VALUE;
+    if (!labels_ok(y, N, C)) return DTKD_ERR_LABEL;
+    int (*row)(float *, float *, float *, float *, float *, float *, float *, float *, float *,
+               const float *, const float *, int64_t, float, float, float, int, int,
+               enum dtkd_kl_mode, float, float, long) = ISA_PICK(dkd_objective_row);
+    float *g = scratch, *exp_t = scratch + N * C;
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dkd_loss + i, tckd + i, nckd + i, ce_loss + i, t_student + i,
+                           t_teacher + i, ds + i * C, g + i * C, exp_t + i * C, s + i * C,
+                           t + i * C, y[i], alpha, beta, temperature, dynamic_tckd, dynamic_nckd,
+                           mode, w_dkd, w_ce, C));
+    *n_fallback = fallbacks;
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }

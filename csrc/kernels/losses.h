@@ -35,7 +35,8 @@ enum dtkd_kl_mode {
 typedef struct {
     float shift_s, shift_t;   /* max of s and of t over the set (softmax shifts) */
     float inv_ts, inv_tt;     /* 1 / T_s and 1 / T_t as used */
-    double log_zs, log_zt;    /* log sum exp((x - shift) / T) over the set */
+    double zs, zt;            /* sum exp((x - shift) / T) over the set */
+    double log_zs, log_zt;    /* their logs (DKD only: kept for a backward that recomputes exps) */
     double coef_q, coef_p;    /* backward coefficients of q_j and p_j */
 } dtkd_softmax_pair;
 
@@ -91,6 +92,11 @@ int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const
 int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, const int64_t *y,
                                 float dloss, long N, long C);
 
+/* Forward and backward in one sweep (what the Python binding calls): loss (N) as the forward,
+ * ds (N,C) as the backward. */
+int dtkd_cross_entropy_forward_backward(float *loss, float *ds, const float *s, const int64_t *y,
+                                        float dloss, long N, long C);
+
 /* ---- KD / DTKD: w KL(softmax(t / T_t) || softmax(s / T_s)) ----
  * The forward stores the shifted exps exp((s - max s)/T_s), exp((t - max t)/T_t) in exp_s,
  * exp_t (N,C) for the backward, which then needs no exp of its own (halves the exps). */
@@ -102,6 +108,17 @@ int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_sav
 /* ds (N,C) = d(dloss sum_i loss_i)/ds. ds may be exp_s (updated in place). */
 int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
                      const float *exp_t, float dloss, long N, long C);
+
+/* The forward and then the backward, row by row (a row's exps are still in cache when its
+ * gradient is written): loss, t_student, t_teacher, n_fallback as dtkd_kl_forward, ds (N,C)
+ * as dtkd_kl_backward; scratch holds DTKD_KL_SCRATCH_FLOATS(N, C) floats, 8-byte aligned
+ * (the teacher exps, then 3 doubles per row). What the Python binding calls. */
+#define DTKD_KL_PENDING_OFFSET(N, C) ((((N) * (C) + 1) / 2) * 2)
+#define DTKD_KL_SCRATCH_FLOATS(N, C) (DTKD_KL_PENDING_OFFSET(N, C) + 6 * (N))
+int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, float *ds,
+                             float *scratch, long *n_fallback, const float *s, const float *t,
+                             float temperature, enum dtkd_kl_mode mode, float dloss, long N,
+                             long C);
 
 /* ---- DKD: alpha TCKD + beta NCKD (C >= 2) ----
  * TCKD = KL over (target, rest), NCKD = KL over the non-target classes (the target excluded
@@ -120,5 +137,36 @@ int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, fl
 int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s,
                       const float *exp_t, const float *s, const float *t, const int64_t *y,
                       float dloss, long N, long C);
+
+/* Forward then backward, row by row, as dtkd_kl_forward_backward; exp_t (N,C) is scratch. */
+int dtkd_dkd_forward_backward(float *loss, float *tckd, float *nckd, float *t_student,
+                              float *t_teacher, float *ds, float *exp_t, long *n_fallback,
+                              const float *s, const float *t, const int64_t *y, float alpha,
+                              float beta, float temperature, int dynamic_tckd, int dynamic_nckd,
+                              enum dtkd_kl_mode mode, float dloss, long N, long C);
+
+/* ---- the official trainers' objectives, all terms of a row in one visit ----
+ * Per-sample terms (N) and ds (N,C) = the gradient of the weighted sum of the terms (weights
+ * include the warmup factor and 1/N); scratch is (2 N C) floats. */
+
+/* dtkd_loss, kd_loss, ce_loss, t_student, t_teacher (N); ds = d(w_dtkd sum dtkd + w_kd sum kd
+ * + w_ce sum ce)/ds; mode as the KL kernel's for the DTKD term. */
+int dtkd_dtkd_objective_forward_backward(float *dtkd_loss, float *kd_loss, float *ce_loss,
+                                         float *t_student, float *t_teacher, float *ds,
+                                         float *scratch, long *n_fallback, const float *s,
+                                         const float *t, const int64_t *y, float temperature,
+                                         enum dtkd_kl_mode mode, float w_dtkd, float w_kd,
+                                         float w_ce, long N, long C);
+
+/* dkd_loss (= alpha tckd + beta nckd), tckd, nckd, ce_loss, t_student, t_teacher (N);
+ * ds = d(w_dkd sum dkd_loss + w_ce sum ce)/ds; the DKD arguments as dtkd_dkd_forward's. */
+int dtkd_dkd_objective_forward_backward(float *dkd_loss, float *tckd, float *nckd,
+                                        float *ce_loss, float *t_student, float *t_teacher,
+                                        float *ds, float *scratch, long *n_fallback,
+                                        const float *s, const float *t, const int64_t *y,
+                                        float alpha, float beta, float temperature,
+                                        int dynamic_tckd, int dynamic_nckd,
+                                        enum dtkd_kl_mode mode, float w_dkd, float w_ce, long N,
+                                        long C);
 
 #endif

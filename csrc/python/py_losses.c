@@ -1,7 +1,9 @@
 /* Bindings for the losses kernels (csrc/kernels/losses.c).
  *
  * Each binding checks its arrays once (float32 / int64, C-contiguous, shapes), allocates the
- * outputs, runs forward then backward with the GIL released, and returns plain tuples; the
+ * outputs, runs forward then backward with the GIL released (the KL, DKD, cross-entropy and
+ * objective bindings: one fused *_forward_backward kernel, METH_FASTCALL arguments, since at
+ * (64, 100) a call's fixed cost is a visible share of its time), and returns plain tuples; the
  * Python layer (dtkd/losses.py) turns them into result objects. Non-finite logits and bad
  * labels are found by the kernels; the error path then names the argument. */
 #include "boundary.h"
@@ -72,11 +74,68 @@ static PyObject *raise_for(int status, const char *fn, PyArrayObject *a, const c
     return dtkd_raise_status(status, fn);
 }
 
+/* ---- METH_FASTCALL argument parsing (no argument tuple, no format string: at (64, 100) a
+ * call's fixed cost is a visible part of its time) ---- */
+
+static int check_nargs(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs == expected) return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", fn, expected, nargs);
+    return -1;
+}
+
+/* A float argument as the "f" format converts it (anything with __float__ or __index__). */
+static int arg_float(PyObject *obj, float *out)
+{
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    *out = (float)v;
+    return 0;
+}
+
+/* An int argument as the "i" format converts it. */
+static int arg_int(PyObject *obj, int *out)
+{
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < INT_MIN || v > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "integer argument out of range");
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* A truth value as the "p" format converts it. */
+static int arg_bool(PyObject *obj, int *out)
+{
+    int v = PyObject_IsTrue(obj);
+    if (v < 0) return -1;
+    *out = v;
+    return 0;
+}
+
 static double sum_f32(const float *x, npy_intp n)
 {
     double s = 0.0;
     for (npy_intp i = 0; i < n; i++) s += x[i];
     return s;
+}
+
+/* same_float32_matrices(*arrays) -> True if every argument is an exact numpy.ndarray of native
+ * float32, 2-D, C-contiguous and aligned, all of one shape: what the bindings take as is. The
+ * Python layer asks this before converting (one call instead of ~10 attribute reads). */
+static PyObject *py_same_float32_matrices(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    for (Py_ssize_t k = 0; k < nargs; k++) {
+        if (!PyArray_CheckExact(args[k])) Py_RETURN_FALSE;
+        PyArrayObject *a = (PyArrayObject *)args[k], *first = (PyArrayObject *)args[0];
+        if (PyArray_TYPE(a) != NPY_FLOAT32 || !PyArray_ISNOTSWAPPED(a) || PyArray_NDIM(a) != 2 ||
+            !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) ||
+            PyArray_DIM(a, 0) != PyArray_DIM(first, 0) || PyArray_DIM(a, 1) != PyArray_DIM(first, 1))
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
 }
 
 /* ---- softmax family ---- */
@@ -231,23 +290,21 @@ static PyObject *py_dynamic_temperatures(PyObject *self, PyObject *args)
 /* ---- cross-entropy ---- */
 
 /* cross_entropy(logits, labels, dloss) -> (sum of losses, losses (N,), grad (N,C)). */
-static PyObject *py_cross_entropy(PyObject *self, PyObject *args)
+static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *so, *yo;
     float dloss;
-    if (!PyArg_ParseTuple(args, "OOf:cross_entropy", &so, &yo, &dloss)) return NULL;
+    if (check_nargs("cross_entropy", nargs, 3) < 0 || arg_float(args[2], &dloss) < 0) return NULL;
+    PyObject *so = args[0], *yo = args[1];
     PyArrayObject *s = check_logits(so, "logits", 2);
     if (!s) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
     PyArrayObject *y = check_labels(yo, n);
     if (!y) return NULL;
     PyObject *loss = new_array(1, n, 0), *grad = new_array(2, n, c);
-    double *log_z = PyMem_Malloc(n * sizeof(double));
-    if (!loss || !grad || !log_z) {
+    if (!loss || !grad) {
         Py_XDECREF(loss);
         Py_XDECREF(grad);
-        PyMem_Free(log_z);
-        return PyErr_NoMemory();
+        return NULL;
     }
     const float *sp = PyArray_DATA(s);
     const int64_t *yp = PyArray_DATA(y);
@@ -255,12 +312,10 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *args)
     int st;
     double total = 0.0;
     DTKD_BEGIN_NOGIL
-    st = dtkd_cross_entropy_forward(lp, log_z, sp, yp, n, c);
-    if (st == DTKD_OK)
-        st = dtkd_cross_entropy_backward(PyArray_DATA((PyArrayObject *)grad), log_z, sp, yp, dloss, n, c);
+    st = dtkd_cross_entropy_forward_backward(lp, PyArray_DATA((PyArrayObject *)grad), sp, yp,
+                                             dloss, n, c);
     if (st == DTKD_OK) total = sum_f32(lp, n);
     DTKD_END_NOGIL
-    PyMem_Free(log_z);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(grad);
@@ -272,13 +327,16 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *args)
 /* ---- KD / DTKD ---- */
 
 /* kl(student, teacher, temperature, mode, dloss)
- *   -> (sum of losses, losses (N,), t_student (N,), t_teacher (N,), n_fallback, grad (N,C)). */
-static PyObject *py_kl(PyObject *self, PyObject *args)
+ *   -> (sum of losses, losses (N,), t_student (N,), t_teacher (N,), n_fallback, grad (N,C));
+ * t_student and t_teacher are None for mode 0 (KD: they are T). */
+static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *so, *to;
     float temperature, dloss;
     int mode;
-    if (!PyArg_ParseTuple(args, "OOfif:kl", &so, &to, &temperature, &mode, &dloss)) return NULL;
+    if (check_nargs("kl", nargs, 5) < 0 || arg_float(args[2], &temperature) < 0 ||
+        arg_int(args[3], &mode) < 0 || arg_float(args[4], &dloss) < 0)
+        return NULL;
+    PyObject *so = args[0], *to = args[1];
     if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
         return DTKD_VALUE_ERR("kl: mode must be 0, 1 or 2, got %d", mode);
     PyArrayObject *s = check_logits(so, "student", 2);
@@ -286,34 +344,36 @@ static PyObject *py_kl(PyObject *self, PyObject *args)
     PyArrayObject *t = check_like(to, "teacher", s, "student");
     if (!t) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
-    PyObject *loss = new_array(1, n, 0), *ts = new_array(1, n, 0), *tt = new_array(1, n, 0);
-    PyObject *grad = new_array(2, n, c);
-    dtkd_kl_saved *saved = PyMem_Malloc(n * sizeof(dtkd_kl_saved));
-    float *exp_t = PyMem_Malloc(n * c * sizeof(float));
-    if (!loss || !ts || !tt || !grad || !saved || !exp_t) {
+    const int fixed = mode == DTKD_KL_FIXED;
+    PyObject *loss = new_array(1, n, 0), *grad = new_array(2, n, c);
+    PyObject *ts = fixed ? Py_None : new_array(1, n, 0), *tt = fixed ? Py_None : new_array(1, n, 0);
+    Py_XINCREF(fixed ? ts : NULL);
+    Py_XINCREF(fixed ? tt : NULL);
+    /* scratch: the kernel's, then (KD) the temperatures nobody asked for */
+    const npy_intp kernel_scratch = DTKD_KL_SCRATCH_FLOATS(n, c);
+    float *scratch = PyMem_Malloc((kernel_scratch + (fixed ? 2 * n : 0)) * sizeof(float));
+    if (!loss || !ts || !tt || !grad || !scratch) {
         Py_XDECREF(loss);
         Py_XDECREF(ts);
         Py_XDECREF(tt);
         Py_XDECREF(grad);
-        PyMem_Free(saved);
-        PyMem_Free(exp_t);
+        PyMem_Free(scratch);
         return PyErr_NoMemory();
     }
-    float *gp = PyArray_DATA((PyArrayObject *)grad); /* also holds the student exps */
+    float *tsp = fixed ? scratch + kernel_scratch : PyArray_DATA((PyArrayObject *)ts);
+    float *ttp = fixed ? scratch + kernel_scratch + n : PyArray_DATA((PyArrayObject *)tt);
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     float *lp = PyArray_DATA((PyArrayObject *)loss);
     long n_fallback = 0;
     double total = 0.0;
     int st;
     DTKD_BEGIN_NOGIL
-    st = dtkd_kl_forward(lp, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
-                         saved, gp, exp_t, &n_fallback, sp, tp, temperature,
-                         (enum dtkd_kl_mode)mode, n, c);
-    if (st == DTKD_OK) st = dtkd_kl_backward(gp, saved, gp, exp_t, dloss, n, c);
+    st = dtkd_kl_forward_backward(lp, tsp, ttp, PyArray_DATA((PyArrayObject *)grad), scratch,
+                                  &n_fallback, sp, tp, temperature, (enum dtkd_kl_mode)mode,
+                                  dloss, n, c);
     if (st == DTKD_OK) total = sum_f32(lp, n);
     DTKD_END_NOGIL
-    PyMem_Free(saved);
-    PyMem_Free(exp_t);
+    PyMem_Free(scratch);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(ts);
@@ -328,15 +388,18 @@ static PyObject *py_kl(PyObject *self, PyObject *args)
 /* ---- DKD ---- */
 
 /* dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode, dloss)
- *   -> (sum of losses, losses, tckd, nckd (N,), t_student, t_teacher (N,), n_fallback, grad). */
-static PyObject *py_dkd(PyObject *self, PyObject *args)
+ *   -> (sum of losses, losses, tckd, nckd (N,), sum of tckd, sum of nckd, t_student,
+ *       t_teacher (N,), n_fallback, grad). */
+static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *so, *to, *yo;
     float alpha, beta, temperature, dloss;
     int dyn_tc, dyn_nc, mode;
-    if (!PyArg_ParseTuple(args, "OOOfffppif:dkd", &so, &to, &yo, &alpha, &beta, &temperature,
-                          &dyn_tc, &dyn_nc, &mode, &dloss))
+    if (check_nargs("dkd", nargs, 10) < 0 || arg_float(args[3], &alpha) < 0 ||
+        arg_float(args[4], &beta) < 0 || arg_float(args[5], &temperature) < 0 ||
+        arg_bool(args[6], &dyn_tc) < 0 || arg_bool(args[7], &dyn_nc) < 0 ||
+        arg_int(args[8], &mode) < 0 || arg_float(args[9], &dloss) < 0)
         return NULL;
+    PyObject *so = args[0], *to = args[1], *yo = args[2];
     if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
         return DTKD_VALUE_ERR("dkd: mode must be 0, 1 or 2, got %d", mode);
     PyArrayObject *s = check_logits(so, "student", 2);
@@ -348,35 +411,36 @@ static PyObject *py_dkd(PyObject *self, PyObject *args)
     if (!y) return NULL;
     PyObject *loss = new_array(1, n, 0), *tckd = new_array(1, n, 0), *nckd = new_array(1, n, 0);
     PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
-    dtkd_dkd_saved *saved = PyMem_Malloc(n * sizeof(dtkd_dkd_saved));
     float *exp_t = PyMem_Malloc(n * c * sizeof(float));
-    if (!loss || !tckd || !nckd || !ts || !tt || !grad || !saved || !exp_t) {
+    if (!loss || !tckd || !nckd || !ts || !tt || !grad || !exp_t) {
         Py_XDECREF(loss);
         Py_XDECREF(tckd);
         Py_XDECREF(nckd);
         Py_XDECREF(ts);
         Py_XDECREF(tt);
         Py_XDECREF(grad);
-        PyMem_Free(saved);
         PyMem_Free(exp_t);
         return PyErr_NoMemory();
     }
-    float *gp = PyArray_DATA((PyArrayObject *)grad); /* also holds the student exps */
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     const int64_t *yp = PyArray_DATA(y);
     float *lp = PyArray_DATA((PyArrayObject *)loss);
     long n_fallback = 0;
-    double total = 0.0;
+    double total = 0.0, tckd_total = 0.0, nckd_total = 0.0;
     int st;
     DTKD_BEGIN_NOGIL
-    st = dtkd_dkd_forward(lp, PyArray_DATA((PyArrayObject *)tckd), PyArray_DATA((PyArrayObject *)nckd),
-                          PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt), saved,
-                          gp, exp_t, &n_fallback, sp, tp, yp, alpha, beta, temperature, dyn_tc,
-                          dyn_nc, (enum dtkd_kl_mode)mode, n, c);
-    if (st == DTKD_OK) st = dtkd_dkd_backward(gp, saved, gp, exp_t, sp, tp, yp, dloss, n, c);
-    if (st == DTKD_OK) total = sum_f32(lp, n);
+    st = dtkd_dkd_forward_backward(lp, PyArray_DATA((PyArrayObject *)tckd),
+                                   PyArray_DATA((PyArrayObject *)nckd),
+                                   PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
+                                   PyArray_DATA((PyArrayObject *)grad), exp_t, &n_fallback, sp, tp,
+                                   yp, alpha, beta, temperature, dyn_tc, dyn_nc,
+                                   (enum dtkd_kl_mode)mode, dloss, n, c);
+    if (st == DTKD_OK) {
+        total = sum_f32(lp, n);
+        tckd_total = sum_f32(PyArray_DATA((PyArrayObject *)tckd), n);
+        nckd_total = sum_f32(PyArray_DATA((PyArrayObject *)nckd), n);
+    }
     DTKD_END_NOGIL
-    PyMem_Free(saved);
     PyMem_Free(exp_t);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
@@ -387,10 +451,136 @@ static PyObject *py_dkd(PyObject *self, PyObject *args)
         Py_DECREF(grad);
         return raise_for(st, "dkd(student, teacher, labels)", s, "student", t, "teacher", y, c);
     }
-    return Py_BuildValue("dNNNNNlN", total, loss, tckd, nckd, ts, tt, n_fallback, grad);
+    return Py_BuildValue("dNNNddNNlN", total, loss, tckd, nckd, tckd_total, nckd_total, ts, tt,
+                         n_fallback, grad);
+}
+
+/* ---- the trainers' objectives ---- */
+
+/* dtkd_objective(student, teacher, labels, temperature, mode, w_dtkd, w_kd, w_ce)
+ *   -> (sum of dtkd, sum of kd, sum of ce, t_student, t_teacher (N,), n_fallback, grad),
+ * grad = d(w_dtkd sum dtkd + w_kd sum kd + w_ce sum ce)/d student. */
+static PyObject *py_dtkd_objective(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    float temperature, w_dtkd, w_kd, w_ce;
+    int mode;
+    if (check_nargs("dtkd_objective", nargs, 8) < 0 || arg_float(args[3], &temperature) < 0 ||
+        arg_int(args[4], &mode) < 0 || arg_float(args[5], &w_dtkd) < 0 ||
+        arg_float(args[6], &w_kd) < 0 || arg_float(args[7], &w_ce) < 0)
+        return NULL;
+    if (mode != DTKD_KL_DYNAMIC && mode != DTKD_KL_DYNAMIC_DETACHED)
+        return DTKD_VALUE_ERR("dtkd_objective: mode must be 1 or 2, got %d", mode);
+    PyArrayObject *s = check_logits(args[0], "student", 2);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyArrayObject *y = check_labels(args[2], n);
+    if (!y) return NULL;
+    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
+    /* scratch: the per-sample terms (3 N), then the kernel's (2 N C) */
+    float *scratch = PyMem_Malloc((3 * n + 2 * n * c) * sizeof(float));
+    if (!ts || !tt || !grad || !scratch) {
+        Py_XDECREF(ts);
+        Py_XDECREF(tt);
+        Py_XDECREF(grad);
+        PyMem_Free(scratch);
+        return PyErr_NoMemory();
+    }
+    float *dt = scratch, *kd = scratch + n, *ce = scratch + 2 * n;
+    long n_fallback = 0;
+    double dt_total = 0.0, kd_total = 0.0, ce_total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_dtkd_objective_forward_backward(
+        dt, kd, ce, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
+        PyArray_DATA((PyArrayObject *)grad), scratch + 3 * n, &n_fallback, PyArray_DATA(s),
+        PyArray_DATA(t), PyArray_DATA(y), temperature, (enum dtkd_kl_mode)mode, w_dtkd, w_kd,
+        w_ce, n, c);
+    if (st == DTKD_OK) {
+        dt_total = sum_f32(dt, n);
+        kd_total = sum_f32(kd, n);
+        ce_total = sum_f32(ce, n);
+    }
+    DTKD_END_NOGIL
+    PyMem_Free(scratch);
+    if (st != DTKD_OK) {
+        Py_DECREF(ts);
+        Py_DECREF(tt);
+        Py_DECREF(grad);
+        return raise_for(st, "dtkd_objective(student, teacher, labels)", s, "student", t,
+                         "teacher", y, c);
+    }
+    return Py_BuildValue("dddNNlN", dt_total, kd_total, ce_total, ts, tt, n_fallback, grad);
+}
+
+/* dkd_objective(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd,
+ *               mode, w_dkd, w_ce)
+ *   -> (sum of alpha tckd + beta nckd, sum of tckd, sum of nckd, sum of ce, t_student,
+ *       t_teacher (N,), n_fallback, grad),
+ * grad = d(w_dkd sum (alpha tckd + beta nckd) + w_ce sum ce)/d student. */
+static PyObject *py_dkd_objective(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    float alpha, beta, temperature, w_dkd, w_ce;
+    int dyn_tc, dyn_nc, mode;
+    if (check_nargs("dkd_objective", nargs, 11) < 0 || arg_float(args[3], &alpha) < 0 ||
+        arg_float(args[4], &beta) < 0 || arg_float(args[5], &temperature) < 0 ||
+        arg_bool(args[6], &dyn_tc) < 0 || arg_bool(args[7], &dyn_nc) < 0 ||
+        arg_int(args[8], &mode) < 0 || arg_float(args[9], &w_dkd) < 0 ||
+        arg_float(args[10], &w_ce) < 0)
+        return NULL;
+    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
+        return DTKD_VALUE_ERR("dkd_objective: mode must be 0, 1 or 2, got %d", mode);
+    PyArrayObject *s = check_logits(args[0], "student", 2);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
+    PyArrayObject *y = check_labels(args[2], n);
+    if (!y) return NULL;
+    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
+    /* scratch: the per-sample terms (4 N), then the kernel's (2 N C) */
+    float *scratch = PyMem_Malloc((4 * n + 2 * n * c) * sizeof(float));
+    if (!ts || !tt || !grad || !scratch) {
+        Py_XDECREF(ts);
+        Py_XDECREF(tt);
+        Py_XDECREF(grad);
+        PyMem_Free(scratch);
+        return PyErr_NoMemory();
+    }
+    float *dkd = scratch, *tckd = scratch + n, *nckd = scratch + 2 * n, *ce = scratch + 3 * n;
+    long n_fallback = 0;
+    double dkd_total = 0.0, tckd_total = 0.0, nckd_total = 0.0, ce_total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_dkd_objective_forward_backward(
+        dkd, tckd, nckd, ce, PyArray_DATA((PyArrayObject *)ts), PyArray_DATA((PyArrayObject *)tt),
+        PyArray_DATA((PyArrayObject *)grad), scratch + 4 * n, &n_fallback, PyArray_DATA(s),
+        PyArray_DATA(t), PyArray_DATA(y), alpha, beta, temperature, dyn_tc, dyn_nc,
+        (enum dtkd_kl_mode)mode, w_dkd, w_ce, n, c);
+    if (st == DTKD_OK) {
+        dkd_total = sum_f32(dkd, n);
+        tckd_total = sum_f32(tckd, n);
+        nckd_total = sum_f32(nckd, n);
+        ce_total = sum_f32(ce, n);
+    }
+    DTKD_END_NOGIL
+    PyMem_Free(scratch);
+    if (st != DTKD_OK) {
+        Py_DECREF(ts);
+        Py_DECREF(tt);
+        Py_DECREF(grad);
+        return raise_for(st, "dkd_objective(student, teacher, labels)", s, "student", t,
+                         "teacher", y, c);
+    }
+    return Py_BuildValue("ddddNNlN", dkd_total, tckd_total, nckd_total, ce_total, ts, tt,
+                         n_fallback, grad);
 }
 
 PyMethodDef dtkd_losses_methods[] = {
+    {"same_float32_matrices", (PyCFunction)(void (*)(void))py_same_float32_matrices, METH_FASTCALL,
+     "same_float32_matrices(*arrays) -> True if each is a native float32 2-D C-contiguous aligned"
+     " numpy.ndarray (exact type) and all have one shape."},
     {"log_softmax_forward", py_log_softmax_forward, METH_VARARGS,
      "log_softmax_forward(x, temperature) -> log_softmax(x / T), (N,C) float32."},
     {"log_softmax_backward", py_log_softmax_backward, METH_VARARGS,
@@ -405,13 +595,21 @@ PyMethodDef dtkd_losses_methods[] = {
      "logsumexp_backward(grad_output, x, output, temperature) -> grad of x."},
     {"dynamic_temperatures", py_dynamic_temperatures, METH_VARARGS,
      "dynamic_temperatures(student, teacher, temperature) -> (t_student, t_teacher, n_fallback)."},
-    {"cross_entropy", py_cross_entropy, METH_VARARGS,
+    {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
      "cross_entropy(logits, labels, dloss) -> (sum, losses, grad of dloss*sum)."},
-    {"kl", py_kl, METH_VARARGS,
+    {"kl", (PyCFunction)(void (*)(void))py_kl, METH_FASTCALL,
      "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached, dloss)"
-     " -> (sum, losses, t_student, t_teacher, n_fallback, grad of dloss*sum)."},
-    {"dkd", py_dkd, METH_VARARGS,
+     " -> (sum, losses, t_student, t_teacher (None for KD), n_fallback, grad of dloss*sum)."},
+    {"dkd", (PyCFunction)(void (*)(void))py_dkd, METH_FASTCALL,
      "dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode,"
-     " dloss) -> (sum, losses, tckd, nckd, t_student, t_teacher, n_fallback, grad)."},
+     " dloss) -> (sum, losses, tckd, nckd, sum of tckd, sum of nckd, t_student, t_teacher,"
+     " n_fallback, grad)."},
+    {"dtkd_objective", (PyCFunction)(void (*)(void))py_dtkd_objective, METH_FASTCALL,
+     "dtkd_objective(student, teacher, labels, temperature, mode 1|2, w_dtkd, w_kd, w_ce)"
+     " -> (sum dtkd, sum kd, sum ce, t_student, t_teacher, n_fallback, grad of the weighted sum)."},
+    {"dkd_objective", (PyCFunction)(void (*)(void))py_dkd_objective, METH_FASTCALL,
+     "dkd_objective(student, teacher, labels, alpha, beta, temperature, dynamic_tckd,"
+     " dynamic_nckd, mode, w_dkd, w_ce) -> (sum dkd, sum tckd, sum nckd, sum ce, t_student,"
+     " t_teacher, n_fallback, grad of the weighted sum)."},
     {NULL, NULL, 0, NULL},
 };
