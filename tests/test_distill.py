@@ -5,6 +5,7 @@ import pytest
 
 from dtkd import distill, losses
 from dtkd.config import load_config
+from dtkd.nn import is_grad_enabled
 
 
 class RecordingModel:
@@ -15,6 +16,7 @@ class RecordingModel:
         self.training = True
         self.grad = None
         self.forward_modes = []
+        self.grad_enabled = []
 
     def train(self):
         self.training = True
@@ -26,6 +28,7 @@ class RecordingModel:
 
     def forward(self, x):
         self.forward_modes.append(self.training)
+        self.grad_enabled.append(is_grad_enabled())
         return self.logits.copy()
 
     def backward(self, grad):
@@ -65,6 +68,8 @@ def test_kd_distiller_matches_loss_api():
     np.testing.assert_allclose(grad, 0.1 * ce.grad + 0.9 * kd.grad, rtol=1e-5, atol=1e-8)
     assert d.teacher.forward_modes == [False], "the teacher must run in eval mode"
     assert d.student.forward_modes == [True], "the student must run in train mode"
+    assert d.teacher.grad_enabled == [False], "the teacher keeps no activations (no_grad)"
+    assert d.student.grad_enabled == [True]
 
 
 @pytest.mark.parametrize("epoch", [1, 5, 40])

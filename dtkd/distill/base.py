@@ -10,6 +10,8 @@ Subclasses only say how the loss and its gradient w.r.t. the student logits are 
 """
 import numpy as np
 
+from ..nn.grad_mode import no_grad
+
 
 class Distiller:
     """Base class: ``train_step(x, y, epoch) -> stats``; subclasses define ``loss_and_grad``."""
@@ -32,7 +34,8 @@ class Distiller:
         if self.teacher is None:
             return None
         self.teacher.eval()
-        return self.teacher.forward(x)
+        with no_grad():  # nothing kept for a backward that never comes; BN folds into convs
+            return self.teacher.forward(x)
 
     def train_step(self, x, y, epoch):
         """One step: forward both models, loss kernel, student backward (gradients accumulate in

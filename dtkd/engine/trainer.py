@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..nn.grad_mode import no_grad
 from tqdm.auto import tqdm
 
 from .. import io as dtkd_io
@@ -236,7 +237,8 @@ def evaluate(model, loader, progress=False):
     try:
         for x, y in tqdm(loader, desc="eval", total=_len_or_none(loader), leave=False,
                          disable=not progress, dynamic_ncols=True):
-            logits = model.forward(x)
+            with no_grad():  # keep no activations; eval-mode BN folds into the convs
+                logits = model.forward(x)
             c1, c5 = topk_correct(logits, y, (1, 5))
             correct1, correct5 = correct1 + c1, correct5 + c5
             loss_sum += cross_entropy_sum(logits, y)
