@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 import dtkd
 from dtkd import _C
 
-FEATURES = _C.cpu_features()
-ISAS = ["scalar"] + (["avx2"] if FEATURES["avx2_fma"] else []) + (
-    ["avx512"] if FEATURES["avx512f"] else [])
+from kernel_testing import available_isas, threads  # noqa: F401 (fixture)
+
+ISAS = available_isas()
 
 
 @pytest.fixture(params=ISAS)
@@ -25,14 +25,6 @@ def isa(request):
     assert _C.set_isa(request.param) == request.param
     yield request.param
     _C.set_isa(before)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = dtkd.get_num_threads()
-    dtkd.set_num_threads(request.param)
-    yield request.param
-    dtkd.set_num_threads(before)
 
 
 def reference_sgemm(a, b, trans_a, trans_b, alpha, beta, c):
