@@ -415,17 +415,29 @@ static int pool_geometry(long *OH, long *OW, long H, long W, long kernel, long s
     return 0;
 }
 
-static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
+/* x (N, C, H, W), non-empty, for a pool window that fits it: ydims = the output's shape. */
+static PyArrayObject *pool_input(PyObject *xo, long kernel, long stride, long pad,
+                                 npy_intp ydims[4])
 {
-    PyObject *xo;
-    long kernel, stride, pad, OH, OW;
-    if (!PyArg_ParseTuple(args, "Olll:maxpool2d_forward", &xo, &kernel, &stride, &pad))
-        return NULL;
     PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
+    long OH, OW;
     if (pool_geometry(&OH, &OW, xs[2], xs[3], kernel, stride, pad)) return NULL;
-    npy_intp ydims[4] = {xs[0], xs[1], OH, OW};
+    ydims[0] = xs[0], ydims[1] = xs[1], ydims[2] = OH, ydims[3] = OW;
+    return x;
+}
+
+static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo;
+    long kernel, stride, pad;
+    if (!PyArg_ParseTuple(args, "Olll:maxpool2d_forward", &xo, &kernel, &stride, &pad))
+        return NULL;
+    npy_intp ydims[4];
+    PyArrayObject *x = pool_input(xo, kernel, stride, pad, ydims);
+    if (!x) return NULL;
+    const npy_intp *xs = PyArray_DIMS(x);
     PyArrayObject *y = new_f32(4, ydims);
     PyArrayObject *am = (PyArrayObject *)PyArray_SimpleNew(4, ydims, NPY_INT64);
     int st = DTKD_ERR_NOMEM;
@@ -473,14 +485,13 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args)
 static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args)
 {
     PyObject *xo;
-    long kernel, stride, pad, OH, OW;
+    long kernel, stride, pad;
     if (!PyArg_ParseTuple(args, "Olll:avgpool2d_forward", &xo, &kernel, &stride, &pad))
         return NULL;
-    PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
-    if (!x || nonempty(x, "x")) return NULL;
+    npy_intp ydims[4];
+    PyArrayObject *x = pool_input(xo, kernel, stride, pad, ydims);
+    if (!x) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
-    if (pool_geometry(&OH, &OW, xs[2], xs[3], kernel, stride, pad)) return NULL;
-    npy_intp ydims[4] = {xs[0], xs[1], OH, OW};
     PyArrayObject *y = new_f32(4, ydims);
     if (!y) return NULL;
     int st;
