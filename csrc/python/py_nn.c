@@ -46,6 +46,14 @@ static int nonempty(PyArrayObject *a, const char *name)
     return -1;
 }
 
+/* A failed kernel status as an exception. The kernels that take an activation x check it for
+ * NaN/Inf in the pass that reads it, so DTKD_ERR_NONFINITE means x holds one. */
+static PyObject *raise_x_status(int st, const char *context)
+{
+    if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
+    return dtkd_raise_status(st, context);
+}
+
 static int at_least(long v, long lo, const char *name)
 {
     if (v >= lo) return 0;
@@ -250,12 +258,8 @@ static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args)
                                         F32(gamma), F32(beta), (float)momentum, (float)eps,
                                         (long)xs[0], (long)C, HW);
     DTKD_END_NOGIL
-    if (st == DTKD_ERR_NONFINITE) {
-        PyErr_SetString(PyExc_ValueError, "x: contains NaN or Inf");
-        goto fail;
-    }
     if (st) {
-        dtkd_raise_status(st, "batchnorm2d_forward_train");
+        raise_x_status(st, "batchnorm2d_forward_train");
         goto fail;
     }
     return Py_BuildValue("NNN", y, mean, invstd);
@@ -295,8 +299,7 @@ static PyObject *py_batchnorm2d_forward_eval(PyObject *self, PyObject *args)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
-        return dtkd_raise_status(st, "batchnorm2d_forward_eval");
+        return raise_x_status(st, "batchnorm2d_forward_eval");
     }
     return (PyObject *)y;
 }
@@ -341,7 +344,7 @@ static PyObject *py_relu_forward(PyObject *self, PyObject *xo)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        return DTKD_VALUE_ERR("x: contains NaN or Inf");
+        return raise_x_status(st, "relu_forward");
     }
     return (PyObject *)y;
 }
@@ -450,8 +453,7 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
     if (st) {
         Py_XDECREF(y);
         Py_XDECREF(am);
-        if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
-        return PyErr_Occurred() ? NULL : dtkd_raise_status(st, "maxpool2d_forward");
+        return PyErr_Occurred() ? NULL : raise_x_status(st, "maxpool2d_forward");
     }
     return Py_BuildValue("NN", y, am);
 }
@@ -501,8 +503,7 @@ static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
-        return dtkd_raise_status(st, "avgpool2d_forward");
+        return raise_x_status(st, "avgpool2d_forward");
     }
     return (PyObject *)y;
 }
@@ -543,7 +544,7 @@ static PyObject *py_global_avgpool_forward(PyObject *self, PyObject *xo)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        return DTKD_VALUE_ERR("x: contains NaN or Inf");
+        return raise_x_status(st, "global_avgpool_forward");
     }
     return (PyObject *)y;
 }
