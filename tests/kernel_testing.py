@@ -3,6 +3,8 @@ the thread-count fixture, seeded float32 arrays, central finite differences and 
 check that compares an analytic gradient with them, and the SIMD paths this CPU can run.
 
 A test module uses the fixture by importing it: `from kernel_testing import threads`."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -10,14 +12,22 @@ import dtkd
 from dtkd import _C
 
 
+@contextlib.contextmanager
+def num_threads(n):
+    """Run the body on n threads, then restore the thread count in use before it."""
+    before = dtkd.get_num_threads()
+    dtkd.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        dtkd.set_num_threads(before)
+
+
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def threads(request):
-    """Run the test with 1 and with 2 threads (2 takes the kernels' parallel paths), then
-    restore the thread count in use before it."""
-    before = dtkd.get_num_threads()
-    dtkd.set_num_threads(request.param)
-    yield request.param
-    dtkd.set_num_threads(before)
+    """Run the test with 1 and with 2 threads (2 takes the kernels' parallel paths)."""
+    with num_threads(request.param):
+        yield request.param
 
 
 def rand(shape, seed):

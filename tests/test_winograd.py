@@ -4,10 +4,9 @@ gradient (no weight gradient; training uses the direct convolution)."""
 import numpy as np
 import pytest
 
-import dtkd
 from dtkd import _C
 
-from kernel_testing import available_isas, numeric_grad
+from kernel_testing import available_isas, num_threads, numeric_grad
 
 TILE_SIZES = (2, 4)
 # Error bound per output, as a multiple of sum_k |x_k||w_k| (the conv of |x| with |w|): float32
@@ -105,14 +104,10 @@ def test_every_instruction_set_matches_the_reference(m, isa_limit):
 def test_many_tile_blocks_and_threads_give_the_same_result(m):
     # 3 images of 30x30 make hundreds of tiles: several blocks per thread, a partial last one.
     x, w, b = random_problem(np.random.default_rng(3), 3, 24, 30, 30, 20)
-    before = dtkd.get_num_threads()
-    try:
-        dtkd.set_num_threads(1)
+    with num_threads(1):
         y1 = _C.winograd_conv3x3_forward(x, w, b, m)
-        dtkd.set_num_threads(2)
+    with num_threads(2):
         y2 = _C.winograd_conv3x3_forward(x, w, b, m)
-    finally:
-        dtkd.set_num_threads(before)
     assert_close_to_reference(y1, x, w, b, m)
     assert_close_to_reference(y2, x, w, b, m)
 
