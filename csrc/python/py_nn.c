@@ -61,15 +61,20 @@ static int at_least(long v, long lo, const char *name)
     return -1;
 }
 
-/* An optional (may be None) float32 1-D array of length n: *out = data pointer or NULL. */
-static int optional_vector(PyObject *obj, const char *name, npy_intp n, int writable, int finite,
+/* A float32 (n,) argument: an output the kernel writes (writable) or a finite input. */
+static PyArrayObject *vector_arg(PyObject *obj, const char *name, npy_intp n, int writable)
+{
+    return writable ? dtkd_check_output(obj, name, NPY_FLOAT32, 1, &n)
+                    : finite_input(obj, name, 1, &n);
+}
+
+/* An optional (may be None) vector_arg: *out = its data pointer, or NULL for None. */
+static int optional_vector(PyObject *obj, const char *name, npy_intp n, int writable,
                            float **out)
 {
     *out = NULL;
     if (obj == Py_None) return 0;
-    PyArrayObject *a = writable ? dtkd_check_output(obj, name, NPY_FLOAT32, 1, &n)
-                     : finite   ? finite_input(obj, name, 1, &n)
-                                : dtkd_check_shape(obj, name, NPY_FLOAT32, 1, &n);
+    PyArrayObject *a = vector_arg(obj, name, n, writable);
     if (!a) return -1;
     *out = F32(a);
     return 0;
@@ -135,7 +140,7 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     struct dtkd_conv2d_dims d;
     if (conv_dims(&d, x, w, sh, sw, ph, pw, groups)) return NULL;
     float *b;
-    if (optional_vector(bo, "b", d.O, 0, 1, &b)) return NULL;
+    if (optional_vector(bo, "b", d.O, 0, &b)) return NULL;
     if (!finite_input(xo, "x", 4, NULL) || !finite_input(wo, "w", 4, NULL)) return NULL;
 
     npy_intp ydims[4] = {d.N, d.O, d.OH, d.OW};
@@ -177,7 +182,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
         if (!a) return NULL;
         dw = F32(a);
     }
-    if (optional_vector(dbo, "db", d.O, 1, 0, &db)) return NULL;
+    if (optional_vector(dbo, "db", d.O, 1, &db)) return NULL;
 
     PyArrayObject *dx = NULL;
     if (need_dx) {
@@ -203,13 +208,6 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
 
 /* ---- batchnorm2d -------------------------------------------------------------------------- */
 
-/* A per-channel (C,) float32 argument: an output (writable) or a finite input. */
-static PyArrayObject *channel_vector(PyObject *obj, const char *name, npy_intp C, int writable)
-{
-    return writable ? dtkd_check_output(obj, name, NPY_FLOAT32, 1, &C)
-                    : finite_input(obj, name, 1, &C);
-}
-
 static int finite_positive(double v, const char *name)
 {
     if (isfinite(v) && v > 0) return 0;
@@ -228,15 +226,15 @@ static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args)
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
-    PyArrayObject *gamma = channel_vector(go, "gamma", C, 0);
-    PyArrayObject *beta = gamma ? channel_vector(bo, "beta", C, 0) : NULL;
+    PyArrayObject *gamma = vector_arg(go, "gamma", C, 0);
+    PyArrayObject *beta = gamma ? vector_arg(bo, "beta", C, 0) : NULL;
     if (!beta) return NULL;
     if ((rmo == Py_None) != (rvo == Py_None))
         return DTKD_VALUE_ERR("running_mean, running_var: pass both arrays or both None");
     float *rm = NULL, *rv = NULL;
     if (rmo != Py_None) {
-        PyArrayObject *a = channel_vector(rmo, "running_mean", C, 1);
-        PyArrayObject *b = a ? channel_vector(rvo, "running_var", C, 1) : NULL;
+        PyArrayObject *a = vector_arg(rmo, "running_mean", C, 1);
+        PyArrayObject *b = a ? vector_arg(rvo, "running_var", C, 1) : NULL;
         if (!b) return NULL;
         rm = F32(a);
         rv = F32(b);
@@ -281,10 +279,10 @@ static PyObject *py_batchnorm2d_forward_eval(PyObject *self, PyObject *args)
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
-    PyArrayObject *gamma = channel_vector(go, "gamma", C, 0);
-    PyArrayObject *beta = gamma ? channel_vector(bo, "beta", C, 0) : NULL;
-    PyArrayObject *rm = beta ? channel_vector(rmo, "running_mean", C, 0) : NULL;
-    PyArrayObject *rv = rm ? channel_vector(rvo, "running_var", C, 0) : NULL;
+    PyArrayObject *gamma = vector_arg(go, "gamma", C, 0);
+    PyArrayObject *beta = gamma ? vector_arg(bo, "beta", C, 0) : NULL;
+    PyArrayObject *rm = beta ? vector_arg(rmo, "running_mean", C, 0) : NULL;
+    PyArrayObject *rv = rm ? vector_arg(rvo, "running_var", C, 0) : NULL;
     if (!rv) return NULL;
     if (finite_positive(eps, "eps")) return NULL;
     for (npy_intp c = 0; c < C; c++)
@@ -315,11 +313,11 @@ static PyObject *py_batchnorm2d_backward(PyObject *self, PyObject *args)
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
     PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 4, xs);
-    PyArrayObject *gamma = dy ? channel_vector(go, "gamma", C, 0) : NULL;
-    PyArrayObject *mean = gamma ? channel_vector(mo, "save_mean", C, 0) : NULL;
-    PyArrayObject *invstd = mean ? channel_vector(io, "save_invstd", C, 0) : NULL;
-    PyArrayObject *dgamma = invstd ? channel_vector(dgo, "dgamma", C, 1) : NULL;
-    PyArrayObject *dbeta = dgamma ? channel_vector(dbo, "dbeta", C, 1) : NULL;
+    PyArrayObject *gamma = dy ? vector_arg(go, "gamma", C, 0) : NULL;
+    PyArrayObject *mean = gamma ? vector_arg(mo, "save_mean", C, 0) : NULL;
+    PyArrayObject *invstd = mean ? vector_arg(io, "save_invstd", C, 0) : NULL;
+    PyArrayObject *dgamma = invstd ? vector_arg(dgo, "dgamma", C, 1) : NULL;
+    PyArrayObject *dbeta = dgamma ? vector_arg(dbo, "dbeta", C, 1) : NULL;
     if (!dbeta) return NULL;
     PyArrayObject *dx = new_f32(4, xs);
     if (!dx) return NULL;
@@ -595,7 +593,7 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args)
     PyArrayObject *w = x ? finite_input(wo, "w", 2, NULL) : NULL;
     if (!w || linear_dims(x, w, &N, &IN, &OUT)) return NULL;
     float *b;
-    if (optional_vector(bo, "b", OUT, 0, 1, &b)) return NULL;
+    if (optional_vector(bo, "b", OUT, 0, &b)) return NULL;
     npy_intp ydims[2] = {N, OUT};
     PyArrayObject *y = new_f32(2, ydims);
     if (!y) return NULL;
@@ -624,7 +622,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args)
     PyArrayObject *dw = dtkd_check_output(dwo, "dw", NPY_FLOAT32, 2, PyArray_DIMS(w));
     if (!dw) return NULL;
     float *db;
-    if (optional_vector(dbo, "db", OUT, 1, 0, &db)) return NULL;
+    if (optional_vector(dbo, "db", OUT, 1, &db)) return NULL;
     PyArrayObject *dx = new_f32(2, PyArray_DIMS(x));
     if (!dx) return NULL;
     int st;
