@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dtkd
 from dtkd import _C
 from dtkd.data import DataLoader, Dataset, load_dataset, read_idx
 from dtkd.data import cifar as cifar_mod
 from dtkd.data import fashion_mnist as fmnist_mod
+
+from kernel_testing import num_threads
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -468,14 +469,10 @@ def test_augment_kernel_same_result_on_one_and_two_threads():
     args = (ds.images, rng.integers(0, 40, batch), rng.integers(-4, 5, (batch, 2)),
             rng.integers(0, 2, batch, dtype=np.uint8), np.float32(ds.mean), np.float32(ds.std),
             32, 32, "NHWC")
-    before = dtkd.get_num_threads()
-    try:
-        dtkd.set_num_threads(1)
+    with num_threads(1):
         one = _C.augment_batch(*args)
-        dtkd.set_num_threads(2)
+    with num_threads(2):
         two = _C.augment_batch(*args)
-    finally:
-        dtkd.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
 
 

@@ -10,12 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dtkd
 from dtkd import _C
 
-FEATURES = _C.cpu_features()
-ISAS = ["scalar"] + (["avx2"] if FEATURES["avx2_fma"] else []) + (
-    ["avx512"] if FEATURES["avx512f"] else [])
+from kernel_testing import available_isas, num_threads, threads  # noqa: F401 (fixture)
+
+ISAS = available_isas()
 
 
 @pytest.fixture(params=ISAS)
@@ -25,14 +24,6 @@ def isa(request):
     assert _C.set_isa(request.param) == request.param
     yield request.param
     _C.set_isa(before)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = dtkd.get_num_threads()
-    dtkd.set_num_threads(request.param)
-    yield request.param
-    dtkd.set_num_threads(before)
 
 
 def reference_sgemm(a, b, trans_a, trans_b, alpha, beta, c):
@@ -137,9 +128,7 @@ def test_sgemm_alpha_zero_scales_c_by_beta(isa):
 def test_sgemm_conv_shaped_problems_on_two_threads(isa):
     """Conv-like shapes (few output channels, many pixels): the threads split the columns."""
     rng = np.random.default_rng(5)
-    before = dtkd.get_num_threads()
-    dtkd.set_num_threads(2)
-    try:
+    with num_threads(2):
         for M, N, K, ta, tb in [(32, 1024, 27, 0, 0), (64, 256, 576, 0, 0),
                                 (64, 576, 256, 0, 1), (576, 256, 64, 1, 0)]:
             a, b = operands(rng, M, N, K, ta, tb)
@@ -147,8 +136,6 @@ def test_sgemm_conv_shaped_problems_on_two_threads(isa):
             c = _C.sgemm(a, b, trans_a=bool(ta), trans_b=bool(tb))
             ref, tol = reference_sgemm(a, b, ta, tb, 1.0, 0.0, None)
             assert_matches(c, ref, tol)
-    finally:
-        dtkd.set_num_threads(before)
 
 
 @settings(max_examples=40, deadline=None)
@@ -158,19 +145,18 @@ def test_sgemm_conv_shaped_problems_on_two_threads(isa):
        isa_name=st.sampled_from(ISAS), nthreads=st.sampled_from([1, 2]))
 def test_sgemm_random_shapes_match_reference(M, N, K, trans_a, trans_b, pad, alpha, beta,
                                              isa_name, nthreads):
-    before_isa, before_threads = _C.cpu_features()["isa"], dtkd.get_num_threads()
+    before_isa = _C.cpu_features()["isa"]
     _C.set_isa(isa_name)
-    dtkd.set_num_threads(nthreads)
     try:
-        rng = np.random.default_rng(M + 100 * N + 10000 * K)
-        a, b = operands(rng, M, N, K, trans_a, trans_b, pad=pad)
-        c = rng.standard_normal((M, N)).astype(np.float32)
-        ref, tol = reference_sgemm(a, b, trans_a, trans_b, alpha, beta, c)
-        _C.sgemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, c=c)
-        assert_matches(c, ref, tol)
+        with num_threads(nthreads):
+            rng = np.random.default_rng(M + 100 * N + 10000 * K)
+            a, b = operands(rng, M, N, K, trans_a, trans_b, pad=pad)
+            c = rng.standard_normal((M, N)).astype(np.float32)
+            ref, tol = reference_sgemm(a, b, trans_a, trans_b, alpha, beta, c)
+            _C.sgemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, c=c)
+            assert_matches(c, ref, tol)
     finally:
         _C.set_isa(before_isa)
-        dtkd.set_num_threads(before_threads)
 
 
 def test_sgemm_is_thread_safe_when_python_threads_call_at_once():

@@ -3,8 +3,9 @@ finite differences of it, and torch.nn.functional.batch_norm when importable."""
 import numpy as np
 import pytest
 
-import dtkd
 from dtkd import _C
+
+from kernel_testing import assert_grad_close, numeric_grad, rand, threads  # noqa: F401 (fixture)
 
 SHAPES = [(4, 3, 5, 6), (2, 5, 1, 1), (1, 4, 3, 3), (16, 8, 8, 8)]
 
@@ -24,21 +25,6 @@ def batchnorm_eval_reference(x, gamma, beta, running_mean, running_var, eps):
     return (x - running_mean[c]) / np.sqrt(running_var[c] + eps) * gamma[c] + beta[c]
 
 
-def numeric_grad(loss, a, eps=1e-6):
-    """Central finite differences of loss() with respect to every entry of float64 array a."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = loss()
-        flat[i] = old - eps
-        down = loss()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
-
-
 def make_problem(shape, seed=0):
     rng = np.random.default_rng(seed)
     C = shape[1]
@@ -48,14 +34,6 @@ def make_problem(shape, seed=0):
     running_mean = rng.standard_normal(C).astype(np.float32)
     running_var = rng.uniform(0.5, 2.0, C).astype(np.float32)
     return x, gamma, beta, running_mean, running_var
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = dtkd.get_num_threads()
-    dtkd.set_num_threads(request.param)
-    yield request.param
-    dtkd.set_num_threads(before)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -106,7 +84,7 @@ def test_batchnorm_backward_matches_finite_differences(shape, threads):
     x, gamma, beta, _, _ = make_problem(shape, seed=3)
     eps = 1e-5
     _, save_mean, save_invstd = _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, eps)
-    dy = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    dy = rand(shape, 4)
     dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(beta)
     dx = _C.batchnorm2d_backward(dy, x, gamma, save_mean, save_invstd, dgamma, dbeta)
 
@@ -116,15 +94,13 @@ def test_batchnorm_backward_matches_finite_differences(shape, threads):
         return float(np.sum(batchnorm_train_reference(x64, g64, b64, eps)[0] * dy64))
 
     for analytic, wrt in ((dx, x64), (dgamma, g64), (dbeta, b64)):
-        numeric = numeric_grad(loss, wrt)
-        scale = max(1.0, np.abs(numeric).max())
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-3, atol=2e-4 * scale)
+        assert_grad_close(analytic, numeric_grad(loss, wrt), rtol=1e-3, atol=2e-4)
 
 
 def test_batchnorm_backward_accumulates_parameter_gradients():
     x, gamma, beta, _, _ = make_problem((4, 3, 4, 4), seed=5)
     _, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5)
-    dy = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
+    dy = rand(x.shape, 6)
     dg1, db1 = np.zeros_like(gamma), np.zeros_like(beta)
     dx1 = _C.batchnorm2d_backward(dy, x, gamma, mean, invstd, dg1, db1)
     dg2, db2 = np.full_like(gamma, 1.0), np.full_like(beta, 3.0)
@@ -142,7 +118,7 @@ def test_batchnorm_matches_torch_train_eval_and_running_stats(shape, threads):
     rm_t, rv_t = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
     xt, gt, bt = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, gamma, beta))
     yt = F.batch_norm(xt, rm_t, rv_t, gt, bt, training=True, momentum=0.1, eps=1e-5)
-    dy = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+    dy = rand(shape, 8)
     yt.backward(torch.from_numpy(dy))
 
     y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5)

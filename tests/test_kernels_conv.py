@@ -3,8 +3,10 @@ central finite differences of that reference, and torch.nn.functional.conv2d whe
 import numpy as np
 import pytest
 
-import dtkd
 from dtkd import _C
+
+# threads: 1 and 2; with 2, N >= 2 takes the images-in-parallel path
+from kernel_testing import assert_grad_close, numeric_grad, rand, threads  # noqa: F401 (fixture)
 
 # (N, C, H, W, O, KH, KW, stride_h, stride_w, pad_h, pad_w, groups): each exercises one path
 GEOMETRIES = {
@@ -44,21 +46,6 @@ def conv2d_reference(x, w, b, sh, sw, ph, pw, groups):
     return y
 
 
-def numeric_grad(loss, a, eps=1e-6):
-    """Central finite differences of loss() with respect to every entry of float64 array a."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = loss()
-        flat[i] = old - eps
-        down = loss()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
-
-
 def make_problem(geometry, seed=0):
     N, C, H, W, O, KH, KW, sh, sw, ph, pw, g = geometry
     rng = np.random.default_rng(seed)
@@ -66,15 +53,6 @@ def make_problem(geometry, seed=0):
     w = rng.standard_normal((O, C // g, KH, KW)).astype(np.float32)
     b = rng.standard_normal(O).astype(np.float32)
     return x, w, b, (sh, sw, ph, pw, g)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    """Run with 1 and 2 threads: with 2, N >= 2 takes the images-in-parallel path."""
-    before = dtkd.get_num_threads()
-    dtkd.set_num_threads(request.param)
-    yield request.param
-    dtkd.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", GEOMETRIES)
@@ -91,8 +69,7 @@ def test_conv2d_forward_matches_direct_reference(name, threads):
 @pytest.mark.parametrize("name", GEOMETRIES)
 def test_conv2d_backward_matches_finite_differences(name, threads):
     x, w, b, geo = make_problem(GEOMETRIES[name], seed=1)
-    rng = np.random.default_rng(2)
-    dy = rng.standard_normal(_C.conv2d_forward(x, w, b, *geo).shape).astype(np.float32)
+    dy = rand(_C.conv2d_forward(x, w, b, *geo).shape, 2)
     dw = np.zeros_like(w)
     db = np.zeros_like(b)
     dx = _C.conv2d_backward(dy, x, w, *geo, dw, db, True)
@@ -103,9 +80,7 @@ def test_conv2d_backward_matches_finite_differences(name, threads):
         return float(np.sum(conv2d_reference(x64, w64, b64, *geo) * dy64))
 
     for analytic, wrt in ((dx, x64), (dw, w64), (db, b64)):
-        numeric = numeric_grad(loss, wrt)
-        scale = max(1.0, np.abs(numeric).max())
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-4 * scale)
+        assert_grad_close(analytic, numeric_grad(loss, wrt))
 
 
 def test_conv2d_backward_accumulates_and_skips_dx():
@@ -124,7 +99,7 @@ def test_conv2d_backward_accumulates_and_skips_dx():
 
 def test_conv2d_weight_gradient_is_deterministic_across_calls(threads):
     x, w, b, geo = make_problem((8, 8, 10, 10, 8, 3, 3, 1, 1, 1, 1, 1))
-    dy = np.random.default_rng(3).standard_normal((8, 8, 10, 10)).astype(np.float32)
+    dy = rand((8, 8, 10, 10), 3)
     results = []
     for _ in range(3):
         dw = np.zeros_like(w)
@@ -140,7 +115,7 @@ def test_conv2d_matches_torch(name, threads):
     x, w, b, (sh, sw, ph, pw, g) = make_problem(GEOMETRIES[name], seed=4)
     xt, wt, bt = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, b))
     yt = F.conv2d(xt, wt, bt, stride=(sh, sw), padding=(ph, pw), groups=g)
-    dy = np.random.default_rng(5).standard_normal(tuple(yt.shape)).astype(np.float32)
+    dy = rand(tuple(yt.shape), 5)
     yt.backward(torch.from_numpy(dy))
     y = _C.conv2d_forward(x, w, b, sh, sw, ph, pw, g)
     dw, db = np.zeros_like(w), np.zeros_like(b)
@@ -288,7 +263,7 @@ def test_conv2d_random_geometries_match_reference():
         x64, w64 = x.astype(np.float64), w.astype(np.float64)
         np.testing.assert_allclose(y, conv2d_reference(x64, w64, b.astype(np.float64), *geo),
                                    rtol=1e-5, atol=1e-5)
-        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+        dy = rand(y.shape, seed + 1)
         dw = np.zeros_like(w)
         dx = _C.conv2d_backward(dy, x, w, *geo, dw, None, True)
         inner = float(np.sum(conv2d_reference(x64, w64, None, *geo) * dy))

@@ -3,8 +3,9 @@ float64 NumPy references, central finite differences of them, and torch when imp
 import numpy as np
 import pytest
 
-import dtkd
 from dtkd import _C
+
+from kernel_testing import assert_grad_close, numeric_grad, rand, threads  # noqa: F401 (fixture)
 
 POOLS = [(3, 2, 1), (2, 2, 0), (3, 1, 1), (4, 4, 0), (1, 1, 0), (5, 3, 2)]  # kernel, stride, pad
 
@@ -29,38 +30,6 @@ def maxpool_reference(x, kernel, stride, pad):
 
 def avgpool_reference(x, kernel, stride, pad):
     return windows(x, kernel, stride, pad, 0.0).sum(axis=-1) / kernel ** 2  # count_include_pad
-
-
-def numeric_grad(loss, a, eps=1e-6):
-    """Central finite differences of loss() with respect to every entry of float64 array a."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = loss()
-        flat[i] = old - eps
-        down = loss()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
-
-
-def assert_grad_close(analytic, numeric):
-    scale = max(1.0, np.abs(numeric).max())
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-4 * scale)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = dtkd.get_num_threads()
-    dtkd.set_num_threads(request.param)
-    yield request.param
-    dtkd.set_num_threads(before)
-
-
-def rand(shape, seed):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 # ---- max pool --------------------------------------------------------------------------------

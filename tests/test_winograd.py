@@ -4,8 +4,9 @@ gradient (no weight gradient; training uses the direct convolution)."""
 import numpy as np
 import pytest
 
-import dtkd
 from dtkd import _C
+
+from kernel_testing import available_isas, num_threads, numeric_grad
 
 TILE_SIZES = (2, 4)
 # Error bound per output, as a multiple of sum_k |x_k||w_k| (the conv of |x| with |w|): float32
@@ -51,16 +52,6 @@ def random_problem(rng, n, c, h, w, o, bias=True):
     wt = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
     b = rng.standard_normal(o).astype(np.float32) if bias else None
     return x, wt, b
-
-
-def available_isas():
-    feats = dtkd.cpu_features()
-    isas = ["scalar"]
-    if feats.get("avx2_fma", feats.get("avx2")):
-        isas.append("avx2")
-    if feats.get("avx512f"):
-        isas.append("avx512")
-    return isas
 
 
 @pytest.fixture
@@ -113,14 +104,10 @@ def test_every_instruction_set_matches_the_reference(m, isa_limit):
 def test_many_tile_blocks_and_threads_give_the_same_result(m):
     # 3 images of 30x30 make hundreds of tiles: several blocks per thread, a partial last one.
     x, w, b = random_problem(np.random.default_rng(3), 3, 24, 30, 30, 20)
-    before = dtkd.get_num_threads()
-    try:
-        dtkd.set_num_threads(1)
+    with num_threads(1):
         y1 = _C.winograd_conv3x3_forward(x, w, b, m)
-        dtkd.set_num_threads(2)
+    with num_threads(2):
         y2 = _C.winograd_conv3x3_forward(x, w, b, m)
-    finally:
-        dtkd.set_num_threads(before)
     assert_close_to_reference(y1, x, w, b, m)
     assert_close_to_reference(y2, x, w, b, m)
 
@@ -237,17 +224,8 @@ def test_input_gradient_matches_finite_differences(m):
     x, w, _ = random_problem(rng, 1, 3, 5, 6, 4, bias=False)
     dy = rng.standard_normal((1, 4, 5, 6)).astype(np.float32)
     dx = _C.winograd_conv3x3_backward_input(dy, w, m)
-
-    def loss(xv):
-        return float(np.sum(conv3x3_reference(xv, w) * dy))
-
-    x64, eps = x.astype(np.float64), 1e-6
-    fd = np.zeros_like(x64)
-    for idx in np.ndindex(x64.shape):
-        xp, xm = x64.copy(), x64.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        fd[idx] = (loss(xp) - loss(xm)) / (2 * eps)
+    x64 = x.astype(np.float64)
+    fd = numeric_grad(lambda: float(np.sum(conv3x3_reference(x64, w) * dy)), x64)
     np.testing.assert_allclose(dx, fd, rtol=1e-4, atol=1e-4 * np.abs(fd).max())
 
 

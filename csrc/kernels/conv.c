@@ -254,19 +254,26 @@ static void depthwise_backward(float *dx, float *dw, const float *dy, const floa
 
 /* ---- general path: im2col (or the plane itself) + SGEMM, one block of nb images at a time */
 
+// The GEMM operand (Kg, nb*OH*OW) for group g of the nb images from n0: their column matrices
+// side by side in col, or, on the pointwise path (col == NULL, nb == 1), the x plane itself.
+static const float *block_columns(float *col, const float *x, const struct dtkd_conv2d_dims *d,
+                                  long g, long n0, long nb)
+{
+    const long Cg = d->C / d->G, HW = d->H * d->W, OHW = d->OH * d->OW;
+    if (!col) return x + (n0 * d->C + g * Cg) * HW;
+    for (long j = 0; j < nb; j++)
+        im2col(col + j * OHW, nb * OHW, x + ((n0 + j) * d->C + g * Cg) * HW, Cg, d);
+    return col;
+}
+
 // y[n0..n0+nb) (O, OH*OW each) = w * col(x[n]) + b, group by group
 static int forward_block(float *y, float *col, float *stage, const float *x, const float *w,
                          const float *b, const struct dtkd_conv2d_dims *d, long n0, long nb)
 {
     const long Cg = d->C / d->G, Og = d->O / d->G, Kg = Cg * d->KH * d->KW;
-    const long HW = d->H * d->W, OHW = d->OH * d->OW, cols = nb * OHW;
+    const long OHW = d->OH * d->OW, cols = nb * OHW;
     for (long g = 0; g < d->G; g++) {
-        const float *B = x + (n0 * d->C + g * Cg) * HW; /* pointwise: the plane is the operand */
-        if (col) {
-            for (long j = 0; j < nb; j++)
-                im2col(col + j * OHW, cols, x + ((n0 + j) * d->C + g * Cg) * HW, Cg, d);
-            B = col;
-        }
+        const float *B = block_columns(col, x, d, g, n0, nb);
         /* One image: straight into y. Several: into the staging buffer, then scattered. */
         float *out = nb > 1 ? stage : y + (n0 * d->O + g * Og) * OHW;
         int st = dtkd_sgemm(0, 0, Og, cols, Kg, 1.0f, w + g * Og * Kg, Kg, B, cols, 0.0f, out,
@@ -303,12 +310,7 @@ static int backward_block(float *dx, float *dw_acc, float *col, float *stage, co
         }
         int st;
         if (dw_acc) {
-            const float *B = x + (n0 * d->C + g * Cg) * HW;
-            if (col) {
-                for (long j = 0; j < nb; j++)
-                    im2col(col + j * OHW, cols, x + ((n0 + j) * d->C + g * Cg) * HW, Cg, d);
-                B = col;
-            }
+            const float *B = block_columns(col, x, d, g, n0, nb);
             st = dtkd_sgemm(0, 1, Og, Kg, cols, 1.0f, dyg, cols, B, cols, 1.0f,
                             dw_acc + g * Og * Kg, Kg);
             if (st) return st;

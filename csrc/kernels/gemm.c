@@ -17,7 +17,7 @@
 #include <string.h>
 
 #define GEMM_ALIGN 64
-#define GEMM_MAX_TILE (16 * 64) /* largest MR * NR of any config */
+#define GEMM_MAX_TILE (16 * 64) /* room for MR * NR of any config (the largest is 8 * 32) */
 
 /* ---- packing buffers: one set per calling thread, grown on demand, reused across calls ---- */
 

@@ -79,7 +79,8 @@ const struct dtkd_sgemm_config dtkd_sgemm_config_avx2 = {
     .pack_8rows = dtkd_sgemm_pack_8rows_avx2,
 };
 #else
-/* Not x86: the AVX2 path is never chosen (dtkd_isa() reports scalar); alias the portable one. */
+/* Not x86: the AVX2 path is never chosen (dtkd_isa() reports scalar); an empty config and a
+ * no-op pack keep the symbols defined. */
 const struct dtkd_sgemm_config dtkd_sgemm_config_avx2 = {0};
 void dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, long kc) {}
 #endif

@@ -16,6 +16,16 @@ int dtkd_pool2d_out_size(long *OH, long *OW, long H, long W, long kernel, long s
     return DTKD_OK;
 }
 
+/* The inputs [*lo, *hi) along one axis of size `size` that output position o's window covers:
+ * the window o*stride - pad + [0, kernel) clipped to the plane (padding holds no inputs). */
+static inline void window_range(long *lo, long *hi, long o, long size, long kernel, long stride,
+                                long pad)
+{
+    long first = o * stride - pad, end = first + kernel;
+    *lo = first < 0 ? 0 : first;
+    *hi = end < size ? end : size;
+}
+
 int dtkd_maxpool2d_forward(float *y, int64_t *argmax, const float *x, long NC, long H, long W,
                            long kernel, long stride, long pad)
 {
@@ -28,10 +38,9 @@ int dtkd_maxpool2d_forward(float *y, int64_t *argmax, const float *x, long NC, l
         bad |= dtkd_any_nonfinite(xp, H * W);
         for (long oh = 0; oh < OH; oh++)
             for (long ow = 0; ow < OW; ow++) {
-                long h0 = oh * stride - pad, w0 = ow * stride - pad;
-                long h1 = h0 + kernel < H ? h0 + kernel : H, w1 = w0 + kernel < W ? w0 + kernel : W;
-                if (h0 < 0) h0 = 0;
-                if (w0 < 0) w0 = 0;
+                long h0, h1, w0, w1;
+                window_range(&h0, &h1, oh, H, kernel, stride, pad);
+                window_range(&w0, &w1, ow, W, kernel, stride, pad);
                 /* pad <= kernel/2 guarantees each window holds at least one input. */
                 long best = h0 * W + w0;
                 for (long h = h0; h < h1; h++)
@@ -76,10 +85,9 @@ int dtkd_avgpool2d_forward(float *y, const float *x, long NC, long H, long W, lo
         const float *xp = x + p * H * W;
         for (long oh = 0; oh < OH; oh++)
             for (long ow = 0; ow < OW; ow++) {
-                long h0 = oh * stride - pad, w0 = ow * stride - pad;
-                long h1 = h0 + kernel < H ? h0 + kernel : H, w1 = w0 + kernel < W ? w0 + kernel : W;
-                if (h0 < 0) h0 = 0;
-                if (w0 < 0) w0 = 0;
+                long h0, h1, w0, w1;
+                window_range(&h0, &h1, oh, H, kernel, stride, pad);
+                window_range(&w0, &w1, ow, W, kernel, stride, pad);
                 float sum = 0.0f;
                 for (long h = h0; h < h1; h++)
                     for (long w = w0; w < w1; w++) sum += xp[h * W + w];
@@ -102,10 +110,9 @@ int dtkd_avgpool2d_backward(float *dx, const float *dy, long NC, long H, long W,
         memset(dxp, 0, H * W * sizeof *dxp);
         for (long oh = 0; oh < OH; oh++)
             for (long ow = 0; ow < OW; ow++) {
-                long h0 = oh * stride - pad, w0 = ow * stride - pad;
-                long h1 = h0 + kernel < H ? h0 + kernel : H, w1 = w0 + kernel < W ? w0 + kernel : W;
-                if (h0 < 0) h0 = 0;
-                if (w0 < 0) w0 = 0;
+                long h0, h1, w0, w1;
+                window_range(&h0, &h1, oh, H, kernel, stride, pad);
+                window_range(&w0, &w1, ow, W, kernel, stride, pad);
                 float g = dy[(p * OH + oh) * OW + ow] * inv_area;
                 for (long h = h0; h < h1; h++)
                     for (long w = w0; w < w1; w++) dxp[h * W + w] += g;

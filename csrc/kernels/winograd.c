@@ -190,6 +190,25 @@ size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, 
 
 /* ---- strips: NCHW rows <-> channel-last rows of 16 channels ---- */
 
+/* Zero the parts of one strip row (cols columns of LANES floats, starting at image column w0)
+ * that read padding: all of it if image row h is outside [0, H), else the columns before
+ * *j_lo and from *j_hi on, [*j_lo, *j_hi) being the columns inside [0, W). Returns 0 when the
+ * whole row is padding, so the caller has nothing to copy. */
+static inline __attribute__((always_inline)) int
+zero_strip_row_padding(float *srow, long *j_lo, long *j_hi, long h, long H, long w0, long W,
+                       long cols)
+{
+    if (h < 0 || h >= H) {
+        memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
+        return 0;
+    }
+    *j_lo = w0 < 0 ? -w0 : 0;                 /* first column inside the image */
+    *j_hi = W - w0 < cols ? W - w0 : cols;    /* one past the last */
+    for (long j = 0; j < *j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+    for (long j = *j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+    return 1;
+}
+
 /* strip[r][j][l] = x[c0 + l][h0 + r][w0 + j] for r < rows, j < cols; zero outside the image
  * and for channels >= C. x points at one image (C, H, W). */
 static inline __attribute__((always_inline)) void
@@ -198,15 +217,9 @@ pack_input_strip(float *strip, long strip_w, const float *x, long c0, long C, lo
 {
     for (int r = 0; r < rows; r++) {
         float *srow = strip + (size_t)r * strip_w * LANES;
-        long h = h0 + r;
-        if (h < 0 || h >= H) {
-            memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
-            continue;
-        }
-        long j_lo = w0 < 0 ? -w0 : 0;                 /* first column inside the image */
-        long j_hi = W - w0 < cols ? W - w0 : cols;    /* one past the last */
-        for (long j = 0; j < j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
-        for (long j = j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        const long h = h0 + r;
+        long j_lo, j_hi;
+        if (!zero_strip_row_padding(srow, &j_lo, &j_hi, h, H, w0, W, cols)) continue;
         for (int l = 0; l < LANES; l++) {
             if (c0 + l < C) {
                 const float *xrow = x + ((c0 + l) * H + h) * W + w0;
@@ -297,15 +310,9 @@ pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, lon
 {
     for (int r = 0; r < rows; r++) {
         float *srow = strip + (size_t)r * strip_w * LANES;
-        long h = h0 + r;
-        if (h < 0 || h >= H) {
-            memset(srow, 0, sizeof(float) * (size_t)cols * LANES);
-            continue;
-        }
-        long j_lo = w0 < 0 ? -w0 : 0;
-        long j_hi = W - w0 < cols ? W - w0 : cols;
-        for (long j = 0; j < j_lo; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
-        for (long j = j_hi; j < cols; j++) memset(srow + j * LANES, 0, sizeof(float) * LANES);
+        const long h = h0 + r;
+        long j_lo, j_hi;
+        if (!zero_strip_row_padding(srow, &j_lo, &j_hi, h, H, w0, W, cols)) continue;
         for (long j = j_lo; j < j_hi; j += 16) {
             const long n = j_hi - j < 16 ? j_hi - j : 16;
             const __mmask16 k = first_lanes(n);

@@ -46,6 +46,14 @@ static int nonempty(PyArrayObject *a, const char *name)
     return -1;
 }
 
+/* A failed kernel status as an exception. The kernels that take an activation x check it for
+ * NaN/Inf in the pass that reads it, so DTKD_ERR_NONFINITE means x holds one. */
+static PyObject *raise_x_status(int st, const char *context)
+{
+    if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
+    return dtkd_raise_status(st, context);
+}
+
 static int at_least(long v, long lo, const char *name)
 {
     if (v >= lo) return 0;
@@ -53,15 +61,20 @@ static int at_least(long v, long lo, const char *name)
     return -1;
 }
 
-/* An optional (may be None) float32 1-D array of length n: *out = data pointer or NULL. */
-static int optional_vector(PyObject *obj, const char *name, npy_intp n, int writable, int finite,
+/* A float32 (n,) argument: an output the kernel writes (writable) or a finite input. */
+static PyArrayObject *vector_arg(PyObject *obj, const char *name, npy_intp n, int writable)
+{
+    return writable ? dtkd_check_output(obj, name, NPY_FLOAT32, 1, &n)
+                    : finite_input(obj, name, 1, &n);
+}
+
+/* An optional (may be None) vector_arg: *out = its data pointer, or NULL for None. */
+static int optional_vector(PyObject *obj, const char *name, npy_intp n, int writable,
                            float **out)
 {
     *out = NULL;
     if (obj == Py_None) return 0;
-    PyArrayObject *a = writable ? dtkd_check_output(obj, name, NPY_FLOAT32, 1, &n)
-                     : finite   ? finite_input(obj, name, 1, &n)
-                                : dtkd_check_shape(obj, name, NPY_FLOAT32, 1, &n);
+    PyArrayObject *a = vector_arg(obj, name, n, writable);
     if (!a) return -1;
     *out = F32(a);
     return 0;
@@ -127,7 +140,7 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     struct dtkd_conv2d_dims d;
     if (conv_dims(&d, x, w, sh, sw, ph, pw, groups)) return NULL;
     float *b;
-    if (optional_vector(bo, "b", d.O, 0, 1, &b)) return NULL;
+    if (optional_vector(bo, "b", d.O, 0, &b)) return NULL;
     if (!finite_input(xo, "x", 4, NULL) || !finite_input(wo, "w", 4, NULL)) return NULL;
 
     npy_intp ydims[4] = {d.N, d.O, d.OH, d.OW};
@@ -169,7 +182,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
         if (!a) return NULL;
         dw = F32(a);
     }
-    if (optional_vector(dbo, "db", d.O, 1, 0, &db)) return NULL;
+    if (optional_vector(dbo, "db", d.O, 1, &db)) return NULL;
 
     PyArrayObject *dx = NULL;
     if (need_dx) {
@@ -195,13 +208,6 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
 
 /* ---- batchnorm2d -------------------------------------------------------------------------- */
 
-/* A per-channel (C,) float32 argument: an output (writable) or a finite input. */
-static PyArrayObject *channel_vector(PyObject *obj, const char *name, npy_intp C, int writable)
-{
-    return writable ? dtkd_check_output(obj, name, NPY_FLOAT32, 1, &C)
-                    : finite_input(obj, name, 1, &C);
-}
-
 static int finite_positive(double v, const char *name)
 {
     if (isfinite(v) && v > 0) return 0;
@@ -220,15 +226,15 @@ static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args)
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
-    PyArrayObject *gamma = channel_vector(go, "gamma", C, 0);
-    PyArrayObject *beta = gamma ? channel_vector(bo, "beta", C, 0) : NULL;
+    PyArrayObject *gamma = vector_arg(go, "gamma", C, 0);
+    PyArrayObject *beta = gamma ? vector_arg(bo, "beta", C, 0) : NULL;
     if (!beta) return NULL;
     if ((rmo == Py_None) != (rvo == Py_None))
         return DTKD_VALUE_ERR("running_mean, running_var: pass both arrays or both None");
     float *rm = NULL, *rv = NULL;
     if (rmo != Py_None) {
-        PyArrayObject *a = channel_vector(rmo, "running_mean", C, 1);
-        PyArrayObject *b = a ? channel_vector(rvo, "running_var", C, 1) : NULL;
+        PyArrayObject *a = vector_arg(rmo, "running_mean", C, 1);
+        PyArrayObject *b = a ? vector_arg(rvo, "running_var", C, 1) : NULL;
         if (!b) return NULL;
         rm = F32(a);
         rv = F32(b);
@@ -250,12 +256,8 @@ static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args)
                                         F32(gamma), F32(beta), (float)momentum, (float)eps,
                                         (long)xs[0], (long)C, HW);
     DTKD_END_NOGIL
-    if (st == DTKD_ERR_NONFINITE) {
-        PyErr_SetString(PyExc_ValueError, "x: contains NaN or Inf");
-        goto fail;
-    }
     if (st) {
-        dtkd_raise_status(st, "batchnorm2d_forward_train");
+        raise_x_status(st, "batchnorm2d_forward_train");
         goto fail;
     }
     return Py_BuildValue("NNN", y, mean, invstd);
@@ -277,10 +279,10 @@ static PyObject *py_batchnorm2d_forward_eval(PyObject *self, PyObject *args)
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
-    PyArrayObject *gamma = channel_vector(go, "gamma", C, 0);
-    PyArrayObject *beta = gamma ? channel_vector(bo, "beta", C, 0) : NULL;
-    PyArrayObject *rm = beta ? channel_vector(rmo, "running_mean", C, 0) : NULL;
-    PyArrayObject *rv = rm ? channel_vector(rvo, "running_var", C, 0) : NULL;
+    PyArrayObject *gamma = vector_arg(go, "gamma", C, 0);
+    PyArrayObject *beta = gamma ? vector_arg(bo, "beta", C, 0) : NULL;
+    PyArrayObject *rm = beta ? vector_arg(rmo, "running_mean", C, 0) : NULL;
+    PyArrayObject *rv = rm ? vector_arg(rvo, "running_var", C, 0) : NULL;
     if (!rv) return NULL;
     if (finite_positive(eps, "eps")) return NULL;
     for (npy_intp c = 0; c < C; c++)
@@ -295,8 +297,7 @@ static PyObject *py_batchnorm2d_forward_eval(PyObject *self, PyObject *args)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
-        return dtkd_raise_status(st, "batchnorm2d_forward_eval");
+        return raise_x_status(st, "batchnorm2d_forward_eval");
     }
     return (PyObject *)y;
 }
@@ -312,11 +313,11 @@ static PyObject *py_batchnorm2d_backward(PyObject *self, PyObject *args)
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
     PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 4, xs);
-    PyArrayObject *gamma = dy ? channel_vector(go, "gamma", C, 0) : NULL;
-    PyArrayObject *mean = gamma ? channel_vector(mo, "save_mean", C, 0) : NULL;
-    PyArrayObject *invstd = mean ? channel_vector(io, "save_invstd", C, 0) : NULL;
-    PyArrayObject *dgamma = invstd ? channel_vector(dgo, "dgamma", C, 1) : NULL;
-    PyArrayObject *dbeta = dgamma ? channel_vector(dbo, "dbeta", C, 1) : NULL;
+    PyArrayObject *gamma = dy ? vector_arg(go, "gamma", C, 0) : NULL;
+    PyArrayObject *mean = gamma ? vector_arg(mo, "save_mean", C, 0) : NULL;
+    PyArrayObject *invstd = mean ? vector_arg(io, "save_invstd", C, 0) : NULL;
+    PyArrayObject *dgamma = invstd ? vector_arg(dgo, "dgamma", C, 1) : NULL;
+    PyArrayObject *dbeta = dgamma ? vector_arg(dbo, "dbeta", C, 1) : NULL;
     if (!dbeta) return NULL;
     PyArrayObject *dx = new_f32(4, xs);
     if (!dx) return NULL;
@@ -341,7 +342,7 @@ static PyObject *py_relu_forward(PyObject *self, PyObject *xo)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        return DTKD_VALUE_ERR("x: contains NaN or Inf");
+        return raise_x_status(st, "relu_forward");
     }
     return (PyObject *)y;
 }
@@ -415,17 +416,29 @@ static int pool_geometry(long *OH, long *OW, long H, long W, long kernel, long s
     return 0;
 }
 
-static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
+/* x (N, C, H, W), non-empty, for a pool window that fits it: ydims = the output's shape. */
+static PyArrayObject *pool_input(PyObject *xo, long kernel, long stride, long pad,
+                                 npy_intp ydims[4])
 {
-    PyObject *xo;
-    long kernel, stride, pad, OH, OW;
-    if (!PyArg_ParseTuple(args, "Olll:maxpool2d_forward", &xo, &kernel, &stride, &pad))
-        return NULL;
     PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
+    long OH, OW;
     if (pool_geometry(&OH, &OW, xs[2], xs[3], kernel, stride, pad)) return NULL;
-    npy_intp ydims[4] = {xs[0], xs[1], OH, OW};
+    ydims[0] = xs[0], ydims[1] = xs[1], ydims[2] = OH, ydims[3] = OW;
+    return x;
+}
+
+static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo;
+    long kernel, stride, pad;
+    if (!PyArg_ParseTuple(args, "Olll:maxpool2d_forward", &xo, &kernel, &stride, &pad))
+        return NULL;
+    npy_intp ydims[4];
+    PyArrayObject *x = pool_input(xo, kernel, stride, pad, ydims);
+    if (!x) return NULL;
+    const npy_intp *xs = PyArray_DIMS(x);
     PyArrayObject *y = new_f32(4, ydims);
     PyArrayObject *am = (PyArrayObject *)PyArray_SimpleNew(4, ydims, NPY_INT64);
     int st = DTKD_ERR_NOMEM;
@@ -438,8 +451,7 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
     if (st) {
         Py_XDECREF(y);
         Py_XDECREF(am);
-        if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
-        return PyErr_Occurred() ? NULL : dtkd_raise_status(st, "maxpool2d_forward");
+        return PyErr_Occurred() ? NULL : raise_x_status(st, "maxpool2d_forward");
     }
     return Py_BuildValue("NN", y, am);
 }
@@ -473,14 +485,13 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args)
 static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args)
 {
     PyObject *xo;
-    long kernel, stride, pad, OH, OW;
+    long kernel, stride, pad;
     if (!PyArg_ParseTuple(args, "Olll:avgpool2d_forward", &xo, &kernel, &stride, &pad))
         return NULL;
-    PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
-    if (!x || nonempty(x, "x")) return NULL;
+    npy_intp ydims[4];
+    PyArrayObject *x = pool_input(xo, kernel, stride, pad, ydims);
+    if (!x) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
-    if (pool_geometry(&OH, &OW, xs[2], xs[3], kernel, stride, pad)) return NULL;
-    npy_intp ydims[4] = {xs[0], xs[1], OH, OW};
     PyArrayObject *y = new_f32(4, ydims);
     if (!y) return NULL;
     int st;
@@ -490,8 +501,7 @@ static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("x: contains NaN or Inf");
-        return dtkd_raise_status(st, "avgpool2d_forward");
+        return raise_x_status(st, "avgpool2d_forward");
     }
     return (PyObject *)y;
 }
@@ -532,7 +542,7 @@ static PyObject *py_global_avgpool_forward(PyObject *self, PyObject *xo)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        return DTKD_VALUE_ERR("x: contains NaN or Inf");
+        return raise_x_status(st, "global_avgpool_forward");
     }
     return (PyObject *)y;
 }
@@ -583,7 +593,7 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args)
     PyArrayObject *w = x ? finite_input(wo, "w", 2, NULL) : NULL;
     if (!w || linear_dims(x, w, &N, &IN, &OUT)) return NULL;
     float *b;
-    if (optional_vector(bo, "b", OUT, 0, 1, &b)) return NULL;
+    if (optional_vector(bo, "b", OUT, 0, &b)) return NULL;
     npy_intp ydims[2] = {N, OUT};
     PyArrayObject *y = new_f32(2, ydims);
     if (!y) return NULL;
@@ -612,7 +622,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args)
     PyArrayObject *dw = dtkd_check_output(dwo, "dw", NPY_FLOAT32, 2, PyArray_DIMS(w));
     if (!dw) return NULL;
     float *db;
-    if (optional_vector(dbo, "db", OUT, 1, 0, &db)) return NULL;
+    if (optional_vector(dbo, "db", OUT, 1, &db)) return NULL;
     PyArrayObject *dx = new_f32(2, PyArray_DIMS(x));
     if (!dx) return NULL;
     int st;
