@@ -181,10 +181,10 @@ def _cmd_models(args):
         params = models.count_parameters(model)
         flops = models.count_flops(model, (1, args.in_channels, 32, 32))
         rows.append((name, params, flops))
-    print(f"{'model':<14}{'parameters':>14}{'MFLOPs (1x32x32)':>20}")
+    print(f"{'model':<14}{'parameters':>14}{'MFLOPs per image':>20}")
     for name, params, flops in rows:
         print(f"{name:<14}{params:>14,}{flops / 1e6:>20.1f}")
-    print(f"({args.num_classes} classes, {args.in_channels} input channels; FLOPs = 2 x "
+    print(f"({args.num_classes} classes, {args.in_channels}x32x32 input; FLOPs = 2 x "
           "multiply-adds of convolutions and linear layers)")
     return 0
 
