@@ -95,16 +95,19 @@ class Conv2d(Module):
         e.g. for a network's first layer, which saves a full pass)."""
         x, y_shape, winograd = self._saved_for_backward(self._saved)
         dy = check_grad(grad_out, y_shape, "Conv2d")
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        # The Winograd forward pairs with the Winograd input gradient (same tile, so the two are
-        # the adjoint of one rounding scheme); the weight gradient is always the exact sum.
-        dx = _C.conv2d_backward(dy, x, self.weight.data, sh, sw, ph, pw, self.groups,
-                                self.weight.grad, None if self.bias is None else self.bias.grad,
-                                bool(need_dx) and not winograd)
-        if winograd and need_dx:
-            dx = _C.winograd_conv3x3_backward_input(dy, self.weight.data, WINOGRAD_TILE_TRAIN)
         self._saved = None
-        return dx
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        bias_grad = None if self.bias is None else self.bias.grad
+        if winograd:
+            # the weight gradient is the exact sum (from padded rows on thin layers, else by
+            # im2col); the input gradient is by Winograd with the forward's tile size
+            _C.conv3x3_backward_weight(dy, x, self.weight.grad)
+            if bias_grad is not None:
+                _C.conv2d_backward(dy, x, self.weight.data, sh, sw, ph, pw, 1, None, bias_grad, False)
+            return (_C.winograd_conv3x3_backward_input(dy, self.weight.data, WINOGRAD_TILE_TRAIN)
+                    if need_dx else None)
+        return _C.conv2d_backward(dy, x, self.weight.data, sh, sw, ph, pw, self.groups,
+                                  self.weight.grad, bias_grad, bool(need_dx))
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
