@@ -197,3 +197,49 @@ def test_conv_bn_fusion_arguments_need_eval_no_grad():
     x = rng.standard_normal((1, 16, 4, 4)).astype(np.float32)
     with pytest.raises(ValueError, match="no_grad"):
         conv_bn(conv, bn, x, relu=True)
+
+
+@pytest.mark.parametrize("n,c,o,h,w", [
+    (3, 16, 16, 8, 8),     # padded-row AVX-512 kernel (O a multiple of 8, thin)
+    (2, 5, 8, 7, 9),       # same, odd sizes: partial vectors and row tails
+    (2, 16, 12, 5, 5),     # O not a multiple of 8: im2col path
+    (1, 64, 64, 9, 9),     # O*C*H*W above the crossover: im2col path
+])
+def test_conv3x3_backward_weight_matches_float64_reference(n, c, o, h, w):
+    from dtkd import _C
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    dy = rng.standard_normal((n, o, h, w)).astype(np.float32)
+    xp = np.zeros((n, c, h + 2, w + 2))
+    xp[:, :, 1:-1, 1:-1] = x
+    want = np.empty((o, c, 3, 3))
+    for di in range(3):
+        for dj in range(3):
+            want[:, :, di, dj] = np.einsum("nohw,nchw->oc", dy.astype(np.float64),
+                                           xp[:, :, di:di + h, dj:dj + w])
+    start = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    dw = start.copy()
+    assert _C.conv3x3_backward_weight(dy, x, dw) is None
+    scale = np.einsum("nohw,nchw->oc", np.abs(dy).astype(np.float64), np.abs(x)).max()
+    np.testing.assert_allclose(dw, start + want, rtol=0, atol=1e-6 * scale + 1e-6)  # accumulates
+
+
+def test_conv3x3_backward_weight_rejects_bad_inputs():
+    from dtkd import _C
+    x = np.ones((2, 4, 5, 5), np.float32)
+    dy = np.ones((2, 8, 5, 5), np.float32)
+    dw = np.zeros((8, 4, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="x"):
+        _C.conv3x3_backward_weight(dy, x.astype(np.float64), dw)
+    with pytest.raises(ValueError, match="dy"):
+        _C.conv3x3_backward_weight(dy[:, :, :4], x, dw)
+    with pytest.raises(ValueError, match="dw"):
+        _C.conv3x3_backward_weight(dy, x, np.zeros((8, 4, 3, 2), np.float32))
+    with pytest.raises(ValueError, match="x"):
+        _C.conv3x3_backward_weight(dy, x[:, :, :, ::-1], dw)
+    bad = dy.copy()
+    bad[1, 2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="dy"):
+        _C.conv3x3_backward_weight(bad, x, dw)
+    with pytest.raises(ValueError, match="x"):
+        _C.conv3x3_backward_weight(dy[:0], x[:0], dw)
