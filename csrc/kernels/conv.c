@@ -477,14 +477,27 @@ static struct dw3_geom dw3_geom(long N, long C, long H, long W, long O)
     return g;
 }
 
+/* Measured (1 thread, batch 64; benchmarks/results/train_step.md): 1.70x / 1.34x / 1.15x the
+ * im2col path at C = O = 16 / 32 / 64 on 32x32 / 16x16 / 8x8 maps (O*C*H*W = 2^18), but
+ * 0.64x / 0.89x / 0.83x at 64 / 128 / 256 on 32x32 / 16x16 / 8x8 (there the GEMM's packing is
+ * amortized over enough rows, and this loop re-reads x for every 8 outputs). */
+static int dw3_padded_path(long C, long H, long W, long O)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return dtkd_isa() == DTKD_ISA_AVX512 && O % DW_OB == 0 && O * C * H * W <= (1L << 18);
+#else
+    return 0;
+#endif
+}
+
 long dtkd_conv3x3_backward_weight_workspace(long N, long C, long H, long W, long O)
 {
     struct dtkd_conv2d_dims d = {N, C, H, W, O, 3, 3, 1, 1, 1, 1, 1, 0, 0};
     if (dtkd_conv2d_dims_init(&d)) return 0;
+    if (!dw3_padded_path(C, H, W, O))
+        return dtkd_conv2d_backward_workspace(&d, dtkd_get_num_threads(), 1);
     const struct dw3_geom g = dw3_geom(N, C, H, W, O);
-    const long padded = N * O * g.plen + N * C * g.xlen;
-    const long im2col = dtkd_conv2d_backward_workspace(&d, dtkd_get_num_threads(), 1);
-    return padded > im2col ? padded : im2col;
+    return N * O * g.plen + N * C * g.xlen;
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -532,11 +545,7 @@ int dtkd_conv3x3_backward_weight(float *dw, float *workspace, long workspace_len
 {
     if (N < 1 || C < 1 || H < 1 || W < 1 || O < 1) return DTKD_ERR_SHAPE;
 #if defined(__x86_64__) || defined(__i386__)
-    /* Measured (1 thread, batch 64; benchmarks/results/train_step.md): 1.77x / 1.40x / 1.07x the
-     * im2col path at C = O = 16 / 32 / 64 on 32x32 / 16x16 / 8x8 maps (O*C*H*W = 2^18), but
-     * 0.64x / 0.89x / 0.83x at 64 / 128 / 256 on 32x32 / 16x16 / 8x8 (there the GEMM's packing
-     * is amortized over enough rows and this loop's re-reads of x for every 8 outputs cost). */
-    if (dtkd_isa() == DTKD_ISA_AVX512 && O % DW_OB == 0 && O * C * H * W <= (1L << 18)) {
+    if (dw3_padded_path(C, H, W, O)) {
         const struct dw3_geom g = dw3_geom(N, C, H, W, O);
         if (workspace_len < N * O * g.plen + N * C * g.xlen) return DTKD_ERR_NOMEM;
         float *dyp = workspace, *xp = workspace + N * O * g.plen;
