@@ -205,7 +205,18 @@ def test_conv_bn_fusion_arguments_need_eval_no_grad():
     (2, 16, 12, 5, 5),     # O not a multiple of 8: im2col path
     (1, 64, 64, 9, 9),     # O*C*H*W above the crossover: im2col path
 ])
-def test_conv3x3_backward_weight_matches_float64_reference(n, c, o, h, w):
+@pytest.mark.parametrize("isa", ["native", "scalar"])
+def test_conv3x3_backward_weight_matches_float64_reference(n, c, o, h, w, isa):
+    from dtkd import _C
+    if isa == "scalar":  # the portable path (im2col + scalar SGEMM) on every shape
+        _C.set_isa("scalar")
+    try:
+        check_conv3x3_backward_weight(n, c, o, h, w)
+    finally:
+        _C.set_isa("avx512")  # a cap: back to the best path this CPU has
+
+
+def check_conv3x3_backward_weight(n, c, o, h, w):
     from dtkd import _C
     rng = np.random.default_rng(7)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
