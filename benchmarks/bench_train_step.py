@@ -4,6 +4,11 @@ CPU eager on the same thread count, on 1 and 2 threads, with each run's peak RSS
 time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
 
     python benchmarks/bench_train_step.py [--threads 1 2] [--steps 10] [--batch 64] [--out FILE]
+                                          [--conv-algorithm auto|direct] [--no-torch]
+                                          [--workloads resnet8x4:train ...]
+
+--conv-algorithm sets dtkd.nn.set_conv_algorithm (default 'auto': Winograd for the 3x3
+stride-1 convs; 'direct' measures im2col + SGEMM everywhere, to see Winograd's gain).
 
 Every (framework, workload, threads) runs in its own subprocess, so thread counts are set
 before any pool starts and the peak RSS (ru_maxrss) belongs to that run alone. Times are the
@@ -48,7 +53,9 @@ def cross_entropy_grad(logits, labels):
 def op_name(module):
     name = type(module).__name__
     if name == "Conv2d":
+        from dtkd.nn.conv import uses_winograd
         name += f" {module.kernel_size[0]}x{module.kernel_size[1]}"
+        name += " Winograd" if uses_winograd(module) else " direct"
     return name
 
 
@@ -70,12 +77,13 @@ def instrument(model, opt, totals):
         opt.step = timed(opt.step, ("SGD", "step"))
 
 
-def run_dtkd(name, mode, threads, steps, n):
+def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
     sys.path.insert(0, ROOT)
     import dtkd
     from dtkd import models
     from dtkd.optim import SGD
     dtkd.set_num_threads(threads)
+    dtkd.nn.set_conv_algorithm(conv_algorithm)
     model = models.create(name, num_classes=100)
     x, y = batch(n)
     opt = None
@@ -101,10 +109,12 @@ def run_dtkd(name, mode, threads, steps, n):
         from dtkd.models import resnet
         fused = resnet.conv_bn
 
-        def timed_conv_bn(conv, bn, inp):
+        def timed_conv_bn(conv, bn, inp, **fusions):
             t0 = time.perf_counter()
-            out = fused(conv, bn, inp)
-            totals[(op_name(conv) + "+BN folded", "forward")] += time.perf_counter() - t0
+            out = fused(conv, bn, inp, **fusions)
+            label = op_name(conv) + " +BN folded" + (" +add+ReLU" if fusions.get("residual") is not None
+                                                    else " +ReLU" if fusions.get("relu") else "")
+            totals[(label, "forward")] += time.perf_counter() - t0
             return out
         resnet.conv_bn = timed_conv_bn
     split_steps = max(3, steps // 2)
@@ -113,7 +123,7 @@ def run_dtkd(name, mode, threads, steps, n):
         step()
     wall = (time.perf_counter() - t0) / split_steps
     split = {f"{k[0]} {k[1]}": v / split_steps for k, v in totals.items()}
-    split["other (residual add+ReLU, loss, Python)"] = wall - sum(split.values())
+    split["other (residual add+ReLU in training, loss, Python)"] = wall - sum(split.values())
     return {"step_s": statistics.median(times), "split": split,
             "flops": models.count_flops(model, (1, 3, 32, 32)) * n}
 
@@ -150,7 +160,7 @@ def torch_resnet(torch, depth, widths, num_classes=100):
                           tnn.Linear(widths[3], num_classes))
 
 
-def run_torch(name, mode, threads, steps, n):
+def run_torch(name, mode, threads, steps, n, conv_algorithm=None):
     import torch
     torch.set_num_threads(threads)
     model = torch_resnet(torch, *ARCH[name])
@@ -187,17 +197,18 @@ def timed_steps(step, steps):
 
 def worker(args):
     run = run_dtkd if args.framework == "dtkd" else run_torch
-    result = run(args.model, args.mode, args.threads, args.steps, args.batch)
+    result = run(args.model, args.mode, args.threads, args.steps, args.batch, args.conv_algorithm)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
 # -- driver ---------------------------------------------------------------------------------------
 
-def spawn(framework, model, mode, threads, steps, n):
+def spawn(framework, model, mode, threads, steps, n, conv_algorithm):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, model, mode,
-           "--threads", str(threads), "--steps", str(steps), "--batch", str(n)]
+           "--threads", str(threads), "--steps", str(steps), "--batch", str(n),
+           "--conv-algorithm", conv_algorithm]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} {model} {mode} t={threads} failed:\n{out.stderr}")
@@ -210,6 +221,10 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--out", default=None, help="also write the markdown report to this file")
+    ap.add_argument("--conv-algorithm", choices=["auto", "direct"], default="auto")
+    ap.add_argument("--no-torch", action="store_true", help="time dtkd only")
+    ap.add_argument("--workloads", nargs="+", default=[f"{m}:{k}" for m, k in WORKLOADS],
+                    help="MODEL:MODE pairs, e.g. resnet32:train")
     ap.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "MODE"))
     args = ap.parse_args()
     if args.worker:
@@ -219,19 +234,20 @@ def main():
 
     try:
         import torch  # noqa: F401
-        have_torch = True
+        have_torch = not args.no_torch
     except ImportError:
         have_torch = False
     lines = ["| workload | threads | dtkd img/s | torch img/s | dtkd/torch | dtkd GFLOP/s "
              "| dtkd peak RSS MB | torch peak RSS MB | load avg |", "|---|---|---|---|---|---|---|---|---|"]
     splits, by_threads = {}, defaultdict(dict)
-    for model, mode in WORKLOADS:
+    for model, mode in (w.split(":") for w in args.workloads):
         for t in args.threads:
             # the 1-minute load average before the row: other processes on the cores distort
             # multi-threaded runs badly (a parallel region waits for a descheduled thread)
             load = os.getloadavg()[0]
-            d = spawn("dtkd", model, mode, t, args.steps, args.batch)
-            tr = spawn("torch", model, mode, t, args.steps, args.batch) if have_torch else None
+            d = spawn("dtkd", model, mode, t, args.steps, args.batch, args.conv_algorithm)
+            tr = (spawn("torch", model, mode, t, args.steps, args.batch, args.conv_algorithm)
+                  if have_torch else None)
             ips = args.batch / d["step_s"]
             tips = args.batch / tr["step_s"] if tr else float("nan")
             # a training step is ~3x the forward FLOPs (forward, input grads, weight grads)
@@ -244,7 +260,8 @@ def main():
             by_threads[(model, mode)][t] = (ips, tips)
     report = [f"Batch {args.batch}, 32x32x3, median of {args.steps} steps; "
               f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
-              + (f", torch {tr['version']}" if have_torch else ""), ""] + lines
+              + (f", torch {tr['version']}" if have_torch else "")
+              + f"; dtkd conv algorithm '{args.conv_algorithm}'", ""] + lines
     if len(args.threads) > 1:
         t1, t2 = args.threads[0], args.threads[-1]
         report += ["", f"Thread scaling ({t1} -> {t2} threads, speed-up of img/s):", "",

@@ -41,4 +41,15 @@ int dtkd_conv2d_backward(float *dx, float *dw, float *db, float *workspace, long
                          const float *dy, const float *x, const float *w,
                          const struct dtkd_conv2d_dims *d);
 
+/* Weight gradient of a 3x3, stride-1, pad-1, ungrouped convolution without im2col, for thin
+ * layers where the im2col GEMM (M = O rows) is bound by packing its 9C x pixels operand.
+ * Floats of workspace for dtkd_get_num_threads() threads (padded copies of dy and x, or the
+ * im2col path's workspace where that one runs). */
+long dtkd_conv3x3_backward_weight_workspace(long N, long C, long H, long W, long O);
+
+// dw (O,C,3,3) += sum over n, pixels of dy (N,O,H,W) * x (N,C,H,W) shifted (stride 1, pad 1)
+int dtkd_conv3x3_backward_weight(float *dw, float *workspace, long workspace_len,
+                                 const float *dy, const float *x, long N, long C, long H, long W,
+                                 long O);
+
 #endif

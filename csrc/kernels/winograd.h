@@ -1,12 +1,12 @@
 /* winograd.h -- Winograd F(m x m, 3x3) convolution (Lavin & Gray, arXiv 1509.09308) for 3x3,
  * stride-1, pad-1 convolutions, m = 2 (4x4 input tiles) or m = 4 (6x6 input tiles).
  *
- * The family is for inference: the eval path of the ResNets (plus the input gradient, which
- * is the same convolution with the kernel rotated). Training keeps the direct / im2col
- * convolution (csrc/kernels/conv.c), whose weight and input gradients are exact sums of
- * products; the Winograd transforms add rounding that grows with m (F(4x4) loses ~4 bits),
- * acceptable for a forward pass checked against the direct one but not what the training
- * gradient checks should depend on.
+ * dtkd.nn uses it (set_conv_algorithm('auto'), dtkd/nn/conv.py) for the forward of these
+ * convolutions in eval and in training, and for their input gradient (the same convolution
+ * with the kernel rotated); the weight gradient stays an exact sum of products
+ * (dtkd_conv3x3_backward_weight, csrc/kernels/conv.c). The transforms add rounding that grows
+ * with m (F(4x4) loses ~4 bits); measured on resnet32, F(4x4) logits and gradients stay within
+ * a quarter of the torch-equivalence tolerance (rtol 1e-4, benchmarks/results/train_step.md).
  *
  * Transformed weights u are (a*a, C, O) with a = m + 2: one C x O matrix per point of the
  * transform, so the batched elementwise products are a*a GEMMs  [tiles x C] x [C x O]

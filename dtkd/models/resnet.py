@@ -14,7 +14,7 @@ from .. import _C
 from .. import nn
 from ..nn import init
 from ..nn._checks import check_grad
-from ..nn.fused import conv_bn
+from ..nn.fused import conv_bn, folds_batchnorm
 
 # name -> (depth, widths [stem, layer1, layer2, layer3])
 ARCHS = {
@@ -49,6 +49,14 @@ class BasicBlock(nn.Module):
         self._saved = None
 
     def forward(self, x):
+        if folds_batchnorm(self.bn2):
+            # eval under no_grad: BN folded, and ReLU / residual add + ReLU in the conv epilogues
+            h = conv_bn(self.conv1, self.bn1, x, relu=True)
+            if self.downsample is None:
+                return conv_bn(self.conv2, self.bn2, h, residual=x, relu=True)
+            shortcut = conv_bn(self.downsample[0], self.downsample[1], x)
+            return conv_bn(self.conv2, self.bn2, h, residual=shortcut, relu=True,
+                           overwrite_residual=True)
         out = conv_bn(self.conv2, self.bn2, self.relu(conv_bn(self.conv1, self.bn1, x)))
         residual = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
         y = _C.add_relu_forward(out, residual)  # fused residual add + ReLU

@@ -9,13 +9,17 @@
     with nn.no_grad():              # evaluation / a KD teacher: nothing kept for backward
         logits = net.eval()(x)
 
+3x3 stride-1 convolutions run by Winograd F(4x4, 3x3) (forward and input gradient; the weight
+gradient is exact); ``nn.set_conv_algorithm('direct')`` makes every convolution the exact
+im2col + SGEMM one (``'auto'`` is the default).
+
 Parameters are float32 NumPy arrays in PyTorch's layout and ``state_dict()`` uses PyTorch's
 names, so weights move between the two one to one.
 """
 from . import init
 from .activation import ReLU
 from .batchnorm import BatchNorm2d
-from .conv import Conv2d
+from .conv import Conv2d, get_conv_algorithm, set_conv_algorithm
 from .grad_mode import is_grad_enabled, no_grad
 from .linear import Flatten, Identity, Linear
 from .module import IncompatibleKeys, Module, Parameter, Sequential
@@ -23,4 +27,4 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["Parameter", "Module", "Sequential", "IncompatibleKeys", "Conv2d", "BatchNorm2d",
            "ReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten", "Identity",
-           "init", "no_grad", "is_grad_enabled"]
+           "init", "no_grad", "is_grad_enabled", "set_conv_algorithm", "get_conv_algorithm"]

@@ -1,8 +1,50 @@
-"""2-D convolution (``torch.nn.Conv2d``): NCHW float32 activations, OIHW weights."""
+"""2-D convolution (``torch.nn.Conv2d``): NCHW float32 activations, OIHW weights.
+
+Algorithm (``set_conv_algorithm``): under 'auto' (the default), 3x3 stride-1 pad-1 ungrouped
+convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input channels run by Winograd
+F(m x m, 3x3) (csrc/kernels/winograd.c): the forward, and in training the input gradient; the
+weight gradient stays the exact im2col + SGEMM sum. Everything else, and everything under
+'direct', runs the im2col + SGEMM convolution (csrc/kernels/conv.c).
+"""
+import numpy as np
+
 from .. import _C
 from . import init
 from ._checks import check_activation, check_grad, check_positive_int, pair
 from .module import Module, Parameter
+
+CONV_ALGORITHMS = ("auto", "direct")
+# Below this many input channels the direct path keeps the conv: at the 3-channel stem
+# Winograd measured 0.67-1.09x the direct conv (benchmarks/results/winograd.md).
+WINOGRAD_MIN_CHANNELS = 16
+# Output tile of the Winograd path: F(4x4) (36 products per 16 outputs) in eval; in training
+# see WINOGRAD_TILE_TRAIN's comment (set from the accuracy measured against float64).
+WINOGRAD_TILE_EVAL = 4
+WINOGRAD_TILE_TRAIN = 4
+_algorithm = ["auto"]
+
+
+def set_conv_algorithm(name):
+    """``'auto'`` (default: Winograd for the 3x3 stride-1 convolutions, see above) or
+    ``'direct'`` (im2col + SGEMM everywhere: each output an exact float32 sum of products, at
+    ~2-3x the time of those convolutions). Process-wide; returns the previous setting."""
+    if name not in CONV_ALGORITHMS:
+        raise ValueError(f"set_conv_algorithm: expected one of {CONV_ALGORITHMS}, got {name!r}")
+    previous = _algorithm[0]
+    _algorithm[0] = name
+    return previous
+
+
+def get_conv_algorithm():
+    """The current setting of ``set_conv_algorithm``."""
+    return _algorithm[0]
+
+
+def uses_winograd(conv):
+    """True when ``conv`` (a Conv2d) runs by Winograd under the current algorithm setting."""
+    return (_algorithm[0] == "auto" and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.groups == 1
+            and conv.in_channels >= WINOGRAD_MIN_CHANNELS)
 
 
 class Conv2d(Module):
@@ -39,22 +81,33 @@ class Conv2d(Module):
         if x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
             raise ValueError(f"Conv2d: x of spatial size {x.shape[2:]} (padding {self.padding}) is "
                              f"smaller than the kernel {self.kernel_size}")
-        y = _C.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                              sh, sw, ph, pw, self.groups)
-        self._save_for_backward((x, y.shape))
+        bias = None if self.bias is None else self.bias.data
+        winograd = uses_winograd(self)
+        if winograd:
+            y = _C.winograd_conv3x3_forward(x, self.weight.data, bias, WINOGRAD_TILE_TRAIN)
+        else:
+            y = _C.conv2d_forward(x, self.weight.data, bias, sh, sw, ph, pw, self.groups)
+        self._save_for_backward((x, y.shape, winograd))
         return y
 
     def backward(self, grad_out, need_dx=True):
         """Accumulate weight/bias gradients; return dL/dx (None when ``need_dx`` is False,
         e.g. for a network's first layer, which saves a full pass)."""
-        x, y_shape = self._saved_for_backward(self._saved)
+        x, y_shape, winograd = self._saved_for_backward(self._saved)
         dy = check_grad(grad_out, y_shape, "Conv2d")
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        dx = _C.conv2d_backward(dy, x, self.weight.data, sh, sw, ph, pw, self.groups,
-                                self.weight.grad, None if self.bias is None else self.bias.grad,
-                                bool(need_dx))
         self._saved = None
-        return dx
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        bias_grad = None if self.bias is None else self.bias.grad
+        if winograd:
+            # the weight gradient is the exact sum (from padded rows on thin layers, else by
+            # im2col); the input gradient is by Winograd with the forward's tile size
+            _C.conv3x3_backward_weight(dy, x, self.weight.grad)
+            if bias_grad is not None:
+                _C.conv2d_backward(dy, x, self.weight.data, sh, sw, ph, pw, 1, None, bias_grad, False)
+            return (_C.winograd_conv3x3_backward_input(dy, self.weight.data, WINOGRAD_TILE_TRAIN)
+                    if need_dx else None)
+        return _C.conv2d_backward(dy, x, self.weight.data, sh, sw, ph, pw, self.groups,
+                                  self.weight.grad, bias_grad, bool(need_dx))
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
