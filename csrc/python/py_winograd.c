@@ -1,5 +1,6 @@
-/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c). It serves inference:
- * the forward and the input gradient; training uses the direct convolution (see winograd.h). */
+/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c): the forward and the
+ * input gradient. dtkd.nn uses them in eval (BN folded) and in training; the weight gradient
+ * stays exact (conv3x3_backward_weight / im2col in conv.c), see winograd.h. */
 #include "boundary.h"
 
 #include <stdlib.h>
@@ -237,7 +238,7 @@ PyMethodDef dtkd_winograd_methods[] = {
      "(N, O, H, W): 3x3 convolution, stride 1, pad 1, of x (N, C, H, W) with w (O, C, 3, 3), "
      "plus bias b (O,) and residual (N, O, H, W) if given, then ReLU if relu; by Winograd "
      "F(m x m, 3x3). out: optional float32 (N, O, H, W) array to write y into (may be residual "
-     "itself, must not overlap x). For inference."},
+     "itself, must not overlap x)."},
     {"winograd_conv3x3_forward_transformed",
      (PyCFunction)(void (*)(void))py_winograd_conv3x3_forward_transformed,
      METH_VARARGS | METH_KEYWORDS,
@@ -252,6 +253,6 @@ PyMethodDef dtkd_winograd_methods[] = {
     {"winograd_conv3x3_backward_input", py_winograd_conv3x3_backward_input, METH_VARARGS,
      "winograd_conv3x3_backward_input(dy, w, m=4) -> dx (N, C, H, W): gradient of sum(y * dy) "
      "with respect to x for y = conv3x3(x, w) (stride 1, pad 1), by Winograd F(m x m, 3x3). "
-     "No weight gradient: training uses the direct convolution."},
+     "The weight gradient is conv3x3_backward_weight (exact, not Winograd)."},
     {NULL, NULL, 0, NULL},
 };
