@@ -4,14 +4,14 @@
 (``DTKD.VARIANT``: ``tckd`` / ``nckd`` / ``dkd``). ``from_config(cfg, student, teacher)`` builds
 the one a config names.
 """
-from .base import Distiller, temperature_stats, warmup_factor
+from .base import Distiller, temperature_stats
 from .dkd import DKD
 from .dtkd import DTKD, VARIANTS, DTKDVariant
 from .kd import KD
 from .vanilla import Vanilla
 
 __all__ = ["Distiller", "Vanilla", "KD", "DKD", "DTKD", "DTKDVariant", "VARIANTS",
-           "from_config", "names", "temperature_stats", "warmup_factor"]
+           "from_config", "names", "temperature_stats"]
 
 _TYPES = ("NONE", "KD", "DKD", "DTKD")
 

@@ -59,11 +59,6 @@ class Distiller:
         return f"{type(self).__name__}(student={type(self.student).__name__})"
 
 
-def warmup_factor(epoch, warmup):
-    """mdistiller's ramp: ``min(epoch / warmup, 1)``."""
-    return min(float(epoch) / float(warmup), 1.0)
-
-
 def temperature_stats(result):
     """Per-step statistics of the per-sample temperatures of a loss result (Figure 3 data)."""
     ts = np.asarray(result.t_student, dtype=np.float64)
