@@ -125,6 +125,42 @@ static double sum_f32(const float *x, npy_intp n)
 /* same_float32_matrices(*arrays) -> True if every argument is an exact numpy.ndarray of native
  * float32, 2-D, C-contiguous and aligned, all of one shape: what the bindings take as is. The
  * Python layer asks this before converting (one call instead of ~10 attribute reads). */
+/* The (student, teacher, labels) arguments of every loss that takes labels: student (N, C)
+ * logits, teacher of the same shape, labels (N,) in [0, C). Raises naming the argument. */
+static int check_student_teacher_labels(PyObject *const *args, PyArrayObject **s,
+                                        PyArrayObject **t, PyArrayObject **y)
+{
+    if (!(*s = check_logits(args[0], "student", 2))) return -1;
+    if (!(*t = check_like(args[1], "teacher", *s, "student"))) return -1;
+    if (!(*y = check_labels(args[2], PyArray_DIM(*s, 0)))) return -1;
+    return 0;
+}
+
+/* What both objectives return besides sums: t_student, t_teacher (N,), grad (N, C), and their
+ * float scratch; all or nothing (MemoryError raised). */
+static int new_objective_outputs(npy_intp n, npy_intp c, npy_intp scratch_floats, PyObject **ts,
+                                 PyObject **tt, PyObject **grad, float **scratch)
+{
+    *ts = new_array(1, n, 0);
+    *tt = new_array(1, n, 0);
+    *grad = new_array(2, n, c);
+    *scratch = PyMem_Malloc(scratch_floats * sizeof(float));
+    if (*ts && *tt && *grad && *scratch) return 0;
+    Py_XDECREF(*ts);
+    Py_XDECREF(*tt);
+    Py_XDECREF(*grad);
+    PyMem_Free(*scratch);
+    PyErr_NoMemory();
+    return -1;
+}
+
+static void drop_objective_outputs(PyObject *ts, PyObject *tt, PyObject *grad)
+{
+    Py_DECREF(ts);
+    Py_DECREF(tt);
+    Py_DECREF(grad);
+}
+
 static PyObject *py_same_float32_matrices(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     for (Py_ssize_t k = 0; k < nargs; k++) {
@@ -399,16 +435,11 @@ static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         arg_bool(args[6], &dyn_tc) < 0 || arg_bool(args[7], &dyn_nc) < 0 ||
         arg_int(args[8], &mode) < 0 || arg_float(args[9], &dloss) < 0)
         return NULL;
-    PyObject *so = args[0], *to = args[1], *yo = args[2];
     if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
         return DTKD_VALUE_ERR("dkd: mode must be 0, 1 or 2, got %d", mode);
-    PyArrayObject *s = check_logits(so, "student", 2);
-    if (!s) return NULL;
-    PyArrayObject *t = check_like(to, "teacher", s, "student");
-    if (!t) return NULL;
+    PyArrayObject *s, *t, *y;
+    if (check_student_teacher_labels(args, &s, &t, &y) < 0) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
-    PyArrayObject *y = check_labels(yo, n);
-    if (!y) return NULL;
     PyObject *loss = new_array(1, n, 0), *tckd = new_array(1, n, 0), *nckd = new_array(1, n, 0);
     PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
     float *exp_t = PyMem_Malloc(n * c * sizeof(float));
@@ -470,23 +501,14 @@ static PyObject *py_dtkd_objective(PyObject *self, PyObject *const *args, Py_ssi
         return NULL;
     if (mode != DTKD_KL_DYNAMIC && mode != DTKD_KL_DYNAMIC_DETACHED)
         return DTKD_VALUE_ERR("dtkd_objective: mode must be 1 or 2, got %d", mode);
-    PyArrayObject *s = check_logits(args[0], "student", 2);
-    if (!s) return NULL;
-    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
-    if (!t) return NULL;
+    PyArrayObject *s, *t, *y;
+    if (check_student_teacher_labels(args, &s, &t, &y) < 0) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
-    PyArrayObject *y = check_labels(args[2], n);
-    if (!y) return NULL;
-    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
+    PyObject *ts, *tt, *grad;
+    float *scratch;
     /* scratch: the per-sample terms (3 N), then the kernel's (2 N C) */
-    float *scratch = PyMem_Malloc((3 * n + 2 * n * c) * sizeof(float));
-    if (!ts || !tt || !grad || !scratch) {
-        Py_XDECREF(ts);
-        Py_XDECREF(tt);
-        Py_XDECREF(grad);
-        PyMem_Free(scratch);
-        return PyErr_NoMemory();
-    }
+    if (new_objective_outputs(n, c, 3 * n + 2 * n * c, &ts, &tt, &grad, &scratch) < 0)
+        return NULL;
     float *dt = scratch, *kd = scratch + n, *ce = scratch + 2 * n;
     long n_fallback = 0;
     double dt_total = 0.0, kd_total = 0.0, ce_total = 0.0;
@@ -505,9 +527,7 @@ static PyObject *py_dtkd_objective(PyObject *self, PyObject *const *args, Py_ssi
     DTKD_END_NOGIL
     PyMem_Free(scratch);
     if (st != DTKD_OK) {
-        Py_DECREF(ts);
-        Py_DECREF(tt);
-        Py_DECREF(grad);
+        drop_objective_outputs(ts, tt, grad);
         return raise_for(st, "dtkd_objective(student, teacher, labels)", s, "student", t,
                          "teacher", y, c);
     }
@@ -531,23 +551,14 @@ static PyObject *py_dkd_objective(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
         return DTKD_VALUE_ERR("dkd_objective: mode must be 0, 1 or 2, got %d", mode);
-    PyArrayObject *s = check_logits(args[0], "student", 2);
-    if (!s) return NULL;
-    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
-    if (!t) return NULL;
+    PyArrayObject *s, *t, *y;
+    if (check_student_teacher_labels(args, &s, &t, &y) < 0) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
-    PyArrayObject *y = check_labels(args[2], n);
-    if (!y) return NULL;
-    PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
+    PyObject *ts, *tt, *grad;
+    float *scratch;
     /* scratch: the per-sample terms (4 N), then the kernel's (2 N C) */
-    float *scratch = PyMem_Malloc((4 * n + 2 * n * c) * sizeof(float));
-    if (!ts || !tt || !grad || !scratch) {
-        Py_XDECREF(ts);
-        Py_XDECREF(tt);
-        Py_XDECREF(grad);
-        PyMem_Free(scratch);
-        return PyErr_NoMemory();
-    }
+    if (new_objective_outputs(n, c, 4 * n + 2 * n * c, &ts, &tt, &grad, &scratch) < 0)
+        return NULL;
     float *dkd = scratch, *tckd = scratch + n, *nckd = scratch + 2 * n, *ce = scratch + 3 * n;
     long n_fallback = 0;
     double dkd_total = 0.0, tckd_total = 0.0, nckd_total = 0.0, ce_total = 0.0;
@@ -567,9 +578,7 @@ static PyObject *py_dkd_objective(PyObject *self, PyObject *const *args, Py_ssiz
     DTKD_END_NOGIL
     PyMem_Free(scratch);
     if (st != DTKD_OK) {
-        Py_DECREF(ts);
-        Py_DECREF(tt);
-        Py_DECREF(grad);
+        drop_objective_outputs(ts, tt, grad);
         return raise_for(st, "dkd_objective(student, teacher, labels)", s, "student", t,
                          "teacher", y, c);
     }
