@@ -222,3 +222,18 @@ def test_a_newer_format_version_is_refused_with_advice(tmp_path):
     np.savez(path, __dtkd__=np.frombuffer(json.dumps(header).encode(), np.uint8))
     with pytest.raises(dtkd_io.CheckpointError, match=r"v9.npz: .*version 9.*newer dtkd"):
         dtkd_io.load(path)
+
+
+def test_an_unknown_zip_compression_method_is_a_checkpoint_error(tmp_path):
+    """Found by the checkpoint fuzz harness: zipfile raised NotImplementedError."""
+    path = tmp_path / "c.npz"
+    dtkd_io.save(path, tree_for(1))
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x03\x04")
+    raw[at + 8:at + 10] = (99).to_bytes(2, "little")  # local header: compression method 99
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 10:central + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(dtkd_io.CheckpointError, match="corrupt or truncated") as err:
+        dtkd_io.load(path)
+    assert str(path) in str(err.value)

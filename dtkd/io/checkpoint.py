@@ -93,7 +93,8 @@ def load(path):
                                       f"not match the checksum in its header)")
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError,
+            NotImplementedError) as e:  # NotImplementedError: a member's compression method
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
                               f"({type(e).__name__}: {e})") from None
     return _decode(meta["tree"], arrays, path)
