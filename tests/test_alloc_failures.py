@@ -102,3 +102,19 @@ def test_each_kernel_status_maps_to_one_documented_exception(status):
     assert str(info.value).startswith("some_kernel(x): ")
     if status == 6:
         assert "workspace" in str(info.value)
+
+
+def test_every_layer_backward_rejects_a_non_finite_dy():
+    """Found by the nn fuzz harness: the im2col conv, batch norm, ReLU, pooling and linear
+    backwards passed an Inf in dy through as Inf/NaN gradients (Winograd's raised)."""
+    import dtkd.nn as nn
+    layers = [(nn.Conv2d(2, 3, 3, padding=1), (2, 2, 6, 6)), (nn.Conv2d(2, 3, 3, stride=2), (2, 2, 7, 7)),
+              (nn.BatchNorm2d(2), (2, 2, 4, 4)), (nn.ReLU(), (2, 2, 4, 4)),
+              (nn.MaxPool2d(2), (2, 2, 4, 4)), (nn.AvgPool2d(2), (2, 2, 4, 4)),
+              (nn.AdaptiveAvgPool2d(1), (2, 2, 4, 4)), (nn.Linear(3, 2), (4, 3))]
+    for layer, shape in layers:
+        y = layer(RNG.standard_normal(shape).astype(np.float32))
+        dy = np.ones_like(y)
+        dy.flat[1] = np.inf
+        with pytest.raises(ValueError, match="dy: contains NaN or Inf"):
+            layer.backward(dy)
