@@ -121,16 +121,13 @@ PyObject *dtkd_raise_status(int status, const char *context)
     case DTKD_ERR_LABEL: return DTKD_VALUE_ERR("%s: a label is outside [0, num_classes)", context);
     case DTKD_ERR_VALUE: return DTKD_VALUE_ERR("%s: argument out of range", context);
     case DTKD_ERR_NOMEM:
-        PyErr_Format(PyExc_MemoryError, "%s: out of memory (a workspace allocation failed)",
-                     context);
-        return NULL;
+        return dtkd_raise(PyExc_MemoryError, "%s: out of memory (a workspace allocation failed)",
+                          context);
     case DTKD_ERR_WORKSPACE:
-        PyErr_Format(PyExc_RuntimeError, "%s: workspace: smaller than the kernel needs or "
-                     "misaligned (a bug in dtkd, please report it)", context);
-        return NULL;
+        return dtkd_raise(PyExc_RuntimeError, "%s: workspace: smaller than the kernel needs or "
+                          "misaligned (a bug in dtkd, please report it)", context);
     default:
-        PyErr_Format(PyExc_RuntimeError, "%s: kernel failed with unknown status %d (a bug in "
-                     "dtkd, please report it)", context, status);
-        return NULL;
+        return dtkd_raise(PyExc_RuntimeError, "%s: kernel failed with unknown status %d (a bug "
+                          "in dtkd, please report it)", context, status);
     }
 }
