@@ -50,6 +50,18 @@ if [ -z "${SKIP_ASAN:-}" ]; then
                   tests/test_concurrency.py tests/fuzz) ;;
     esac
     asan_lib="$(gcc -print-file-name=libasan.so)"
+    echo "== DTKD_FAIL_ALLOC=1 in the sanitized build: the first C allocation fails"
+    (cd "$work" && LD_PRELOAD="$asan_lib" ASAN_OPTIONS=detect_leaks=0 DTKD_FAIL_ALLOC=1 \
+        "$work/venv/bin/python" -c "
+import numpy as np, dtkd
+try:
+    dtkd.losses.kd(np.ones((2, 3)), np.ones((2, 3)))
+except MemoryError as e:
+    print('   MemoryError:', e)
+else:
+    raise SystemExit('DTKD_FAIL_ALLOC=1 was not honoured')
+dtkd.losses.kd(np.ones((2, 3)), np.ones((2, 3)))  # once only
+") || errors=$((errors + 1))
     echo "== ASan+UBSan: ${tests[*]}"
     start=$(date +%s)
     # run from $work so `import dtkd` finds the sanitized install, not the source tree

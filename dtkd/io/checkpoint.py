@@ -102,10 +102,10 @@ def load(path):
 
 def remove_stale_temp_files(directory):
     """Delete the temporary files that saves into ``directory`` killed mid-write left behind
-    (``.<name>.<random>.tmp``). Only while no save into ``directory`` is running, e.g. under
-    the trainer's directory lock. Returns the paths removed."""
+    (``.<name>.npz.<random>.tmp``). Only while no save into ``directory`` is running, e.g.
+    under the trainer's directory lock. Returns the paths removed."""
     removed = []
-    for tmp in Path(directory).glob(".*.tmp"):
+    for tmp in Path(directory).glob(".*.npz.*.tmp"):
         try:
             tmp.unlink()
             removed.append(tmp)
