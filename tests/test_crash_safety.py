@@ -237,3 +237,19 @@ def test_an_unknown_zip_compression_method_is_a_checkpoint_error(tmp_path):
     with pytest.raises(dtkd_io.CheckpointError, match="corrupt or truncated") as err:
         dtkd_io.load(path)
     assert str(path) in str(err.value)
+
+
+def test_a_member_flagged_encrypted_is_a_checkpoint_error(tmp_path):
+    """Found by the checkpoint fuzz harness: zipfile raised RuntimeError (password required)."""
+    path = tmp_path / "c.npz"
+    dtkd_io.save(path, tree_for(1))
+    raw = bytearray(path.read_bytes())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(signature)
+        while at >= 0:
+            raw[at + flags_at] |= 1  # general-purpose flag bit 0: encrypted
+            at = raw.find(signature, at + 4)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(dtkd_io.CheckpointError, match="corrupt or truncated") as err:
+        dtkd_io.load(path)
+    assert str(path) in str(err.value)

@@ -94,7 +94,9 @@ def load(path):
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError,
-            NotImplementedError) as e:  # NotImplementedError: a member's compression method
+            NotImplementedError, RuntimeError) as e:
+        # zipfile: NotImplementedError for an unknown compression method, RuntimeError for a
+        # member flagged as encrypted (both found by the checkpoint fuzz harness)
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
                               f"({type(e).__name__}: {e})") from None
     return _decode(meta["tree"], arrays, path)
