@@ -5,6 +5,7 @@ that match a filed, not-yet-fixed bullet of issue 13 are counted (and printed), 
 import collections
 import faulthandler
 import random
+import sys
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_fuzz_harness_seeded_pass(name, tmp_path, capsys):
     with quiet_numpy():
         for i, data in enumerate(seeded_inputs(name, RUNS[name])):
             # a hang is a finding too: dump every thread's stack and end the run
-            faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+            faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=sys.__stderr__)
             try:
                 harness(data)
             except KnownFinding as k:
