@@ -11,12 +11,8 @@ Every run is an ordinary ``dtkd.engine`` run from a shipped config (``fashion_mn
 so its logs (log.jsonl, worklog.txt) and checkpoints sit under the output directory.
 """
 import argparse
-import hashlib
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,59 +56,18 @@ def _overrides(args, teacher=False):
     return out
 
 
-def _teacher_cache_path(cfg):
-    """Cached teacher weights, keyed by everything in the config that shapes them."""
-    from .data.dataset import cache_dir
-    from ._version import __version__
-    key = dict(cfg.to_dict())
-    key.pop("LOG", None)
-    key.pop("EXPERIMENT", None)
-    key.pop("NUM_THREADS", None)
-    digest = hashlib.sha256(json.dumps([key, __version__], sort_keys=True).encode()).hexdigest()
-    return cache_dir() / "demo" / f"teacher-{cfg.DISTILLER.STUDENT}-{digest[:16]}.npz"
-
-
-def _copy_atomic(src, dst):
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _history(run_dir):
-    with open(Path(run_dir) / "log.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def train_teacher(args, out):
-    """Train the teacher, or reuse the cached one; returns (path to weights, test acc, seconds, cached)."""
-    from . import engine
+    """Train the teacher, or reuse the cached one (``dtkd.engine.cached_teacher``, keyed by its
+    config); returns (path to weights, test acc, seconds, cached)."""
     from .config import load_config
+    from .engine import cached_teacher
     cfg = load_config("fashion_mnist/teacher.yaml", _overrides(args, teacher=True))
-    cached = _teacher_cache_path(cfg)
-    run_dir = out / "teacher"
-    meta = cached.with_suffix(".json")
-    if cached.exists() and meta.exists() and not args.retrain_teacher:
-        info = json.loads(meta.read_text())
-        print(f"[demo] teacher {cfg.DISTILLER.STUDENT}: reusing cached weights {cached} "
-              f"(test top-1 {info['best_acc']:.2f}%; --retrain-teacher to train it again)")
-        return cached, info["best_acc"], 0.0, True
-    print(f"[demo] training the teacher {cfg.DISTILLER.STUDENT} "
-          f"({cfg.SOLVER.EPOCHS} epochs on {cfg.DATASET.SUBSET or 60000} images) ...")
-    start = time.perf_counter()
-    summary = engine.build_trainer(cfg, out_dir=run_dir, progress=args.progress).train()
-    seconds = time.perf_counter() - start
-    _copy_atomic(run_dir / "model_best.npz", cached)
-    meta_tmp = meta.with_suffix(".json.tmp")
-    meta_tmp.write_text(json.dumps({"best_acc": summary["best_acc"], "config": cfg.dump()}))
-    os.replace(meta_tmp, meta)
-    return run_dir / "model_best.npz", summary["best_acc"], seconds, False
+    teacher = cached_teacher(cfg, retrain=args.retrain_teacher, run_dir=out / "teacher",
+                             progress=args.progress)
+    if not teacher.trained:
+        print(f"[demo] teacher {teacher.model}: reusing cached weights {teacher.path} "
+              f"(test top-1 {teacher.best_acc:.2f}%; --retrain-teacher to train it again)")
+    return teacher.path, teacher.best_acc, teacher.seconds, not teacher.trained
 
 
 def train_students(args, out, teacher_path):
@@ -128,7 +83,7 @@ def train_students(args, out, teacher_path):
         print(f"[demo] {label}: student {cfg.DISTILLER.STUDENT}, {cfg.SOLVER.EPOCHS} epochs ...")
         start = time.perf_counter()
         summary = engine.build_trainer(cfg, out_dir=out / method, progress=args.progress).train()
-        results[method] = (summary, _history(out / method), time.perf_counter() - start)
+        results[method] = (summary, engine.read_log(out / method), time.perf_counter() - start)
     return results
 
 
