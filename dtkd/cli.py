@@ -216,6 +216,7 @@ def _cmd_demo(args):
 
 def _cmd_plot(args):
     from . import plots
+    plots.pyplot().switch_backend("Agg")  # files only, no window; says how to install matplotlib
     if args.tsne_samples < 2:
         raise ValueError(f"--tsne-samples: expected at least 2 images, got {args.tsne_samples}")
     plots.draw_all(args.runs, args.out, with_tsne=args.tsne, tsne_samples=args.tsne_samples)

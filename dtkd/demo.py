@@ -11,7 +11,6 @@ Every run is an ordinary ``dtkd.engine`` run from a shipped config (``fashion_mn
 so its logs (log.jsonl, worklog.txt) and checkpoints sit under the output directory.
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -109,67 +108,24 @@ def format_table(teacher_name, teacher_acc, student_name, results):
 
 def plot(results, teacher_acc, path, temperature):
     """Save :func:`figure` as a PNG at ``path`` (atomically)."""
-    import matplotlib.pyplot as plt
-    fig = figure(results, teacher_acc, temperature)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
+    from .plots import save
+    save(figure(results, teacher_acc, temperature), path)
 
 
 def figure(results, teacher_acc, temperature):
-    """Two panels: test accuracy per epoch per method; DTKD's T_s / T_t per epoch (mean and
-    min-max band) around the reference ``temperature``. Legends sit below the axes, where they
-    cover no data; epochs are whole numbers even for a one-epoch run."""
+    """Two panels (the ``dtkd.plots`` panels): test accuracy per epoch per method; DTKD's T_s /
+    T_t per epoch (mean and min-max spread) around the reference ``temperature``. Legends sit
+    below the axes, where they cover no data; epochs are whole numbers even for a one-epoch run."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax_acc, ax_t) = plt.subplots(1, 2, figsize=(11, 4.8))
-    for method, label in METHODS:
-        hist = results[method][1]
-        ax_acc.plot([h["epoch"] for h in hist], [h["test_acc"] for h in hist], marker="o",
-                    label=label)
-    ax_acc.axhline(teacher_acc, color="gray", ls="--", label="teacher")
-    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="Student accuracy")
-    hist = results["dtkd"][1]
-    epochs = [h["epoch"] for h in hist]
-    for who, color in (("student", "tab:blue"), ("teacher", "tab:red")):
-        key = f"t_{who}"
-        lo, mean, hi = ([h[f"{key}_{s}"] for h in hist] for s in ("min", "mean", "max"))
-        if len(epochs) > 2:
-            ax_t.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0,
-                              label=f"T_{who[0]} (min-max over samples)")
-        else:  # a band over one or two epochs is a sliver: bars show the spread
-            ax_t.errorbar(epochs, mean, yerr=[[m - l for m, l in zip(mean, lo)],
-                                              [h - m for h, m in zip(hi, mean)]],
-                          fmt="none", ecolor=color, alpha=0.5, capsize=6,
-                          label=f"T_{who[0]} (min-max over samples)")
-        ax_t.plot(epochs, mean, marker="o", color=color, label=f"T_{who[0]} (mean)")
-    ax_t.axhline(temperature, color="black", ls=":", lw=1, label=f"reference T = {temperature:g}")
-    ax_t.set(xlabel="epoch", ylabel="temperature", title="DTKD per-sample temperatures")
-    last = max(max(h["epoch"] for h in results[m][1]) for m, _ in METHODS)
-    for ax in (ax_acc, ax_t):
-        _whole_epoch_ticks(ax, last)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small",
-                  frameon=False)
+    from . import plots
+    fig, (ax_acc, ax_t) = plots.pyplot().subplots(1, 2, figsize=(11, 4.8))
+    plots.draw_accuracy(ax_acc, {label: results[method][1] for method, label in METHODS},
+                        teacher_acc)
+    plots.draw_temperatures(ax_t, results["dtkd"][1], temperature,
+                            title="DTKD per-sample temperatures")
     fig.tight_layout()
     return fig
-
-
-def _whole_epoch_ticks(ax, last_epoch):
-    """Integer epoch ticks; with few epochs every epoch is labelled (matplotlib's integer
-    locator falls back to fractions when fewer than two integers are in view)."""
-    from matplotlib.ticker import MaxNLocator
-    ax.set_xlim(0.5, last_epoch + 0.5)
-    if last_epoch <= 10:
-        ax.set_xticks(range(1, last_epoch + 1))
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def main(argv=None):

@@ -98,23 +98,27 @@ def _reference_temperature(cfg):
     return {"KD": cfg.KD.TEMPERATURE, "DKD": cfg.DKD.T}.get(cfg.DISTILLER.TYPE, cfg.DTKD.T)
 
 
-def _integer_epochs(ax, epochs):
-    """Whole-epoch ticks (a 1-epoch run gets one tick, not 0.95 ... 1.05)."""
+def _whole_epoch_ticks(ax, epochs):
+    """Integer epoch ticks from 1; with few epochs every epoch is labelled (matplotlib's integer
+    locator falls back to fractions when fewer than two integers are in view)."""
     from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    lo, hi = min(epochs), max(epochs)
-    if hi - lo < 2:
-        ax.set_xticks(range(lo, hi + 1))
-        ax.set_xlim(lo - 0.5, hi + 0.5)
+    last = max(epochs)
+    ax.set_xlim(min(0.5, min(epochs) - 0.5), last + 0.5)
+    if last <= 10:
+        ax.set_xticks(range(max(1, min(epochs)), last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _band_x(epochs):
-    # a band over a single epoch would have no width: give it one
-    return [epochs[0] - 0.25, epochs[0] + 0.25] if len(epochs) == 1 else epochs
-
-
-def _band_y(values, epochs):
-    return values * 2 if len(epochs) == 1 else values
+def _spread(ax, epochs, lo, hi, color, label, alpha, mean=None):
+    """A band from ``lo`` to ``hi``; over one or two epochs a band is a sliver, so error bars
+    around ``mean`` (or the band's middle) show the spread instead."""
+    if len(epochs) > 2:
+        ax.fill_between(epochs, lo, hi, color=color, alpha=alpha, lw=0, label=label)
+        return
+    mid = mean if mean is not None else [(a + b) / 2 for a, b in zip(lo, hi)]
+    ax.errorbar(epochs, mid, yerr=[[m - a for m, a in zip(mid, lo)], [b - m for b, m in zip(hi, mid)]],
+                fmt="none", ecolor=color, alpha=min(1.0, 2.5 * alpha), capsize=6, label=label)
 
 
 def _legend_outside(ax, **kw):
@@ -143,19 +147,16 @@ def draw_temperatures(ax, history, reference=None, probe=None, title=None):
                               [v[1] for v in values])
     for who in ("student", "teacher"):
         color, key, short = _COLORS[who], f"t_{who}", f"T_{who[0]}"
-        ax.fill_between(_band_x(epochs), _band_y([h[f"{key}_min"] for h in history], epochs),
-                        _band_y([h[f"{key}_max"] for h in history], epochs), color=color,
-                        alpha=0.12, lw=0, label=f"{short} min-max (train)")
+        mean = [h[f"{key}_mean"] for h in history]
+        _spread(ax, epochs, [h[f"{key}_min"] for h in history], [h[f"{key}_max"] for h in history],
+                color, f"{short} min-max (train)", 0.12, mean)
         if who in quartiles and quartiles[who][0]:
-            q_epochs, q_lo, q_hi = quartiles[who]
-            ax.fill_between(_band_x(q_epochs), _band_y(q_lo, q_epochs), _band_y(q_hi, q_epochs),
-                            color=color, alpha=0.3, lw=0, label=f"{short} 25-75 % (probe)")
-        ax.plot(epochs, [h[f"{key}_mean"] for h in history], marker="o", color=color,
-                label=f"{short} mean (train)")
+            _spread(ax, *quartiles[who], color, f"{short} 25-75 % (probe)", 0.3)
+        ax.plot(epochs, mean, marker="o", color=color, label=f"{short} mean (train)")
     if reference is not None:
         ax.axhline(reference, color="black", ls=":", lw=1, label=f"reference T = {reference:g}")
     ax.set(xlabel="epoch", ylabel="temperature", title=title or "Per-sample temperatures")
-    _integer_epochs(ax, epochs)
+    _whole_epoch_ticks(ax, epochs)
     _legend_outside(ax)
 
 
@@ -167,10 +168,10 @@ def draw_accuracy(ax, runs, teacher_acc=None, title=None):
         ax.plot([h["epoch"] for h in history], [h["test_acc"] for h in history], marker="o",
                 label=label)
     if teacher_acc is not None:
-        ax.axhline(teacher_acc, color="gray", ls="--", label=f"teacher ({teacher_acc:.1f} %)")
+        ax.axhline(teacher_acc, color="gray", ls="--", label=f"teacher ({teacher_acc:.2f} %)")
     ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=title or "Student accuracy")
     if epochs:
-        _integer_epochs(ax, epochs)
+        _whole_epoch_ticks(ax, epochs)
     _legend_outside(ax)
 
 
