@@ -155,3 +155,19 @@ def test_cached_teacher_retrains_an_unfinished_entry_and_refuses_a_student_confi
     assert len((tmp_path / TRAINED_LOG).read_text().splitlines()) == 2
     with pytest.raises(ValueError, match="DISTILLER.TYPE NONE"):
         cached_teacher(load_config("fashion_mnist/kd.yaml"), cache_root=tmp_path)
+
+
+def test_distill_errors_name_the_argument(tmp_path):
+    from dtkd.config import ConfigError
+    from dtkd.testing import Sweep
+    from dtkd.testing.sweep import as_override_list
+    sweep = Sweep(tmp_path)
+    with pytest.raises(ConfigError, match="method: unknown method 'DTDK'.*DTKD"):
+        sweep.distill("DTDK")
+    with pytest.raises(ConfigError, match="unknown config key 'DTKD.ALPA'"):
+        sweep.distill("DTKD", {"DTKD.ALPA": 1.0})
+    with pytest.raises(ValueError, match="overrides: expected a dict"):
+        as_override_list(["SOLVER.EPOCHS"])
+    assert as_override_list({"SOLVER.LR_DECAY_STAGES": [3], "DTKD.ALPHA": 0.5, "X": True}) == \
+        ["SOLVER.LR_DECAY_STAGES", "[3]", "DTKD.ALPHA", "0.5", "X", "true"]
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
