@@ -16,7 +16,6 @@ Rows travel as the test reports' ``user_properties``, which pytest-xdist sends f
 to the controller; the controller alone writes the tables, so no row is lost under ``-n N``.
 """
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -68,6 +67,7 @@ class _Collector:
         self.config = config
         self.rows = {}      # run id -> row
         self.params = {}    # parameter names, in first-seen order
+        self.written = None  # (csv, md) paths once written
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report):
@@ -106,9 +106,8 @@ class _Collector:
             tr.write_line("")
             tr.write_line("mean ± std over seeds:")
             tr.write(summary)
-        written = getattr(self, "written", None)
-        if written:
-            tr.write_line(f"results: {written[0]}  {written[1]}")
+        if self.written:
+            tr.write_line(f"results: {self.written[0]}  {self.written[1]}")
         elif not self.config.getoption("dtkd_results"):
             tr.write_line("(--dtkd-results PATH writes this table to PATH.csv and PATH.md)")
 
@@ -204,7 +203,5 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_report_header(config):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        return None
     results = config.getoption("dtkd_results")
     return f"dtkd: results -> {results}" if results else None
