@@ -121,10 +121,10 @@ def _spread(ax, epochs, lo, hi, color, label, alpha, mean=None):
                 fmt="none", ecolor=color, alpha=min(1.0, 2.5 * alpha), capsize=6, label=label)
 
 
-def _legend_outside(ax, **kw):
-    # below the axes, so no band or curve is hidden behind it
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=kw.pop("ncol", 3),
-              frameon=False, fontsize="small", **kw)
+def _legend_outside(ax, below=0.16, ncol=3):
+    # below the axes (and the x label), so no band or curve is hidden behind it
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -below), ncol=ncol, frameon=False,
+              fontsize="small")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +270,8 @@ def teacher_size(run_dirs_):
         means = [statistics.fmean(runs[teachers[i]]) for i in xs]
         stds = [statistics.stdev(runs[teachers[i]]) if len(runs[teachers[i]]) > 1 else 0.0
                 for i in xs]
-        ax.errorbar(np.asarray(xs) + 0.04 * (k - len(by_method) / 2), means, yerr=stds,
+        # methods side by side around each teacher, so error bars do not hide each other
+        ax.errorbar(np.asarray(xs) + 0.04 * (k - (len(by_method) - 1) / 2), means, yerr=stds,
                     marker="o", capsize=3, label=method)
     if vanilla:
         mean = statistics.fmean(vanilla)
@@ -282,7 +283,7 @@ def teacher_size(run_dirs_):
     students = sorted({_config(r).DISTILLER.STUDENT for r in run_dirs_ if _config(r)})
     ax.set(xlabel="teacher (its test top-1)", ylabel="student best test top-1 (%)",
            title=f"Student {', '.join(students)} vs teacher size")
-    _legend_outside(ax)
+    _legend_outside(ax, below=0.24)  # the tick labels take two lines
     return fig
 
 
