@@ -294,6 +294,8 @@ _DEFAULTS = {
         "SAVE_CHECKPOINT_FREQ": 40,
         "PREFIX": "./output",      # runs go to PREFIX/<EXPERIMENT.NAME or derived name>
         "WANDB": False,            # accepted for mdistiller configs; dtkd never calls wandb
+        "PROBE_SAMPLES": 256,      # dtkd: per-sample max logits / temperatures of this many test
+                                   # images logged every epoch to probe.jsonl (0 = off)
     },
     "KD": {
         "TEMPERATURE": 4.0,

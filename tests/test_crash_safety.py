@@ -17,6 +17,7 @@ import pytest
 import dtkd.io as dtkd_io
 from dtkd.engine import OutputDirInUse
 from dtkd.io import checkpoint as ckpt
+from dtkd.io.atomic import remove_stale_temp_files
 
 import crash_child
 
@@ -72,7 +73,7 @@ def test_sigkill_inside_saves_always_leaves_a_loadable_checkpoint(tmp_path):
         tree = dtkd_io.load(path)  # never raises: the previous file is intact
         assert tree["step"] in (last_done, last_done + 1), (trial, tree["step"], last_done)
         assert_is_tree_for(tree, tree["step"])
-        assert sorted(ckpt.remove_stale_temp_files(tmp_path)) == sorted(leftovers)
+        assert sorted(remove_stale_temp_files(tmp_path)) == sorted(leftovers)
     # the kills landed inside saves (between the temp file's creation and its rename)
     assert killed_inside_a_save >= 10, killed_inside_a_save
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write, write_text_atomic
 from .checkpoint import CheckpointError, load, save
 
-__all__ = ["save", "load", "load_teacher", "CheckpointError", "TORCH_SUFFIXES"]
+__all__ = ["save", "load", "load_teacher", "CheckpointError", "TORCH_SUFFIXES", "atomic_write",
+           "write_text_atomic"]
 
 TORCH_SUFFIXES = (".pth", ".pt", ".tar")
 

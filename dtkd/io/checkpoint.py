@@ -21,14 +21,14 @@ the previous checkpoint intact. Zip's per-member CRC32 detects corrupt data on l
 """
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save", "load", "remove_stale_temp_files", "CheckpointError", "FORMAT", "VERSION"]
+from .atomic import atomic_write
+
+__all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
 
 FORMAT = "dtkd-checkpoint"
 VERSION = 2
@@ -49,21 +49,8 @@ def save(path, tree):
     meta = {"format": FORMAT, "version": VERSION, "checksum": _checksum(encoded, arrays),
             "tree": encoded}
     meta_bytes = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{_META: meta_bytes}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path) as f:
+        np.savez(f, **{_META: meta_bytes}, **arrays)
 
 
 def load(path):
@@ -100,20 +87,6 @@ def load(path):
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
                               f"({type(e).__name__}: {e})") from None
     return _decode(meta["tree"], arrays, path)
-
-
-def remove_stale_temp_files(directory):
-    """Delete the temporary files that saves into ``directory`` killed mid-write left behind
-    (``.<name>.npz.<random>.tmp``). Only while no save into ``directory`` is running, e.g.
-    under the trainer's directory lock. Returns the paths removed."""
-    removed = []
-    for tmp in Path(directory).glob(".*.npz.*.tmp"):
-        try:
-            tmp.unlink()
-            removed.append(tmp)
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 def _checksum(encoded_tree, arrays):
@@ -162,16 +135,3 @@ def _decode(node, arrays, path):
         return [_decode(v, arrays, path) for v in node]
     return node
 
-
-def _fsync_dir(directory):
-    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
