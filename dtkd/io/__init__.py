@@ -33,9 +33,7 @@ from .teachers import find_teacher, tar_message, teacher_dirs
 __all__ = ["save", "load", "load_checkpoint", "load_teacher", "checkpoint_format",
            "save_pth", "load_pth", "save_safetensors", "load_safetensors",
            "safetensors_metadata", "find_teacher", "teacher_dirs", "fit_report", "identify",
-           "CheckpointError", "TORCH_SUFFIXES"]
-
-TORCH_SUFFIXES = (".pth", ".pt", ".tar")
+           "CheckpointError"]
 
 
 def checkpoint_format(path):

@@ -34,6 +34,7 @@ under ``weights_only=True`` (``collections.OrderedDict``, ``torch._utils._rebuil
 import collections
 import io
 import math
+import os
 import pickle
 import re
 import struct
@@ -344,6 +345,8 @@ def _load_legacy(path, f):
             raise CheckpointError(f"{path}: storage {key!r} holds {count} elements, the "
                                   f"pickle says {storage.numel} (corrupt file)")
         nbytes = count * storage.etype.numpy_dtype(byteorder).itemsize
+        if nbytes > os.fstat(f.fileno()).st_size - f.tell():  # before allocating it
+            raise EOFError(f"storage {key!r} is cut off")
         buf = bytearray(nbytes)
         if f.readinto(buf) != nbytes:
             raise EOFError(f"storage {key!r} is cut off")
