@@ -4,6 +4,7 @@ in torch (weights_only=True) and give a torch model the same outputs; crafted pi
 without running; every error names the file and says what is wrong."""
 import collections
 import io
+import json
 import os
 import pickle
 import struct
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import dtkd
+import dtkd.cli
 from dtkd import io as dtkd_io
 from dtkd.io import CheckpointError
 
@@ -564,3 +566,30 @@ def test_bfloat16_safetensors_from_torch_are_widened_exactly(torch, tmp_path):
     st.save_file({"w": t}, str(tmp_path / "bf16.safetensors"))
     loaded = dtkd_io.load_safetensors(tmp_path / "bf16.safetensors")
     np.testing.assert_array_equal(loaded["w"], t.float().numpy())
+
+
+# ----------------------------------------------------------------------------------------------
+# Naming what a checkpoint holds; the CLI's eval on a PyTorch file
+
+def test_matches_ignores_key_order_and_missing_batch_counters():
+    state = dtkd.models.create("resnet14", num_classes=7, in_channels=2).state_dict()
+    shuffled = dict(sorted((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")))
+    assert dtkd.models.matches(shuffled) == [("resnet14", 7, 2)]
+    assert dtkd.models.identify(shuffled) == ["resnet14"]
+    shuffled["fc.weight"] = np.zeros((7, 3), np.float32)
+    assert dtkd.models.matches(shuffled) == []
+
+
+def test_cli_eval_reads_an_old_pytorch_checkpoint(tmp_path, capsys):
+    from test_cli import FASHION_MNIST
+    if not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST files not found (install dataset-fashion-mnist)")
+    _, state = _state("module.")
+    old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    dtkd_io.save_pth(tmp_path / "ckpt_epoch_240.pth", old, extra={"epoch": 240})
+    argv = ["eval", "--cfg", "fashion_mnist/vanilla.yaml", "--checkpoint",
+            str(tmp_path / "ckpt_epoch_240.pth"), "--json", "--no-progress",
+            "DATASET.TEST.SUBSET", "64", "NUM_THREADS", "1"]
+    assert dtkd.cli.main(argv) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "resnet8" and result["n"] == 64 and 0 <= result["top1"] <= 100

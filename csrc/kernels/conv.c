@@ -505,7 +505,7 @@ long dtkd_conv3x3_backward_weight_workspace(long N, long C, long H, long W, long
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-__attribute__((target("avx512f,avx512dq,avx2,fma")))
+DTKD_TARGET_AVX512
 static void dw3_block_avx512(float *dw, const float *dyp, const float *xp,
                              const struct dw3_geom *g, long o0, long n0, long nn)
 {

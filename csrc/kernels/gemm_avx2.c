@@ -8,7 +8,7 @@
 #define NR 16
 
 /* c (6 x 16) = alpha * a_panel (kc x 6) . b_panel (kc x 16) + beta * c */
-__attribute__((target("avx2,fma"))) static void
+DTKD_TARGET_AVX2 static void
 sgemm_kernel_avx2(long kc, const float *restrict a, const float *restrict b, long ldb,
                   float *restrict c, long ldc, float alpha, float beta)
 {
@@ -41,7 +41,7 @@ sgemm_kernel_avx2(long kc, const float *restrict a, const float *restrict b, lon
 /* dst[p * ldd + r] = src[r * lds + p] for r < 8, p < kc: the transposing copy behind packing
  * a row-major A or a transposed B, by 8 x 8 in-register transposes (the portable loop does one
  * strided scalar store per float). Also used by the AVX-512 path. */
-__attribute__((target("avx2,fma"))) void
+DTKD_TARGET_AVX2 void
 dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, long kc)
 {
     long p = 0;

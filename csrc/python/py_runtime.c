@@ -17,8 +17,9 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs)
 {
+    /* "avx512": every feature the AVX-512 path is compiled for (avx512f, avx512dq, avx2, fma) */
     return Py_BuildValue("{s:O,s:O,s:s}", "avx2_fma", dtkd_cpu_has_avx2_fma() ? Py_True : Py_False,
-                         "avx512f", dtkd_cpu_has_avx512f() ? Py_True : Py_False, "isa",
+                         "avx512", dtkd_cpu_has_avx512() ? Py_True : Py_False, "isa",
                          dtkd_isa_name(dtkd_isa()));
 }
 

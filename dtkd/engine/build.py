@@ -26,7 +26,7 @@ def build_dataset(cfg, split):
     DATASET.SUBSET (train) or DATASET.TEST.SUBSET (test) subset drawn with SEED."""
     from .. import data
     dataset = data.load_dataset(cfg.DATASET.TYPE, split, root=cfg.DATASET.ROOT or None,
-                                pad_to=_PAD_TO.get(cfg.DATASET.TYPE))
+                                download=cfg.DATASET.DOWNLOAD, pad_to=_PAD_TO.get(cfg.DATASET.TYPE))
     subset = cfg.DATASET.SUBSET if split == "train" else cfg.DATASET.TEST.SUBSET
     if 0 < subset < len(dataset):
         dataset = dataset.subset(subset, seed=cfg.SEED)

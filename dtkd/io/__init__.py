@@ -27,12 +27,12 @@ from pathlib import Path
 from .checkpoint import CheckpointError, load, save
 from .pth import is_torch_zip, load_pth, save_pth
 from .safetensors import is_safetensors, load_safetensors, safetensors_metadata, save_safetensors
-from .state_dict import extract_state_dict, fit_report, identify
+from .state_dict import extract_state_dict, fit_report
 from .teachers import find_teacher, tar_message, teacher_dirs
 
 __all__ = ["save", "load", "load_checkpoint", "load_teacher", "checkpoint_format",
            "save_pth", "load_pth", "save_safetensors", "load_safetensors",
-           "safetensors_metadata", "find_teacher", "teacher_dirs", "fit_report", "identify",
+           "safetensors_metadata", "find_teacher", "teacher_dirs", "fit_report",
            "CheckpointError"]
 
 

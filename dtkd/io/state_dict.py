@@ -8,17 +8,16 @@
   trained, is taken unless ``prefix=`` says otherwise).
 * :func:`fit_report`: how a state_dict differs from a model's (missing, unexpected and
   mismatched keys; a missing BatchNorm ``num_batches_tracked`` is tolerated, as old PyTorch
-  checkpoints lack it), and :func:`identify`: which dtkd backbone a state_dict belongs to.
+  checkpoints lack it); :func:`dtkd.models.matches` names the backbone a state_dict holds.
 * :func:`state_to_save`: the checked mapping the writers store.
 """
 import collections
-import functools
 
 import numpy as np
 
 from .checkpoint import CheckpointError
 
-__all__ = ["extract_state_dict", "state_to_save", "fit_report", "identify", "WRAPPER_KEYS",
+__all__ = ["extract_state_dict", "state_to_save", "fit_report", "WRAPPER_KEYS",
            "PARALLEL_PREFIX", "DISTILLER_PREFIXES"]
 
 WRAPPER_KEYS = ("model", "state_dict")
@@ -150,43 +149,3 @@ def fit_report(model_shapes, state):
     mismatched = [(k, np.shape(state[k]), tuple(shape)) for k, shape in model_shapes.items()
                   if k in state and tuple(np.shape(state[k])) != tuple(shape)]
     return FitReport(missing, unexpected, mismatched)
-
-
-def identify(state):
-    """The dtkd backbones whose state_dict has exactly the keys and shapes of ``state``, as
-    strings such as ``"resnet32x4 (100 classes, 3 input channels)"`` (an empty list if none).
-    Builds each registered backbone once per (classes, channels); used for error messages."""
-    from .. import models  # the registry sits above dtkd.io; only this diagnosis needs it
-    keys = {k for k in state if not k.endswith(_TOLERATED_MISSING)}
-    found = []
-    for name in models.names():
-        shapes, stem, classifier = _signature(name, 100, 3)
-        if stem is None or {k for k in shapes if not k.endswith(_TOLERATED_MISSING)} != keys:
-            continue
-        stem_shape, classifier_shape = np.shape(state[stem]), np.shape(state[classifier])
-        if len(stem_shape) < 2 or len(classifier_shape) < 1:
-            continue
-        classes, channels = int(classifier_shape[0]), int(stem_shape[1])
-        if (classes, channels) != (100, 3):
-            try:
-                shapes, _, _ = _signature(name, classes, channels)
-            except ValueError:
-                continue
-        if all(tuple(np.shape(state[k])) == shapes[k] for k in keys):
-            found.append(f"{name} ({classes} classes, {channels} input channel"
-                         f"{'s' if channels != 1 else ''})")
-    return found
-
-
-@functools.lru_cache(maxsize=None)
-def _signature(name, num_classes, in_channels):
-    """(name -> shape of backbone ``name``'s state_dict, its first conv's weight key, its last
-    linear layer's weight key)."""
-    from .. import models, nn
-    model = models.create(name, num_classes=num_classes, in_channels=in_channels)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not convs or not linears:
-        return shapes, None, None
-    return shapes, f"{convs[0]}.weight", f"{linears[-1]}.weight"

@@ -83,7 +83,8 @@ def how_to_get_teacher(name, dataset=None):
         if demo:
             ways.append(f"use the demo's cached teacher: DISTILLER.TEACHER_CHECKPOINT {demo[-1]}")
         elif name == "resnet20":
-            ways.append("or run `python -m dtkd demo` once: it caches a resnet20 teacher under "
+            ways.append("or run `python -m dtkd demo` once: its teacher is "
+                        "dtkd_demo/teacher/model_best.npz, also cached under "
                         f"{_demo_folder()}")
     else:
         ways.append(f"use mdistiller's released CIFAR-100 teachers: download cifar_teachers.tar "

@@ -206,11 +206,12 @@ class Module:
         shapes = OrderedDict((name, arr.shape) for name, arr in self._state_entries())
         report = dtkd_io.fit_report(shapes, state)
         if report.mismatched or (strict and not report.ok):
-            ours = dtkd_io.identify(dict(self._state_entries()))
-            held = dtkd_io.identify(state)
-            this = f"this {type(self).__name__}" + (f" ({ours[0]})" if ours else "")
-            what = (f"holds a {' or a '.join(held)}, which does not fit {this}" if held else
-                    f"does not fit {this} (nor any dtkd backbone)")
+            # name the backbones (the registry sits above nn: imported for this message only)
+            from ..models import matches
+            ours, held = matches(dict(self._state_entries())), matches(state)
+            this = f"this {type(self).__name__}" + (f" ({_described(ours[0])})" if ours else "")
+            what = (f"holds a {' or a '.join(map(_described, held))}, which does not fit {this}"
+                    if held else f"does not fit {this} (nor any dtkd backbone)")
             raise dtkd_io.CheckpointError(f"{path}: {what}: {report.message()}")
         try:
             return self.load_state_dict(state, strict=False)
@@ -243,6 +244,11 @@ class Module:
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child_repr}")
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _described(match):
+    name, classes, channels = match
+    return f"{name} ({classes} classes, {channels} input channel{'s' if channels != 1 else ''})"
 
 
 class Sequential(Module):
