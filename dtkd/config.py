@@ -27,6 +27,7 @@ Teacher weights: ``DISTILLER.TEACHER_CHECKPOINT`` if set; otherwise the checkpoi
 ``DISTILLER.TEACHER`` in mdistiller's teachers layout, ``<teachers dir>/<TEACHER>_vanilla/
 ckpt_epoch_240.pth``, searched in ``DISTILLER.TEACHER_DIR``, then ``$DTKD_TEACHERS``, then
 ``./download_ckpts/cifar_teachers`` (see :mod:`dtkd.io.teachers`).
+
 The defaults are mdistiller's (mdistiller/engine/cfg.py) and the official DTKD repository's
 (JinYu1998/DTKD, same file), plus dtkd's own keys marked below.
 """
