@@ -85,7 +85,7 @@ def test_teacher_is_found_in_the_documented_order(tmp_path, monkeypatch):
     default_dir = cwd / "download_ckpts" / "cifar_teachers"
     paths = {d: put_teacher(d) for d in (config_dir, env_dir, default_dir)}
     monkeypatch.chdir(cwd)
-    monkeypatch.setenv("DTKD_TEACHERS", str(env_dir))
+    monkeypatch.setenv("DTKD_TEACHERS", "../from_env")  # relative to the cwd, made absolute
     cfg = load_config(None, ["DISTILLER.TYPE", "KD", "DISTILLER.TEACHER", "resnet8",
                              "DISTILLER.TEACHER_DIR", str(config_dir)])
     assert teacher_checkpoint(cfg) == paths[config_dir]

@@ -8,6 +8,7 @@ trainer. What ``python -m dtkd train`` does, callable from Python::
 The data, model and distiller modules are imported when called, so the engine imports without
 them.
 """
+import os
 from pathlib import Path
 
 from .. import io as dtkd_io
@@ -69,7 +70,7 @@ def teacher_checkpoint(cfg):
     if not explicit:
         return dtkd_io.find_teacher(cfg.DISTILLER.TEACHER, cfg.DISTILLER.TEACHER_DIR or None,
                                     dataset=cfg.DATASET.TYPE)
-    path = Path(explicit).expanduser().absolute()
+    path = Path(os.path.abspath(os.path.expanduser(explicit)))
     if path.exists():
         return path
     try:

@@ -34,11 +34,15 @@ def teacher_dirs(teacher_dir=None):
     """The teachers directories searched, in order, as (path, what set it) pairs."""
     dirs = []
     if teacher_dir:
-        dirs.append((Path(teacher_dir).expanduser(), "DISTILLER.TEACHER_DIR"))
-    if os.environ.get(TEACHERS_ENV):
-        dirs.append((Path(os.environ[TEACHERS_ENV]).expanduser(), f"${TEACHERS_ENV}"))
+        dirs.append((_absolute(teacher_dir), "DISTILLER.TEACHER_DIR"))
+    if os.environ.get(TEACHERS_ENV):  # relative: to the current directory, as any env path
+        dirs.append((_absolute(os.environ[TEACHERS_ENV]), f"${TEACHERS_ENV}"))
     dirs.append((Path.cwd() / DEFAULT_TEACHERS_DIR, "default, under the current directory"))
     return dirs
+
+
+def _absolute(path):
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def find_teacher(name, teacher_dir=None, dataset=None):
