@@ -174,7 +174,7 @@ def _cmd_eval(args):
     model = build_model(name, test, cfg.SEED)
     state = dtkd_io.load_teacher(args.checkpoint)
     _check_architecture(model, name, state, args)
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # checked: equal but for num_batches_tracked
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = evaluate(model, test_loader, progress)
     result.update(model=args.model or cfg.DISTILLER.STUDENT, checkpoint=args.checkpoint,
@@ -189,9 +189,9 @@ def _cmd_eval(args):
 
 def _check_architecture(model, name, state, args):
     """A checkpoint of another backbone than the one built: say which one it holds."""
-    from . import models
+    from . import io as dtkd_io, models
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if expected == {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}:
+    if dtkd_io.fit_report(expected, state).ok:  # (old PyTorch files lack num_batches_tracked)
         return
     held = models.identify(state)
     source = "--model" if args.model else "the config's DISTILLER.STUDENT"

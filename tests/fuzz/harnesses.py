@@ -493,6 +493,15 @@ def _checkpoint_seed():
         return path.read_bytes()
 
 
+def _saved(suffix, writer):
+    """The bytes of a small state_dict written by ``writer(path, state)``."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"seed{suffix}"
+        writer(path, {"conv1.weight": np.arange(54, dtype=np.float32).reshape(2, 3, 3, 3),
+                      "bn1.num_batches_tracked": np.array(3, np.int64)})
+        return path.read_bytes()
+
+
 def _read_cifar(path):
     from dtkd.data.cifar import _parse_split_file
     return _parse_split_file(path.read_bytes(), str(path), "fine_labels", 100)
@@ -512,6 +521,9 @@ PARSERS = {
                lambda: __import__("gzip").compress(_idx_seed())),
     "config": (".yaml", _read_config, _config_seed),
     "checkpoint": (".npz", lambda p: dtkd.io.load(p), _checkpoint_seed),
+    "pth": (".pth", lambda p: dtkd.io.load_pth(p), lambda: _saved(".pth", dtkd.io.save_pth)),
+    "safetensors": (".safetensors", lambda p: dtkd.io.load_safetensors(p),
+                    lambda: _saved(".safetensors", dtkd.io.save_safetensors)),
 }
 _SEEDS = {}
 
