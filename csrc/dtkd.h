@@ -29,6 +29,23 @@ enum dtkd_isa dtkd_isa(void);
 void dtkd_set_isa_limit(enum dtkd_isa limit);
 const char *dtkd_isa_name(enum dtkd_isa isa);
 
+/* What the CPU is and its data caches (csrc/runtime/cpu.c), detected once. A level absent from
+ * the machine has size 0. */
+struct dtkd_cache_level {
+    long size;     /* bytes, one instance */
+    int ways;      /* associativity */
+    int line;      /* bytes per line */
+    int shared_by; /* logical CPUs sharing one instance */
+};
+struct dtkd_cpu_info {
+    char vendor[16];     /* CPUID vendor string, e.g. "AuthenticAMD" */
+    char brand[64];      /* CPUID brand string */
+    int family, model, stepping;
+    struct dtkd_cache_level l1d, l2, l3;
+    const char *cache_source; /* "sysfs", "cpuid" or "default" */
+};
+const struct dtkd_cpu_info *dtkd_cpu_info(void);
+
 /* Threads (csrc/runtime/threads.c): OpenMP team size used by every parallel kernel. */
 void dtkd_set_num_threads(int n);
 int dtkd_get_num_threads(void);

@@ -23,15 +23,25 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define LOSSES_X86 1
+#else
+#define LOSSES_X86 0
+#endif
 
 /* Rows run in parallel only when a batch holds at least this many logits: below it the
  * OpenMP fork/join costs more than the second core saves (benchmarks/bench_losses.py). */
 #define PARALLEL_MIN_ELEMENTS 32768L
 
 #define INLINE static inline __attribute__((always_inline))
+#if LOSSES_X86
 #define SIMD_AVX2 __attribute__((target("avx2,fma"), noinline))
 #define SIMD_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma"), noinline))
+#else /* other CPUs: the "SIMD" builds are portable copies that dtkd_isa() never picks */
+#define SIMD_AVX2 __attribute__((noinline))
+#define SIMD_AVX512 __attribute__((noinline))
+#endif
 
 /* Three builds of one always-inline function: the compiler vectorizes the same C for each ISA. */
 #define ISA_VARIANTS(ret, name, params, args)                                                    \
@@ -165,6 +175,7 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
     return z;
 }
 
+#if LOSSES_X86
 /* ---- AVX-512 versions of the four row primitives KD, DTKD and DKD spend their time in ----
  * The generic C above vectorizes, but GCC lowers its `omp simd` reductions through stack
  * arrays reduced one lane at a time, and finishes each loop with a scalar tail (100 classes =
@@ -293,7 +304,9 @@ AVX512_ONLY __m512d log_pd8(__m512d x)
     return _mm512_fmadd_pd(e, _mm512_set1_pd(0.6931471805599453), log_m);
 }
 
+#endif
 typedef struct pair_moments pair_moments;
+#if LOSSES_X86
 AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
                                                 const dtkd_softmax_pair *pr, long skip, long n,
@@ -311,6 +324,7 @@ AVX512_ROW void pair_backward_cached_row_avx512(float *ds, const float *exp_s,
         _mm512_mask_storeu_ps(ds + j, m, g);
     }
 }
+#endif
 
 /* sum of x[0:n] and of x[j] y[j]. */
 INLINE double range_sum(const float *x, long n)
@@ -386,6 +400,7 @@ INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, cons
     }
 }
 
+#if LOSSES_X86
 AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
                                                 const dtkd_softmax_pair *pr, long skip, long n,
@@ -430,6 +445,42 @@ AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *
         }
     }
 }
+
+#else
+/* Not x86: the AVX-512 row primitives are never reached (`wide` is 0 in every build that
+ * dtkd_isa() can pick); these portable stand-ins keep the calls compiling. */
+INLINE int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s, float *m_t)
+{
+    return pair_max_finite(s, t, n, m_s, m_t);
+}
+INLINE long first_index_of_avx512(const float *x, float m, long n) { return first_index_of(x, m, n); }
+INLINE int row_max_finite_avx512(const float *x, long n, float *max)
+{
+    if (!row_finite(x, n)) return 0;
+    *max = range_max(x, 0, n);
+    return 1;
+}
+INLINE double exp_store_sum_avx512(float *e, const float *x, float shift, long n)
+{
+    for (long j = 0; j < n; j++) e[j] = exp_nonpos(x[j] - shift);
+    return range_sum(e, n);
+}
+INLINE void scale_row_avx512(float *x, float a, long n)
+{
+    for (long j = 0; j < n; j++) x[j] *= a;
+}
+INLINE void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t, const float *s,
+                                    const float *t, const dtkd_softmax_pair *pr, long skip, long n,
+                                    int full)
+{
+    pair_moments_row(acc, exp_s, exp_t, s, t, pr, skip, n);
+}
+INLINE void pair_backward_cached_row_avx512(float *ds, const float *exp_s, const float *exp_t,
+                                            float cq, float cp, long n)
+{
+    for (long j = 0; j < n; j++) ds[j] = cq * exp_s[j] - cp * exp_t[j];
+}
+#endif
 
 /* The row primitives by ISA: `wide` is a constant in each build of a row kernel, so the
  * choice folds away. */
@@ -827,6 +878,7 @@ typedef struct {
     double ratio, base, weight;
 } kl_pending;
 
+#if LOSSES_X86
 /* loss[i] = base + weight log(ratio) for every row. */
 static SIMD_AVX512 void finish_pending_avx512(float *loss, const kl_pending *pd, long N)
 {
@@ -847,12 +899,16 @@ static SIMD_AVX512 void finish_pending_avx512(float *loss, const kl_pending *pd,
     }
 }
 
+#endif
+
 static void finish_pending(float *loss, const kl_pending *pd, long N)
 {
+#if LOSSES_X86
     if (dtkd_isa() == DTKD_ISA_AVX512) {
         finish_pending_avx512(loss, pd, N);
         return;
     }
+#endif
     for (long i = 0; i < N; i++) loss[i] = (float)(pd[i].base + pd[i].weight * log(pd[i].ratio));
 }
 

@@ -25,7 +25,6 @@
  *          G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]. */
 #include "kernels/winograd.h"
 
-#include <immintrin.h>
 #include <omp.h>
 #include <string.h>
 
@@ -126,31 +125,36 @@ struct wino_geom {
 static size_t round_up(size_t n, size_t k) { return (n + k - 1) / k * k; }
 
 /* Tiles per block. The GEMMs tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
- * on every call, and computes rows in panels of 14: a block of 15 tiles costs as much as one of
- * 28), while V and M of a block (a*a*tiles*(C+O) floats) should stay in the L2 cache (1 MB per
- * core here; 0.75 MB of it leaves room for the packed GEMM panels). Measured at resnet32x4's
- * shapes (batch 64, 1 and 2 threads, 28..896 tiles): 56 tiles was best or within ~3% of the
- * best everywhere, larger blocks lost 3-10% once V and M left L2, smaller ones lost to the GEMM;
- * the exception was few tiles on 2 threads (256 channels at 8x8: 256 tiles), where one block
- * per thread (128) beat 56 (5 blocks, 3 rounds) by ~8%. So: the L2 bound, at least 56; among
- * sizes up to it (and, on several threads, one block per thread when that is at most 256 tiles),
- * the one minimizing the modelled time rounds * (rows rounded to 14 + ~16 rows for packing u). */
-static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles, int nthreads)
+ * on every call, and computes rows in panels of its micro-kernel's mr: a block of mr + 1 tiles
+ * costs as much as one of 2 mr), while V and M of a block (a*a*tiles*(C+O) floats) should stay
+ * in the L2 cache (3/4 of it, leaving room for the packed GEMM panels). Measured on Zen 4
+ * (1 MB L2, mr 14 then) at resnet32x4's shapes (batch 64, 1 and 2 threads, 28..896 tiles):
+ * 56 tiles was best or within ~3% of the best everywhere, larger blocks lost 3-10% once V and M
+ * left L2, smaller ones lost to the GEMM; the exception was few tiles on 2 threads (256
+ * channels at 8x8: 256 tiles), where one block per thread (128) beat 56 (5 blocks, 3 rounds)
+ * by ~8%. So: the L2 bound (of this CPU, and the mr of the micro-kernel the GEMM will take),
+ * at least 56; among sizes up to it (and, on several threads, one block per thread when that
+ * is at most 256 tiles), the one minimizing the modelled time rounds * (rows rounded to mr +
+ * ~16 rows for packing u). */
+static long choose_block_tiles(long c_pad, long o_pad, long O, int a, long tiles, int nthreads)
 {
-    const long l2_floats = 192 * 1024;
+    const enum dtkd_isa isa = dtkd_isa();
+    const long mr = dtkd_sgemm_choose(isa, 56, O)->mr;
+    const long l2_floats = dtkd_sgemm_machine(isa)->l2.size / (long)sizeof(float) * 3 / 4;
     long max_tiles = l2_floats / ((long)a * a * (c_pad + o_pad));
     if (max_tiles < 56) max_tiles = 56;
     if (max_tiles > 256) max_tiles = 256;
     if (max_tiles > tiles) max_tiles = tiles;
     const long one_per_thread = nthreads > 1 ? (tiles + nthreads - 1) / nthreads : 0;
     long best = max_tiles, best_cost = -1;
-    for (long t = 14; t <= 256 && t <= tiles; t++) {
+    for (long t = mr; t <= 256 && t <= tiles; t++) {
         if (t > max_tiles && t != one_per_thread) continue;
         long blocks = (tiles + t - 1) / t;
         long rounds = (blocks + nthreads - 1) / nthreads;
-        long cost = rounds * ((t + 13) / 14 * 14 + 16);
+        long cost = rounds * ((t + mr - 1) / mr * mr + 16);
         if (best_cost < 0 || cost <= best_cost) best = t, best_cost = cost;  /* ties: larger */
     }
+    if (tiles < mr) best = tiles;
     return best;
 }
 
@@ -165,7 +169,7 @@ static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O
     g->tiles = N * g->tiles_h * g->tiles_w;
     g->c_pad = (long)round_up((size_t)C, LANES);
     g->o_pad = (long)round_up((size_t)O, LANES);
-    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, g->a, g->tiles, nthreads);
+    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, O, g->a, g->tiles, nthreads);
     g->blocks = (g->tiles + g->block_tiles - 1) / g->block_tiles;
     g->strip_w = g->tiles_w * m + 2;
     const size_t aa = (size_t)g->a * g->a;
@@ -267,6 +271,9 @@ unpack_output_strip(float *y, const float *strip, long strip_w, const struct win
  * through registers and a transpose instead of 256 scalar loads and stores (-20% of the
  * total time at 64 channels, 32x32). The same with 8 x 8 AVX2 transposes for the AVX2 path
  * measured no faster than the compiled loops (24.5 ms both), so that path keeps those. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define WINOGRAD_X86 1
 #define AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx2,fma")))
 
 /* r[i] = row i of a 16 x 16 block -> r[j] = column j. */
@@ -355,6 +362,24 @@ unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
         }
     }
 }
+
+#else
+/* Not x86: the AVX-512 strip copies are never called (dtkd_isa() reports scalar); these
+ * stand-ins keep process_block's two branches compiling. */
+#define WINOGRAD_X86 0
+static void pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, long C,
+                                    long H, long W, long h0, long w0, int rows, long cols)
+{
+    pack_input_strip(strip, strip_w, x, c0, C, H, W, h0, w0, rows, cols);
+}
+static void unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
+                                       const struct wino_epilogue *ep, const float *res, long o0,
+                                       long O, long H, long W, long h0, long w0, int rows,
+                                       long cols)
+{
+    unpack_output_strip(y, strip, strip_w, ep, res, o0, O, H, W, h0, w0, rows, cols);
+}
+#endif
 
 /* ---- transforms on 16-channel vectors ---- */
 
@@ -521,8 +546,10 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
         return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                        \
     }
 
+#if WINOGRAD_X86
 DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, 1)
 DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))), 0)
+#endif
 DEFINE_BLOCK_FN(block_portable, , 0)
 
 int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
@@ -550,8 +577,10 @@ int winograd_conv3x3_forward(float *y, const float *x, const float *u, const flo
     int (*block_fn)(const struct wino_geom *, float *, const float *, const float *,
                     const struct wino_epilogue *, long, long, float *);
     switch (dtkd_isa()) {
+#if WINOGRAD_X86
     case DTKD_ISA_AVX512: block_fn = block_avx512; break;
     case DTKD_ISA_AVX2: block_fn = block_avx2; break;
+#endif
     default: block_fn = block_portable; break;
     }
 
