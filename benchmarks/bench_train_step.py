@@ -130,7 +130,7 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
 
 # -- PyTorch --------------------------------------------------------------------------------------
 
-def torch_resnet(torch, depth, widths, num_classes=100):
+def torch_resnet(torch, depth, widths, num_classes=100, in_channels=3):
     """mdistiller's CIFAR ResNet written from the architecture (BasicBlock, 1x1+BN shortcut)."""
     tnn = torch.nn
 
@@ -155,7 +155,8 @@ def torch_resnet(torch, depth, widths, num_classes=100):
         layers += [Block(cin if j == 0 else cout, cout, stride if j == 0 else 1)
                    for j in range((depth - 2) // 6)]
         cin = cout
-    return tnn.Sequential(tnn.Conv2d(3, widths[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(widths[0]),
+    return tnn.Sequential(tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                          tnn.BatchNorm2d(widths[0]),
                           tnn.ReLU(), *layers, tnn.AvgPool2d(8), tnn.Flatten(),
                           tnn.Linear(widths[3], num_classes))
 
