@@ -20,6 +20,19 @@ enum dtkd_status {
     DTKD_ERR_NOMEM = 5,      /* a workspace allocation failed */
 };
 
+/* Memory (csrc/runtime/alloc.c): dtkd's allocation functions, 64-byte aligned, NULL on failure
+ * (-> DTKD_ERR_NOMEM -> MemoryError). */
+void *dtkd_malloc(size_t bytes);
+void dtkd_free(void *p);
+
+/* Workspace arena (csrc/runtime/arena.c): scratch blocks kept across calls. acquire returns a
+ * 64-byte aligned block of >= floats floats (NULL: out of memory) that only the caller uses
+ * until it releases it; trim frees the cached blocks not in use (returns the bytes freed). */
+float *dtkd_workspace_acquire(size_t floats);
+void dtkd_workspace_release(float *p);
+size_t dtkd_workspace_trim(void);
+size_t dtkd_workspace_cached_bytes(void);
+
 /* CPU features, detected once (csrc/runtime/cpu.c). */
 enum dtkd_isa { DTKD_ISA_SCALAR = 0, DTKD_ISA_AVX2 = 1, DTKD_ISA_AVX512 = 2 };
 int dtkd_cpu_has_avx2_fma(void);

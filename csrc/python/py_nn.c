@@ -149,9 +149,9 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     int st;
     DTKD_BEGIN_NOGIL
     long len = dtkd_conv2d_forward_workspace(&d, dtkd_get_num_threads());
-    float *ws = len ? malloc(len * sizeof(float)) : NULL;
+    float *ws = len ? dtkd_workspace_acquire((size_t)len) : NULL;
     st = len && !ws ? DTKD_ERR_NOMEM : dtkd_conv2d_forward(F32(y), ws, len, F32(x), F32(w), b, &d);
-    free(ws);
+    dtkd_workspace_release(ws);
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
@@ -192,11 +192,11 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     int st;
     DTKD_BEGIN_NOGIL
     long len = dtkd_conv2d_backward_workspace(&d, dtkd_get_num_threads(), dw != NULL);
-    float *ws = len ? malloc(len * sizeof(float)) : NULL;
+    float *ws = len ? dtkd_workspace_acquire((size_t)len) : NULL;
     st = len && !ws ? DTKD_ERR_NOMEM
                     : dtkd_conv2d_backward(dx ? F32(dx) : NULL, dw, db, ws, len, F32(dy), F32(x),
                                            F32(w), &d);
-    free(ws);
+    dtkd_workspace_release(ws);
     DTKD_END_NOGIL
     if (st) {
         Py_XDECREF(dx);
@@ -230,10 +230,10 @@ static PyObject *py_conv3x3_backward_weight(PyObject *self, PyObject *args)
     int st;
     DTKD_BEGIN_NOGIL
     long len = dtkd_conv3x3_backward_weight_workspace(N, C, H, W, O);
-    float *ws = malloc(len * sizeof(float));
+    float *ws = dtkd_workspace_acquire((size_t)len);
     st = !ws ? DTKD_ERR_NOMEM
              : dtkd_conv3x3_backward_weight(F32(dw), ws, len, F32(dy), F32(x), N, C, H, W, O);
-    free(ws);
+    dtkd_workspace_release(ws);
     DTKD_END_NOGIL
     if (st) return dtkd_raise_status(st, "conv3x3_backward_weight");
     Py_RETURN_NONE;

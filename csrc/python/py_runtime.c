@@ -163,7 +163,22 @@ static PyObject *py_sgemm_force_kernel(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_workspace_trim(PyObject *self, PyObject *noargs)
+{
+    return PyLong_FromSize_t(dtkd_workspace_trim());
+}
+
+static PyObject *py_workspace_cached_bytes(PyObject *self, PyObject *noargs)
+{
+    return PyLong_FromSize_t(dtkd_workspace_cached_bytes());
+}
+
 PyMethodDef dtkd_runtime_methods[] = {
+    {"workspace_trim", py_workspace_trim, METH_NOARGS,
+     "workspace_trim() -> int: free the kernels' cached workspace blocks (bytes freed). They are "
+     "kept across calls so a training step reuses them instead of allocating per call."},
+    {"workspace_cached_bytes", py_workspace_cached_bytes, METH_NOARGS,
+     "workspace_cached_bytes() -> int: bytes held by the workspace arena."},
     {"sgemm_force_kernel", py_sgemm_force_kernel, METH_VARARGS,
      "sgemm_force_kernel(isa, index): every SGEMM on `isa` uses micro-kernel `index` of "
      "sgemm_configs(isa) (-1: the model's choice per problem). For autotune and tests."},
