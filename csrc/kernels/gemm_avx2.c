@@ -15,6 +15,11 @@
         long kc, const float *restrict a, const float *restrict b, long ldb, float *restrict c, \
         long ldc, float alpha, float beta)                                                     \
     {                                                                                          \
+        /* C's rows are far apart: start fetching them now (as gemm_avx512.c) */                \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                                 \
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);                            \
+            _mm_prefetch((const char *)(c + i * ldc + 8 * NV - 1), _MM_HINT_T0);               \
+        }                                                                                      \
         __m256 acc[MR][NV];                                                                    \
         _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                                   \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[i][v] = _mm256_setzero_ps(); \
