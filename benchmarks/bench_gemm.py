@@ -155,7 +155,7 @@ def main():
                    help="cpu: time 1-thread runs by process CPU time (shared machines)")
     args = p.parse_args()
     feats = _C.cpu_features()
-    isas = (["avx512"] if feats["avx512f"] else []) + (["avx2"] if feats["avx2_fma"] else [])
+    isas = (["avx512"] if feats["avx512"] else []) + (["avx2"] if feats["avx2_fma"] else [])
     isas += ["scalar"]
     problems = [(f"square {n}", n, n, n, 0, 0) for n in (256, 512, 1024, 2048)]
     problems.append(("square 1024 TT", 1024, 1024, 1024, 1, 1))

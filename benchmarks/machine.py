@@ -10,7 +10,7 @@ def describe(threads=(1,), seconds=0.2):
     import dtkd
     from dtkd import _C
     f = dtkd.cpu_features()
-    isas = ["avx512"] if f["avx512f"] else []
+    isas = ["avx512"] if f["avx512"] else []
     isas += ["avx2"] if f["avx2_fma"] else []
     peaks = ", ".join(f"{isa} {t}T {_C.fma_peak_gflops(isa, seconds, t):.1f}"
                       for isa in isas for t in threads)

@@ -36,7 +36,18 @@ size_t dtkd_workspace_cached_bytes(void);
 /* CPU features, detected once (csrc/runtime/cpu.c). */
 enum dtkd_isa { DTKD_ISA_SCALAR = 0, DTKD_ISA_AVX2 = 1, DTKD_ISA_AVX512 = 2 };
 int dtkd_cpu_has_avx2_fma(void);
-int dtkd_cpu_has_avx512f(void);
+int dtkd_cpu_has_avx512(void); /* every feature of DTKD_TARGET_AVX512 */
+
+/* The target attributes of the SIMD paths. dtkd_isa() picks a path only when the CPU has every
+ * feature its attribute names (csrc/runtime/cpu.c; tests/test_portability.py keeps the lists in
+ * step). Off x86 they are empty and only the portable path runs. */
+#if defined(__x86_64__) || defined(__i386__)
+#define DTKD_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define DTKD_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
+#else
+#define DTKD_TARGET_AVX2
+#define DTKD_TARGET_AVX512
+#endif
 /* Best ISA the CPU supports, capped by dtkd_set_isa_limit (tests and benchmarks force a path). */
 enum dtkd_isa dtkd_isa(void);
 void dtkd_set_isa_limit(enum dtkd_isa limit);

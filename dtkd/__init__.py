@@ -6,9 +6,53 @@ Submodules: ``dtkd.losses`` (functional losses with gradients), and, as they lan
 """
 import importlib as _importlib
 
-from . import _C
-from . import tuning as _tuning
 from ._version import __version__
+
+
+def _load_extension():
+    """Import the compiled core, or say exactly why it is missing and how to get it."""
+    from pathlib import Path
+    package = Path(__file__).resolve().parent
+    source_tree = (package.parent / "csrc").is_dir() and (package.parent / "setup.py").is_file()
+    try:
+        from . import _C
+    except ImportError as e:
+        if not source_tree:
+            raise ImportError(f"dtkd's compiled extension dtkd._C failed to load ({e}); "
+                              "reinstall dtkd: python -m pip install --force-reinstall dtkd") from e
+        built = sorted(p.name for p in package.glob("_C.*"))
+        raise ImportError(
+            f"dtkd is being imported from its source folder {package} (the current directory, "
+            "or something on sys.path, puts it first), and the compiled extension dtkd._C is not "
+            "built there" + (f" for this Python (found {', '.join(built)})" if built else "") +
+            f". Build it in place with `python -m pip install -e .` in {package.parent} (the "
+            "README's set-up does this), or run from another directory to use an installed "
+            "dtkd.") from e
+    if source_tree:
+        _warn_if_stale(package, _C)
+    return _C
+
+
+def _warn_if_stale(package, extension):
+    """In a source checkout, warn when a C source is newer than the built extension (a `git
+    pull` or an edit since the last `pip install -e .`): its kernels would not be the code."""
+    import os
+    import warnings
+    try:
+        built = os.stat(extension.__file__).st_mtime
+        newest = max((p for p in (package.parent / "csrc").rglob("*.[ch]")),
+                     key=lambda p: p.stat().st_mtime, default=None)
+    except OSError:
+        return
+    if newest is not None and newest.stat().st_mtime > built + 1.0:
+        warnings.warn(f"dtkd._C ({extension.__file__}) is older than {newest}: the C sources changed "
+                      f"since it was built; rebuild with `python -m pip install -e .` in "
+                      f"{package.parent}", RuntimeWarning, stacklevel=3)
+
+
+_C = _load_extension()
+
+from . import tuning as _tuning  # noqa: E402 (needs _C)
 
 _tuning.apply_cached()  # a no-op (one stat) unless dtkd.autotune() ran on this CPU model
 

@@ -146,8 +146,11 @@ def _cmd_eval(args):
         set_num_threads(cfg.NUM_THREADS)
     test = build_dataset(cfg, "test")
     test_loader = build_test_loader(cfg, test)
-    model = build_model(args.model or cfg.DISTILLER.STUDENT, test, cfg.SEED)
-    model.load_state_dict(dtkd_io.load_teacher(args.checkpoint))
+    name = args.model or cfg.DISTILLER.STUDENT
+    model = build_model(name, test, cfg.SEED)
+    state = dtkd_io.load_teacher(args.checkpoint)
+    _check_architecture(model, name, state, args)
+    model.load_state_dict(state)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = evaluate(model, test_loader, progress)
     result.update(model=args.model or cfg.DISTILLER.STUDENT, checkpoint=args.checkpoint,
@@ -158,6 +161,28 @@ def _cmd_eval(args):
         print(f"{result['model']} on {result['dataset']} test ({result['n']} images): "
               f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     return 0
+
+
+def _check_architecture(model, name, state, args):
+    """A checkpoint of another backbone than the one built: say which one it holds."""
+    from . import models
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if expected == {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}:
+        return
+    held = models.identify(state)
+    source = "--model" if args.model else "the config's DISTILLER.STUDENT"
+    if held:
+        raise ValueError(f"{args.checkpoint} holds a {' or '.join(held)}, not a {name} ({source}); "
+                         f"pass --model {held[0]}")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(state)
+                      if tuple(getattr(state[k], "shape", ())) != expected[k])
+    detail = "; ".join(f"{what} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                       for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                          ("reshaped", reshaped)) if keys)
+    raise ValueError(f"{args.checkpoint} does not fit {name} ({source}) and matches no dtkd "
+                     f"backbone: {detail}; pass --model NAME (python -m dtkd models lists them)")
 
 
 def _cmd_demo(args):

@@ -262,6 +262,7 @@ _DEFAULTS = {
         "TYPE": "cifar100",
         "NUM_WORKERS": 2,       # accepted for mdistiller configs; dtkd's loader runs in-process
         "ROOT": "",             # dtkd: data directory; "" = $DTKD_DATA / cache / system paths
+        "DOWNLOAD": False,      # dtkd: fetch missing dataset files from the official URLs (MD5-checked)
         "SUBSET": 0,            # dtkd: train on this many samples (seeded pick); 0 = all
         "AUGMENT": True,        # dtkd: random crop 32 pad 4 + horizontal flip on training batches
         "TEST": {

@@ -25,7 +25,7 @@ def _supported_isas(features):
     out = ["scalar"]
     if features["avx2_fma"]:
         out.append("avx2")
-    if features["avx512f"]:
+    if features["avx512"]:
         out.append("avx512")
     return out
 
@@ -57,7 +57,7 @@ def _why(cfg, machine, chosen_isa):
 def cpu_features(measure_peak=False):
     """The CPU and what dtkd chose for it.
 
-    Keys: ``avx2_fma``, ``avx512f``, ``isa`` (the SIMD path the kernels take), ``vendor``,
+    Keys: ``avx2_fma``, ``avx512``, ``isa`` (the SIMD path the kernels take), ``vendor``,
     ``brand``, ``family``, ``model``, ``l1d``/``l2``/``l3`` (size, ways, line, shared_by) and
     ``cache_source``; ``gemm``: for the path in use, the machine facts (``fma_in_flight``,
     ``vector_floats``, ``registers``), each micro-kernel's ``mr``, ``nr``, ``kc``, ``mc``,

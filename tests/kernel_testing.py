@@ -61,4 +61,4 @@ def available_isas():
     """The SIMD paths this CPU can run, as names accepted by _C.set_isa."""
     features = _C.cpu_features()
     return ["scalar"] + (["avx2"] if features["avx2_fma"] else []) + (
-        ["avx512"] if features["avx512f"] else [])
+        ["avx512"] if features["avx512"] else [])

@@ -79,3 +79,59 @@ def test_tiny_train_run_through_the_cli_beats_chance(tmp_path):
                         "DISTILLER.STUDENT", "resnet8", "DATASET.TEST.SUBSET", "500", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(max(r["test_acc"] for r in records))
+    # the config's student is resnet20; the checkpoint holds a resnet8: say so, name --model
+    wrong = run_cli("eval", "--cfg", "fashion_mnist/teacher.yaml", "--checkpoint",
+                    str(out / "model_best.npz"), "--no-progress", "DATASET.TEST.SUBSET", "500",
+                    cwd=tmp_path)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "holds a resnet8, not a resnet20" in wrong.stderr and "--model resnet8" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    named = run_cli("eval", "--cfg", "fashion_mnist/teacher.yaml", "--checkpoint",
+                    str(out / "model_best.npz"), "--model", "resnet8", "--json", "--no-progress",
+                    "DATASET.TEST.SUBSET", "500", cwd=tmp_path)
+    assert named.returncode == 0 and json.loads(named.stdout)["model"] == "resnet8"
+
+
+def test_eval_of_a_checkpoint_no_backbone_fits_lists_the_mismatch(tmp_path):
+    import numpy as np
+    from dtkd import io as dtkd_io, models
+    state = models.create("resnet8", num_classes=10, in_channels=1).state_dict()
+    state["fc.weight"] = np.zeros((10, 7), np.float32)  # fits nothing
+    dtkd_io.save(tmp_path / "odd.npz", {"model": state})
+    result = run_cli("eval", "--cfg", "fashion_mnist/teacher.yaml", "--checkpoint",
+                     str(tmp_path / "odd.npz"), "--model", "resnet8", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "matches no dtkd backbone: reshaped 1 (fc.weight)" in result.stderr
+
+
+def test_missing_data_error_names_the_cli_way_to_provide_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("DTKD_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = run_cli("train", "--cfg", "fashion_mnist/vanilla.yaml",
+                     "DATASET.TYPE", "cifar100", "DATASET.ROOT", str(tmp_path / "empty"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "DATASET.DOWNLOAD True" in result.stderr and "DATASET.ROOT" in result.stderr
+
+
+def test_dataset_download_key_reaches_the_loader(monkeypatch):
+    from dtkd import data
+    from dtkd.config import load_config
+    from dtkd.engine.build import build_dataset
+    seen = {}
+
+    def fake_load(name, split, root=None, download=False, pad_to=None):
+        seen.update(name=name, download=download)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(data, "load_dataset", fake_load)
+    cfg = load_config("fashion_mnist/vanilla.yaml", ["DATASET.DOWNLOAD", "True"])
+    with pytest.raises(FileNotFoundError):
+        build_dataset(cfg, "train")
+    assert seen == {"name": "fashion_mnist", "download": True}
+
+
+def test_missing_teacher_error_says_how_to_get_one(tmp_path):
+    result = run_cli("train", "--cfg", "fashion_mnist/dtkd.yaml", "DATASET.SUBSET", "64", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not found" in result.stderr
+    assert "python -m dtkd train --cfg fashion_mnist/teacher.yaml" in result.stderr

@@ -167,7 +167,7 @@ def test_cifar_found_through_dtkd_data_and_the_cache_dir(tmp_path, monkeypatch):
 
 
 def test_cifar_missing_everywhere_says_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cifar-100-python.tar.gz.*download=True"):
+    with pytest.raises(FileNotFoundError, match="cifar-100-python.tar.gz.*download=True.*DATASET.DOWNLOAD True"):
         load_dataset("cifar100", "train", root=tmp_path)
 
 

@@ -519,7 +519,7 @@ long dtkd_conv3x3_backward_weight_workspace(long N, long C, long H, long W, long
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-__attribute__((target("avx512f,avx512dq,avx2,fma")))
+DTKD_TARGET_AVX512
 static void dw3_block_avx512(float *dw, const float *dyp, const float *xp,
                              const struct dw3_geom *g, long o0, long n0, long nn)
 {
@@ -556,7 +556,7 @@ static void dw3_block_avx512(float *dw, const float *dyp, const float *xp,
 
 /* The same on AVX2: 4 output channels x 3 shifts in 12 ymm accumulators; each dy load feeds
  * 3 FMAs, each x load 4. */
-__attribute__((target("avx2,fma")))
+DTKD_TARGET_AVX2
 static void dw3_block_avx2(float *dw, const float *dyp, const float *xp, const struct dw3_geom *g,
                            long o0, long n0, long nn)
 {

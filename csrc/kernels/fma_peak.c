@@ -52,14 +52,14 @@ static double thread_seconds(void)
     } while (0)
 
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) static float fma_chain_avx512(long iters)
+DTKD_TARGET_AVX512 static float fma_chain_avx512(long iters)
 {
     __m512 s;
     FMA_ONE_CHAIN(__m512, _mm512_set1_ps, _mm512_fmadd_ps, iters, s);
     return _mm512_reduce_add_ps(s);
 }
 
-__attribute__((target("avx2,fma"))) static float fma_chain_avx2(long iters)
+DTKD_TARGET_AVX2 static float fma_chain_avx2(long iters)
 {
     __m256 s;
     FMA_ONE_CHAIN(__m256, _mm256_set1_ps, _mm256_fmadd_ps, iters, s);
@@ -68,14 +68,14 @@ __attribute__((target("avx2,fma"))) static float fma_chain_avx2(long iters)
     return lanes[0] + lanes[7];
 }
 
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) static float fma_chains_avx512(long iters)
+DTKD_TARGET_AVX512 static float fma_chains_avx512(long iters)
 {
     __m512 s;
     FMA_CHAINS(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, iters, s);
     return _mm512_reduce_add_ps(s);
 }
 
-__attribute__((target("avx2,fma"))) static float fma_chains_avx2(long iters)
+DTKD_TARGET_AVX2 static float fma_chains_avx2(long iters)
 {
     __m256 s;
     FMA_CHAINS(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, iters, s);
@@ -111,7 +111,7 @@ static float fma_chain_scalar(long iters)
 static float (*chains_for(enum dtkd_isa isa, int *lanes))(long)
 {
 #if defined(__x86_64__) || defined(__i386__)
-    if (isa == DTKD_ISA_AVX512 && dtkd_cpu_has_avx512f()) { *lanes = 16; return fma_chains_avx512; }
+    if (isa == DTKD_ISA_AVX512 && dtkd_cpu_has_avx512()) { *lanes = 16; return fma_chains_avx512; }
     if (isa == DTKD_ISA_AVX2 && dtkd_cpu_has_avx2_fma()) { *lanes = 8; return fma_chains_avx2; }
 #endif
     if (isa == DTKD_ISA_SCALAR) { *lanes = 4; return fma_chains_scalar; }

@@ -11,7 +11,7 @@
  * BLIS uses on Haswell/Zen) and 4x24 (12 accumulators, fewer loads per FMA, and no edge rows
  * when M is a multiple of 4, as the output channels of a conv are). */
 #define DEFINE_AVX2_KERNEL(name, MR, NV)                                                       \
-    __attribute__((target("avx2,fma"))) static void name(                                      \
+    DTKD_TARGET_AVX2 static void name(                                      \
         long kc, const float *restrict a, const float *restrict b, long ldb, float *restrict c, \
         long ldc, float alpha, float beta)                                                     \
     {                                                                                          \
@@ -50,7 +50,7 @@ DEFINE_AVX2_KERNEL(sgemm_kernel_avx2_4x24, 4, 3)
 /* dst[p * ldd + r] = src[r * lds + p] for r < 8, p < kc: the transposing copy behind packing
  * a row-major A or a transposed B, by 8 x 8 in-register transposes (the portable loop does one
  * strided scalar store per float). Also used by the AVX-512 path. */
-__attribute__((target("avx2,fma"))) void
+DTKD_TARGET_AVX2 void
 dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, long kc)
 {
     long p = 0;

@@ -12,7 +12,7 @@
 #define NV (NR / 16)
 
 /* c (MR x NR) = alpha * a_panel (kc x MR) . b_panel (kc x NR) + beta * c */
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void
+DTKD_TARGET_AVX512 static void
 sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, long ldb,
                     float *restrict c, long ldc, float alpha, float beta)
 {

@@ -25,9 +25,9 @@
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
-#define LOSSES_X86 1
+#define X86_SIMD 1
 #else
-#define LOSSES_X86 0
+#define X86_SIMD 0 /* elsewhere only the portable builds run (dtkd_isa() is scalar) */
 #endif
 
 /* Rows run in parallel only when a batch holds at least this many logits: below it the
@@ -35,13 +35,8 @@
 #define PARALLEL_MIN_ELEMENTS 32768L
 
 #define INLINE static inline __attribute__((always_inline))
-#if LOSSES_X86
-#define SIMD_AVX2 __attribute__((target("avx2,fma"), noinline))
-#define SIMD_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma"), noinline))
-#else /* other CPUs: the "SIMD" builds are portable copies that dtkd_isa() never picks */
-#define SIMD_AVX2 __attribute__((noinline))
-#define SIMD_AVX512 __attribute__((noinline))
-#endif
+#define SIMD_AVX2 DTKD_TARGET_AVX2 __attribute__((noinline))
+#define SIMD_AVX512 DTKD_TARGET_AVX512 __attribute__((noinline))
 
 /* Three builds of one always-inline function: the compiler vectorizes the same C for each ISA. */
 #define ISA_VARIANTS(ret, name, params, args)                                                    \
@@ -175,7 +170,6 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
     return z;
 }
 
-#if LOSSES_X86
 /* ---- AVX-512 versions of the four row primitives KD, DTKD and DKD spend their time in ----
  * The generic C above vectorizes, but GCC lowers its `omp simd` reductions through stack
  * arrays reduced one lane at a time, and finishes each loop with a scalar tail (100 classes =
@@ -183,10 +177,11 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
  * vector and reduce in registers; same formulas, same polynomial (fused multiply-adds). The
  * kernels below call them only from their AVX-512 builds (the `wide` flag). */
 
-#define AVX512_ONLY static inline __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline))
+#if X86_SIMD
+#define AVX512_ONLY static inline DTKD_TARGET_AVX512 __attribute__((always_inline))
 /* Inlined into the AVX-512 builds of the row kernels; the other builds keep a (never taken)
  * call, since GCC does not inline across incompatible targets. */
-#define AVX512_ROW static inline __attribute__((target("avx512f,avx512dq,avx2,fma")))
+#define AVX512_ROW static inline DTKD_TARGET_AVX512
 
 /* Lanes [0, n) of a 16-lane block (n may exceed 16). */
 AVX512_ONLY __mmask16 lanes_below(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
@@ -304,14 +299,17 @@ AVX512_ONLY __m512d log_pd8(__m512d x)
     return _mm512_fmadd_pd(e, _mm512_set1_pd(0.6931471805599453), log_m);
 }
 
-#endif
+#endif /* X86_SIMD */
+
 typedef struct pair_moments pair_moments;
-#if LOSSES_X86
+#if X86_SIMD
 AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
                                                 const dtkd_softmax_pair *pr, long skip, long n,
                                                 int full);
+#endif
 
+#if X86_SIMD
 AVX512_ROW void pair_backward_cached_row_avx512(float *ds, const float *exp_s,
                                                         const float *exp_t, float cq, float cp,
                                                         long n)
@@ -400,7 +398,7 @@ INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, cons
     }
 }
 
-#if LOSSES_X86
+#if X86_SIMD
 AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *exp_t,
                                                 const float *s, const float *t,
                                                 const dtkd_softmax_pair *pr, long skip, long n,
@@ -446,9 +444,8 @@ AVX512_ROW void pair_moments_row_avx512(pair_moments *acc, float *exp_s, float *
     }
 }
 
-#else
-/* Not x86: the AVX-512 row primitives are never reached (`wide` is 0 in every build that
- * dtkd_isa() can pick); these portable stand-ins keep the calls compiling. */
+#else /* !X86_SIMD: the wide primitives' names on the portable code, so the row kernels
+       * compile unchanged; they never run (the AVX-512 builds are never picked). */
 INLINE int pair_max_finite_avx512(const float *s, const float *t, long n, float *m_s, float *m_t)
 {
     return pair_max_finite(s, t, n, m_s, m_t);
@@ -456,9 +453,8 @@ INLINE int pair_max_finite_avx512(const float *s, const float *t, long n, float 
 INLINE long first_index_of_avx512(const float *x, float m, long n) { return first_index_of(x, m, n); }
 INLINE int row_max_finite_avx512(const float *x, long n, float *max)
 {
-    if (!row_finite(x, n)) return 0;
     *max = range_max(x, 0, n);
-    return 1;
+    return row_finite(x, n);
 }
 INLINE double exp_store_sum_avx512(float *e, const float *x, float shift, long n)
 {
@@ -480,7 +476,7 @@ INLINE void pair_backward_cached_row_avx512(float *ds, const float *exp_s, const
 {
     for (long j = 0; j < n; j++) ds[j] = cq * exp_s[j] - cp * exp_t[j];
 }
-#endif
+#endif /* X86_SIMD */
 
 /* The row primitives by ISA: `wide` is a constant in each build of a row kernel, so the
  * choice folds away. */
@@ -878,8 +874,8 @@ typedef struct {
     double ratio, base, weight;
 } kl_pending;
 
-#if LOSSES_X86
 /* loss[i] = base + weight log(ratio) for every row. */
+#if X86_SIMD
 static SIMD_AVX512 void finish_pending_avx512(float *loss, const kl_pending *pd, long N)
 {
     for (long i0 = 0; i0 < N; i0 += 8) {
@@ -898,12 +894,11 @@ static SIMD_AVX512 void finish_pending_avx512(float *loss, const kl_pending *pd,
         for (int l = 0; l < len; l++) loss[i0 + l] = out[l];
     }
 }
-
 #endif
 
 static void finish_pending(float *loss, const kl_pending *pd, long N)
 {
-#if LOSSES_X86
+#if X86_SIMD
     if (dtkd_isa() == DTKD_ISA_AVX512) {
         finish_pending_avx512(loss, pd, N);
         return;

@@ -25,6 +25,12 @@
  *          G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]. */
 #include "kernels/winograd.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define X86_SIMD 1
+#else
+#define X86_SIMD 0 /* elsewhere only the portable block runs (dtkd_isa() is scalar) */
+#endif
 #include <omp.h>
 #include <string.h>
 
@@ -271,13 +277,9 @@ unpack_output_strip(float *y, const float *strip, long strip_w, const struct win
  * through registers and a transpose instead of 256 scalar loads and stores (-20% of the
  * total time at 64 channels, 32x32). The same with 8 x 8 AVX2 transposes for the AVX2 path
  * measured no faster than the compiled loops (24.5 ms both), so that path keeps those. */
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define WINOGRAD_X86 1
-#define AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx2,fma")))
-
+#if X86_SIMD
 /* r[i] = row i of a 16 x 16 block -> r[j] = column j. */
-static inline AVX512_TARGET void transpose16x16(__m512 r[16])
+static inline DTKD_TARGET_AVX512 void transpose16x16(__m512 r[16])
 {
     __m512 t[16];
     for (int i = 0; i < 8; i++) {
@@ -311,7 +313,7 @@ static inline __mmask16 first_lanes(long n)
 }
 
 /* As pack_input_strip. */
-static AVX512_TARGET void
+static DTKD_TARGET_AVX512 void
 pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, long C, long H,
                         long W, long h0, long w0, int rows, long cols)
 {
@@ -334,7 +336,7 @@ pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, lon
 }
 
 /* As unpack_output_strip. */
-static AVX512_TARGET void
+static DTKD_TARGET_AVX512 void
 unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
                            const struct wino_epilogue *ep, const float *res, long o0, long O,
                            long H, long W, long h0, long w0, int rows, long cols)
@@ -362,24 +364,10 @@ unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
         }
     }
 }
-
-#else
-/* Not x86: the AVX-512 strip copies are never called (dtkd_isa() reports scalar); these
- * stand-ins keep process_block's two branches compiling. */
-#define WINOGRAD_X86 0
-static void pack_input_strip_avx512(float *strip, long strip_w, const float *x, long c0, long C,
-                                    long H, long W, long h0, long w0, int rows, long cols)
-{
-    pack_input_strip(strip, strip_w, x, c0, C, H, W, h0, w0, rows, cols);
-}
-static void unpack_output_strip_avx512(float *y, const float *strip, long strip_w,
-                                       const struct wino_epilogue *ep, const float *res, long o0,
-                                       long O, long H, long W, long h0, long w0, int rows,
-                                       long cols)
-{
-    unpack_output_strip(y, strip, strip_w, ep, res, o0, O, H, W, h0, w0, rows, cols);
-}
-#endif
+#else /* !X86_SIMD: the AVX-512 names on the portable copies, never picked at run time */
+#define pack_input_strip_avx512 pack_input_strip
+#define unpack_output_strip_avx512 unpack_output_strip
+#endif /* X86_SIMD */
 
 /* ---- transforms on 16-channel vectors ---- */
 
@@ -546,10 +534,8 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
         return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                        \
     }
 
-#if WINOGRAD_X86
-DEFINE_BLOCK_FN(block_avx512, AVX512_TARGET, 1)
-DEFINE_BLOCK_FN(block_avx2, __attribute__((target("avx2,fma"))), 0)
-#endif
+DEFINE_BLOCK_FN(block_avx512, DTKD_TARGET_AVX512, 1)
+DEFINE_BLOCK_FN(block_avx2, DTKD_TARGET_AVX2, 0)
 DEFINE_BLOCK_FN(block_portable, , 0)
 
 int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
@@ -577,10 +563,8 @@ int winograd_conv3x3_forward(float *y, const float *x, const float *u, const flo
     int (*block_fn)(const struct wino_geom *, float *, const float *, const float *,
                     const struct wino_epilogue *, long, long, float *);
     switch (dtkd_isa()) {
-#if WINOGRAD_X86
     case DTKD_ISA_AVX512: block_fn = block_avx512; break;
     case DTKD_ISA_AVX2: block_fn = block_avx2; break;
-#endif
     default: block_fn = block_portable; break;
     }
 

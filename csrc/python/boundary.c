@@ -2,6 +2,19 @@
 #include "boundary.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+PyObject *dtkd_raise(PyObject *type, const char *fmt, ...)
+{
+    char message[1024];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    PyErr_SetString(type, message);
+    return NULL;
+}
 
 static const char *dtype_name(int typenum)
 {
@@ -14,23 +27,23 @@ static const char *dtype_name(int typenum)
 PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, int ndim)
 {
     if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name,
+        dtkd_raise(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name,
                      Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (PyArray_TYPE(a) != typenum) {
-        PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got %s", name, dtype_name(typenum),
+        dtkd_raise(PyExc_TypeError, "%s: expected dtype %s, got %s", name, dtype_name(typenum),
                      dtype_name(PyArray_TYPE(a)));
         return NULL;
     }
     if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s: expected a %d-D array, got %d-D", name, ndim,
+        dtkd_raise(PyExc_ValueError, "%s: expected a %d-D array, got %d-D", name, ndim,
                      PyArray_NDIM(a));
         return NULL;
     }
     if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous aligned array "
+        dtkd_raise(PyExc_ValueError, "%s: expected a C-contiguous aligned array "
                      "(use numpy.ascontiguousarray)", name);
         return NULL;
     }
@@ -55,7 +68,7 @@ PyArrayObject *dtkd_check_shape(PyObject *obj, const char *name, int typenum, in
                 pg += snprintf(got + pg, sizeof got - pg, "%s%ld", j ? ", " : "", (long)dims[j]);
                 if (pw >= (int)sizeof want || pg >= (int)sizeof got) break;
             }
-            PyErr_Format(PyExc_ValueError, "%s: expected shape (%s), got (%s)", name, want, got);
+            dtkd_raise(PyExc_ValueError, "%s: expected shape (%s), got (%s)", name, want, got);
             return NULL;
         }
     }
@@ -67,7 +80,7 @@ PyArrayObject *dtkd_check_output(PyObject *obj, const char *name, int typenum, i
 {
     PyArrayObject *a = dtkd_check_shape(obj, name, typenum, ndim, shape);
     if (a && !PyArray_ISWRITEABLE(a)) {
-        PyErr_Format(PyExc_ValueError, "%s: output array is read-only", name);
+        dtkd_raise(PyExc_ValueError, "%s: output array is read-only", name);
         return NULL;
     }
     return a;
@@ -89,7 +102,7 @@ int dtkd_check_finite(PyArrayObject *arr, const char *name)
         Py_END_ALLOW_THREADS
     }
     if (bad) {
-        PyErr_Format(PyExc_ValueError, "%s: contains NaN or Inf", name);
+        dtkd_raise(PyExc_ValueError, "%s: contains NaN or Inf", name);
         return -1;
     }
     return 0;

@@ -41,9 +41,13 @@ int dtkd_check_finite(PyArrayObject *arr, const char *name);
  * in its message. Returns NULL so a binding can `return dtkd_raise_status(st, "...")`. */
 PyObject *dtkd_raise_status(int status, const char *context);
 
-/* Shorthand for the raise-and-return-NULL idiom. */
-#define DTKD_VALUE_ERR(...) (PyErr_Format(PyExc_ValueError, __VA_ARGS__), (PyObject *)NULL)
-#define DTKD_TYPE_ERR(...) (PyErr_Format(PyExc_TypeError, __VA_ARGS__), (PyObject *)NULL)
+/* Raise `type` with a message formatted by C's printf (so %g, %e and %.3f work, which
+ * PyErr_Format lacks: before Python 3.12 it copies them unformatted, from 3.12 it raises
+ * SystemError) and return NULL. The compiler checks the arguments against the format. Use it,
+ * or the two shorthands below, for every message with a number in it. */
+PyObject *dtkd_raise(PyObject *type, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define DTKD_VALUE_ERR(...) dtkd_raise(PyExc_ValueError, __VA_ARGS__)
+#define DTKD_TYPE_ERR(...) dtkd_raise(PyExc_TypeError, __VA_ARGS__)
 
 /* Method tables, one per kernel family; module.c joins them into dtkd._C. Each is terminated
  * by a {NULL} sentinel. */

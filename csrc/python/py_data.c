@@ -66,11 +66,8 @@ static PyObject *py_augment_batch(PyObject *self, PyObject *args)
                                   -out_h, (long)H, -out_w, (long)W);
     }
     for (npy_intp c = 0; c < C; c++)
-        if (!(sd[c] > 0.0f)) {
-            char value[32];  /* PyErr_Format has no %g */
-            snprintf(value, sizeof value, "%g", (double)sd[c]);
-            return DTKD_VALUE_ERR("std: entry %ld is %s, must be > 0", (long)c, value);
-        }
+        if (!(sd[c] > 0.0f))
+            return DTKD_VALUE_ERR("std: entry %ld is %g, must be > 0", (long)c, (double)sd[c]);
 
     const npy_intp out_shape[4] = {B, C, out_h, out_w};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(4, out_shape, NPY_FLOAT32);

@@ -51,7 +51,7 @@ static int check_finite_matrix(PyArrayObject *a, long ld, const char *name)
         for (long j = 0; j < cols; j++) bad |= (p[i * ld + j] & 0x7f800000u) == 0x7f800000u;
     DTKD_END_NOGIL
     if (bad) {
-        PyErr_Format(PyExc_ValueError, "%s: contains NaN or Inf", name);
+        dtkd_raise(PyExc_ValueError, "%s: contains NaN or Inf", name);
         return -1;
     }
     return 0;

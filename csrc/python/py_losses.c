@@ -17,12 +17,12 @@ static PyArrayObject *check_logits(PyObject *obj, const char *name, long min_cla
     if (!a) return NULL;
     npy_intp n = PyArray_DIM(a, 0), c = PyArray_DIM(a, 1);
     if (n < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: expected at least one sample (N >= 1), got shape (%ld, %ld)",
+        dtkd_raise(PyExc_ValueError, "%s: expected at least one sample (N >= 1), got shape (%ld, %ld)",
                      name, (long)n, (long)c);
         return NULL;
     }
     if (c < min_classes) {
-        PyErr_Format(PyExc_ValueError, "%s: expected at least %ld classes (C >= %ld), got shape (%ld, %ld)",
+        dtkd_raise(PyExc_ValueError, "%s: expected at least %ld classes (C >= %ld), got shape (%ld, %ld)",
                      name, min_classes, min_classes, (long)n, (long)c);
         return NULL;
     }
@@ -35,7 +35,7 @@ static PyArrayObject *check_like(PyObject *obj, const char *name, PyArrayObject 
     PyArrayObject *a = dtkd_check_array(obj, name, NPY_FLOAT32, 2);
     if (!a) return NULL;
     if (PyArray_DIM(a, 0) != PyArray_DIM(like, 0) || PyArray_DIM(a, 1) != PyArray_DIM(like, 1)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected the shape of %s (%ld, %ld), got (%ld, %ld)",
+        dtkd_raise(PyExc_ValueError, "%s: expected the shape of %s (%ld, %ld), got (%ld, %ld)",
                      name, like_name, (long)PyArray_DIM(like, 0), (long)PyArray_DIM(like, 1),
                      (long)PyArray_DIM(a, 0), (long)PyArray_DIM(a, 1));
         return NULL;
@@ -80,7 +80,7 @@ static PyObject *raise_for(int status, const char *fn, PyArrayObject *a, const c
 static int check_nargs(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
 {
     if (nargs == expected) return 0;
-    PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", fn, expected, nargs);
+    dtkd_raise(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", fn, expected, nargs);
     return -1;
 }
 

@@ -32,7 +32,7 @@ static PyArrayObject *finite_input(PyObject *obj, const char *name, int ndim,
     ok = dtkd_all_finite(F32(a), (long)PyArray_SIZE(a));
     DTKD_END_NOGIL
     if (!ok) {
-        PyErr_Format(PyExc_ValueError, "%s: contains NaN or Inf", name);
+        dtkd_raise(PyExc_ValueError, "%s: contains NaN or Inf", name);
         return NULL;
     }
     return a;
@@ -42,7 +42,7 @@ static PyArrayObject *finite_input(PyObject *obj, const char *name, int ndim,
 static int nonempty(PyArrayObject *a, const char *name)
 {
     if (PyArray_SIZE(a) > 0) return 0;
-    PyErr_Format(PyExc_ValueError, "%s: empty array (a dimension is 0)", name);
+    dtkd_raise(PyExc_ValueError, "%s: empty array (a dimension is 0)", name);
     return -1;
 }
 
@@ -57,7 +57,7 @@ static PyObject *raise_x_status(int st, const char *context)
 static int at_least(long v, long lo, const char *name)
 {
     if (v >= lo) return 0;
-    PyErr_Format(PyExc_ValueError, "%s: must be >= %ld, got %ld", name, lo, v);
+    dtkd_raise(PyExc_ValueError, "%s: must be >= %ld, got %ld", name, lo, v);
     return -1;
 }
 
@@ -95,18 +95,18 @@ static int conv_dims(struct dtkd_conv2d_dims *d, PyArrayObject *x, PyArrayObject
                                    .KH = ws[2], .KW = ws[3], .SH = sh, .SW = sw, .PH = ph,
                                    .PW = pw, .G = groups};
     if (d->C % groups) {
-        PyErr_Format(PyExc_ValueError, "groups: %ld does not divide the %ld input channels of x",
+        dtkd_raise(PyExc_ValueError, "groups: %ld does not divide the %ld input channels of x",
                      groups, d->C);
         return -1;
     }
     if (d->O % groups) {
-        PyErr_Format(PyExc_ValueError,
+        dtkd_raise(PyExc_ValueError,
                      "groups: %ld does not divide the %ld output channels of w (w.shape[0])",
                      groups, d->O);
         return -1;
     }
     if (ws[1] != d->C / groups) {
-        PyErr_Format(PyExc_ValueError,
+        dtkd_raise(PyExc_ValueError,
                      "w: expected w.shape[1] == C/groups = %ld (x has C=%ld channels, groups=%ld), "
                      "got w of shape (%ld, %ld, %ld, %ld)",
                      d->C / groups, d->C, groups, (long)ws[0], (long)ws[1], (long)ws[2],
@@ -114,7 +114,7 @@ static int conv_dims(struct dtkd_conv2d_dims *d, PyArrayObject *x, PyArrayObject
         return -1;
     }
     if (d->H + 2 * ph < d->KH || d->W + 2 * pw < d->KW) {
-        PyErr_Format(PyExc_ValueError,
+        dtkd_raise(PyExc_ValueError,
                      "w: kernel %ldx%ld is larger than the padded input of x (%ldx%ld with "
                      "pad_h=%ld, pad_w=%ld)",
                      d->KH, d->KW, d->H + 2 * ph, d->W + 2 * pw, ph, pw);
@@ -244,7 +244,7 @@ static PyObject *py_conv3x3_backward_weight(PyObject *self, PyObject *args)
 static int finite_positive(double v, const char *name)
 {
     if (isfinite(v) && v > 0) return 0;
-    PyErr_Format(PyExc_ValueError, "%s: must be finite and > 0, got %g", name, v);
+    dtkd_raise(PyExc_ValueError, "%s: must be finite and > 0, got %g", name, v);
     return -1;
 }
 
@@ -475,11 +475,11 @@ static int pool_geometry(long *OH, long *OW, long H, long W, long kernel, long s
     if (at_least(kernel, 1, "kernel") || at_least(stride, 1, "stride") || at_least(pad, 0, "pad"))
         return -1;
     if (pad > kernel / 2) {
-        PyErr_Format(PyExc_ValueError, "pad: must be <= kernel/2 = %ld, got %ld", kernel / 2, pad);
+        dtkd_raise(PyExc_ValueError, "pad: must be <= kernel/2 = %ld, got %ld", kernel / 2, pad);
         return -1;
     }
     if (H < 1 || W < 1 || dtkd_pool2d_out_size(OH, OW, H, W, kernel, stride, pad)) {
-        PyErr_Format(PyExc_ValueError,
+        dtkd_raise(PyExc_ValueError,
                      "kernel: %ld is larger than the padded input (%ldx%ld with pad=%ld)", kernel,
                      H + 2 * pad, W + 2 * pad, pad);
         return -1;
@@ -644,7 +644,7 @@ static int linear_dims(PyArrayObject *x, PyArrayObject *w, long *N, long *IN, lo
     if (nonempty(x, "x") || nonempty(w, "w")) return -1;
     const npy_intp *xs = PyArray_DIMS(x), *ws = PyArray_DIMS(w);
     if (ws[1] != xs[1]) {
-        PyErr_Format(PyExc_ValueError,
+        dtkd_raise(PyExc_ValueError,
                      "w: expected shape (out, %ld) to match x of shape (%ld, %ld), got (%ld, %ld)",
                      (long)xs[1], (long)xs[0], (long)xs[1], (long)ws[0], (long)ws[1]);
         return -1;

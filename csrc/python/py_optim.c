@@ -48,20 +48,20 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kwargs)
     if (!grads) goto done;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(params);
     if (PySequence_Fast_GET_SIZE(grads) != count) {
-        PyErr_Format(PyExc_ValueError, "grads: expected %zd arrays (one per param), got %zd", count,
+        dtkd_raise(PyExc_ValueError, "grads: expected %zd arrays (one per param), got %zd", count,
                        PySequence_Fast_GET_SIZE(grads));
         goto done;
     }
     int use_bufs = momentum != 0;
     if (use_bufs) {
         if (bufs_obj == Py_None) {
-            PyErr_Format(PyExc_ValueError, "momentum_buffers: required when momentum != 0, got None");
+            dtkd_raise(PyExc_ValueError, "momentum_buffers: required when momentum != 0, got None");
             goto done;
         }
         bufs = PySequence_Fast(bufs_obj, "momentum_buffers: expected a list of float32 arrays");
         if (!bufs) goto done;
         if (PySequence_Fast_GET_SIZE(bufs) != count) {
-            PyErr_Format(PyExc_ValueError, "momentum_buffers: expected %zd arrays (one per param), got %zd", count,
+            dtkd_raise(PyExc_ValueError, "momentum_buffers: expected %zd arrays (one per param), got %zd", count,
                            PySequence_Fast_GET_SIZE(bufs));
             goto done;
         }
@@ -102,7 +102,8 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kwargs)
         dtkd_raise_status(status, "sgd_step");
         goto done;
     }
-    result = Py_NewRef(Py_None);
+    Py_INCREF(Py_None); /* not Py_NewRef: that needs Python 3.10 */
+    result = Py_None;
 done:
     PyMem_Free(param_ptrs);
     PyMem_Free(buf_ptrs);

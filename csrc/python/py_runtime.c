@@ -26,9 +26,10 @@ static PyObject *cache_dict(const struct dtkd_cache_level *c)
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs)
 {
     const struct dtkd_cpu_info *ci = dtkd_cpu_info();
+    /* "avx512": every feature the AVX-512 path is compiled for (avx512f, avx512dq, avx2, fma) */
     return Py_BuildValue("{s:O,s:O,s:s,s:s,s:s,s:i,s:i,s:i,s:N,s:N,s:N,s:s}", "avx2_fma",
-                         dtkd_cpu_has_avx2_fma() ? Py_True : Py_False, "avx512f",
-                         dtkd_cpu_has_avx512f() ? Py_True : Py_False, "isa",
+                         dtkd_cpu_has_avx2_fma() ? Py_True : Py_False, "avx512",
+                         dtkd_cpu_has_avx512() ? Py_True : Py_False, "isa",
                          dtkd_isa_name(dtkd_isa()), "vendor", ci->vendor, "brand", ci->brand,
                          "family", ci->family, "model", ci->model, "stepping", ci->stepping,
                          "l1d", cache_dict(&ci->l1d), "l2", cache_dict(&ci->l2), "l3",
@@ -45,7 +46,7 @@ static int isa_from_name(const char *name, enum dtkd_isa *isa)
         return -1;
     }
     int supported = *isa == DTKD_ISA_SCALAR || (*isa == DTKD_ISA_AVX2 && dtkd_cpu_has_avx2_fma()) ||
-                    (*isa == DTKD_ISA_AVX512 && dtkd_cpu_has_avx512f());
+                    (*isa == DTKD_ISA_AVX512 && dtkd_cpu_has_avx512());
     if (!supported) {
         PyErr_Format(PyExc_ValueError, "isa: this CPU does not support '%s'", name);
         return -1;

@@ -10,7 +10,7 @@
 static int check_tile(int m)
 {
     if (m != 2 && m != 4) {
-        PyErr_Format(PyExc_ValueError, "m: output tile size must be 2 or 4, got %d", m);
+        dtkd_raise(PyExc_ValueError, "m: output tile size must be 2 or 4, got %d", m);
         return -1;
     }
     return 0;
@@ -25,7 +25,7 @@ static PyArrayObject *transform_weights(PyObject *w_obj, int m, int backward)
     if (!w) return NULL;
     const npy_intp O = PyArray_DIM(w, 0), C = PyArray_DIM(w, 1);
     if (O == 0 || C == 0) {
-        PyErr_Format(PyExc_ValueError, "w: expected a non-empty (O, C, 3, 3) array, got "
+        dtkd_raise(PyExc_ValueError, "w: expected a non-empty (O, C, 3, 3) array, got "
                      "(%ld, %ld, 3, 3)", (long)O, (long)C);
         return NULL;
     }
@@ -159,7 +159,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
     if (!dy) goto fail;
     const npy_intp N = PyArray_DIM(dy, 0), H = PyArray_DIM(dy, 2), W = PyArray_DIM(dy, 3);
     if (N == 0 || H == 0 || W == 0) {
-        PyErr_Format(PyExc_ValueError, "dy: expected a non-empty (N, O, H, W) array, got (%ld, "
+        dtkd_raise(PyExc_ValueError, "dy: expected a non-empty (N, O, H, W) array, got (%ld, "
                      "%ld, %ld, %ld)", (long)N, (long)O, (long)H, (long)W);
         goto fail;
     }

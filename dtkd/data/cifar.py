@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset, data_roots, download_root
+from .dataset import WHERE_TO_PUT_DATA, Dataset, data_roots, download_root
 from .dataset import download as _download_file
 
 CIFAR100_CLASSES = (
@@ -160,8 +160,7 @@ def load_cifar(name, split="train", root=None, download=False):
         searched = ", ".join(str(r) for r in data_roots(root))
         raise FileNotFoundError(
             f"{name}: found neither {spec['archive']} nor {spec['folder']}/ in {searched}. "
-            f"Put the official archive ({spec['url']}) there, pass root=, set DTKD_DATA, or "
-            f"use download=True")
+            f"Put the official archive ({spec['url']}) in one of them, {WHERE_TO_PUT_DATA}")
     names = spec["files"][split]
     if location.is_file():
         blobs = [(f"{location}:{n}", raw) for n, raw in zip(names, _read_members(location, names))]

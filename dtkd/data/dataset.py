@@ -124,6 +124,13 @@ def data_roots(root=None):
     return roots
 
 
+# The ways to provide missing data files, in the words of both ways of asking for data (the
+# Python API's arguments and the config keys the CLI takes): one text for every loader.
+WHERE_TO_PUT_DATA = ("pass the folder (Python: root=...; config or command line: DATASET.ROOT "
+                     "<folder>), set DTKD_DATA to it, or let dtkd download the files (Python: "
+                     "download=True; config or command line: DATASET.DOWNLOAD True)")
+
+
 def download_root(root=None):
     """Where downloads go: ``root``, else $DTKD_DATA, else the user cache directory."""
     return data_roots(root)[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset, data_roots, download_root
+from .dataset import WHERE_TO_PUT_DATA, Dataset, data_roots, download_root
 from .dataset import download as _download_file
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -114,8 +114,8 @@ def load_fashion_mnist(split="train", root=None, download=False):
         searched = ", ".join(str(d) for d in search_dirs(root))
         raise FileNotFoundError(
             f"fashion_mnist: {FILES[split][0]}[.gz] and {FILES[split][1]}[.gz] not found in "
-            f"{searched}. Install Debian's dataset-fashion-mnist, pass root=, set DTKD_DATA, "
-            f"or use download=True")
+            f"{searched}. Install Debian's dataset-fashion-mnist (apt-get install "
+            f"dataset-fashion-mnist), or {WHERE_TO_PUT_DATA}")
     images_path, labels_path = found
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)

@@ -54,7 +54,9 @@ class Trainer:
     train_loader, val_loader : iterables of ``(x float32 NCHW, y int64)``; the train loader's
         ``state_dict()``/``load_state_dict()`` (if it has them) are checkpointed for resume.
     out_dir : where checkpoints and logs go (created).
-    progress : tqdm bars on epochs and steps; None = only when stderr is a terminal.
+    progress : True: tqdm bars on epochs and steps (and a line per epoch); None (default): bars
+        when stderr is a terminal, otherwise plain lines on stdout for a log file — one per epoch
+        and, within an epoch, one every ``heartbeat_s`` seconds; False: nothing printed.
     optimizer : defaults to ``dtkd.optim.SGD`` over the student's parameters with
         SOLVER.MOMENTUM / WEIGHT_DECAY / NESTEROV. Any object with ``lr`` (settable), ``step()``,
         ``zero_grad()``, ``state_dict()``, ``load_state_dict()`` works.
@@ -67,7 +69,7 @@ class Trainer:
     """
 
     def __init__(self, cfg, distiller, train_loader, val_loader, out_dir, progress=None,
-                 optimizer=None):
+                 optimizer=None, heartbeat_s=60.0):
         self.cfg = cfg
         self.distiller = distiller
         self.student = distiller.student
@@ -75,6 +77,9 @@ class Trainer:
         self.val_loader = val_loader
         self.out_dir = Path(out_dir)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        # no bars because the output is not a terminal (a log file, a pipe): plain lines instead
+        self.log_lines = progress is None and not self.progress
+        self.heartbeat_s = heartbeat_s
         self.optimizer = optimizer if optimizer is not None else _default_optimizer(cfg, self.student)
         self.epoch = 0            # last completed epoch
         self.best_acc = None      # best test top-1 so far (percent)
@@ -119,8 +124,10 @@ class Trainer:
         self.student.train()
         meter = _EpochMeter()
         start = time.perf_counter()
-        steps = tqdm(self.train_loader, desc=f"epoch {epoch}", total=_len_or_none(self.train_loader),
+        total = _len_or_none(self.train_loader)
+        steps = tqdm(self.train_loader, desc=f"epoch {epoch}", total=total,
                      leave=False, disable=not self.progress, dynamic_ncols=True)
+        last_line = start
         for step, (x, y) in enumerate(steps):
             self.optimizer.zero_grad()
             stats = self.distiller.train_step(x, y, epoch)
@@ -133,6 +140,11 @@ class Trainer:
             meter.update(stats, y)
             if self.progress:
                 steps.set_postfix(loss=f"{meter.mean('loss'):.4f}", lr=f"{lr:.4g}")
+            elif self.log_lines and time.perf_counter() - last_line >= self.heartbeat_s:
+                last_line = time.perf_counter()
+                of = f"/{total}" if total is not None else ""
+                print(f"epoch {epoch}: step {step + 1}{of}  loss {meter.mean('loss'):.4f}  "
+                      f"{last_line - start:.0f} s", flush=True)
         steps.close()
         train_time = time.perf_counter() - start
         val = self.evaluate()
@@ -153,6 +165,8 @@ class Trainer:
         self._append_logs(record)
         if self.progress:
             tqdm.write(_one_line(record))
+        elif self.log_lines:
+            print(_one_line(record) + f"  ({record['epoch_time_s']:.0f} s)", flush=True)
         return record
 
     def evaluate(self, loader=None):

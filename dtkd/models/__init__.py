@@ -7,7 +7,7 @@ from .. import nn
 from . import resnet as _resnet
 from .resnet import BasicBlock, ResNet
 
-__all__ = ["create", "names", "count_parameters", "count_flops", "ResNet", "BasicBlock"]
+__all__ = ["create", "names", "identify", "count_parameters", "count_flops", "ResNet", "BasicBlock"]
 
 _REGISTRY = {name: _resnet.resnet for name in _resnet.ARCHS}
 
@@ -27,6 +27,28 @@ def create(name, num_classes=100, in_channels=3, seed=0):
             raise ValueError(f"{arg}: expected a positive int, got {value!r}")
     return _REGISTRY[name](name, num_classes=int(num_classes), in_channels=int(in_channels),
                            rng=np.random.default_rng(seed))
+
+
+def identify(state_dict, num_classes=None, in_channels=None):
+    """Names of the backbones whose ``state_dict`` has exactly these keys and shapes (what a
+    checkpoint holds). ``num_classes`` / ``in_channels`` default to what the state_dict's
+    shapes say (the last 1-D entry and the first 4-D one)."""
+    shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
+    if num_classes is None:
+        vectors = [s for s in shapes.values() if len(s) == 1]
+        num_classes = vectors[-1][0] if vectors else 100
+    if in_channels is None:
+        kernels = [s for s in shapes.values() if len(s) == 4]
+        in_channels = kernels[0][1] if kernels else 3
+    found = []
+    for name in names():
+        try:
+            model = create(name, num_classes=int(num_classes), in_channels=int(in_channels))
+        except ValueError:
+            continue
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
+            found.append(name)
+    return found
 
 
 def count_parameters(model):
