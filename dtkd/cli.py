@@ -4,6 +4,7 @@
     python -m dtkd train --cfg cifar100/dtkd/res32x4_res8x4.yaml --resume
     python -m dtkd eval --cfg fashion_mnist/dtkd.yaml --checkpoint output/.../model_best.npz
     python -m dtkd demo
+    python -m dtkd plot output/fashion_mnist/dtkd_resnet20_resnet8 [RUN_DIR ...]
     python -m dtkd models
     python -m dtkd configs
 
@@ -62,6 +63,24 @@ def build_parser():
                       help="arguments for the demo (see `python -m dtkd demo --help` once "
                            "the demo is installed)")
     demo.set_defaults(func=_cmd_demo)
+
+    plot = sub.add_parser("plot", help="draw the paper's figures from run directories",
+                          description="Draws what the runs' logs support into PNGs: test "
+                          "accuracy per epoch (all runs), per-sample temperatures over training and "
+                          "teacher/student sharpness (DTKD runs), student accuracy vs teacher size "
+                          "(runs with two or more teachers), and with --tsne a t-SNE of the "
+                          "students' pooled features. A folder that is not a run is searched for "
+                          "runs (e.g. the demo's output).")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                      help="run directories (holding log.jsonl), or folders holding runs")
+    plot.add_argument("--out", default="dtkd_plots", metavar="DIR",
+                      help="folder for the PNGs (default ./dtkd_plots)")
+    plot.add_argument("--tsne", action="store_true",
+                      help="also a t-SNE of each run's student features on test images (needs "
+                           "scikit-learn, the run's model_best.npz and its dataset)")
+    plot.add_argument("--tsne-samples", type=int, default=1000, metavar="N",
+                      help="test images in the t-SNE (default 1000)")
+    plot.set_defaults(func=_cmd_plot)
 
     models = sub.add_parser("models", help="list backbones with parameter counts and FLOPs")
     models.add_argument("--num-classes", type=int, default=100, help="classes (default 100)")
@@ -150,7 +169,7 @@ def _cmd_eval(args):
     model = build_model(name, test, cfg.SEED)
     state = dtkd_io.load_teacher(args.checkpoint)
     _check_architecture(model, name, state, args)
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # checked: equal but for num_batches_tracked
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = evaluate(model, test_loader, progress)
     result.update(model=args.model or cfg.DISTILLER.STUDENT, checkpoint=args.checkpoint,
@@ -165,9 +184,9 @@ def _cmd_eval(args):
 
 def _check_architecture(model, name, state, args):
     """A checkpoint of another backbone than the one built: say which one it holds."""
-    from . import models
+    from . import io as dtkd_io, models
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if expected == {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}:
+    if dtkd_io.fit_report(expected, state).ok:  # (old PyTorch files lack num_batches_tracked)
         return
     held = models.identify(state)
     source = "--model" if args.model else "the config's DISTILLER.STUDENT"
@@ -193,6 +212,15 @@ def _cmd_demo(args):
             raise
         raise NotImplementedError("the demo (dtkd.demo) is not part of this build yet") from None
     return demo_main(args.demo_args)
+
+
+def _cmd_plot(args):
+    from . import plots
+    plots.pyplot().switch_backend("Agg")  # files only, no window; says how to install matplotlib
+    if args.tsne_samples < 2:
+        raise ValueError(f"--tsne-samples: expected at least 2 images, got {args.tsne_samples}")
+    plots.draw_all(args.runs, args.out, with_tsne=args.tsne, tsne_samples=args.tsne_samples)
+    return 0
 
 
 def _cmd_models(args):

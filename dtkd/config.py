@@ -8,19 +8,43 @@ the command line overrides it further with dotted ``KEY VALUE`` pairs::
 
 Every key must already exist in the defaults (a typo is an error that lists close matches), and
 every value is coerced to the type of its default (``SOLVER.EPOCHS 1.5`` is an error).
+
+Paths a run reads (:data:`PATH_KEYS`: ``DISTILLER.TEACHER_CHECKPOINT``, ``DISTILLER.TEACHER_DIR``,
+``DATASET.ROOT``) are made absolute when they are merged, so the same config means the same
+files wherever the command is typed. A relative path resolves against
+
+* the folder of the YAML file that sets it, for your own config files (keep a config next to
+  its teacher: ``TEACHER_CHECKPOINT: teachers/resnet32x4.pth``);
+* the current directory for command-line overrides, :meth:`CfgNode.merge_from_dict`, and the
+  configs shipped inside dtkd (their relative paths point into run outputs, which
+  ``LOG.PREFIX: ./output`` puts under the current directory, as in mdistiller).
+
+``~`` is expanded. ``LOG.PREFIX`` (where a run writes) stays relative to the current directory,
+as in mdistiller. A value assigned in Python (``cfg.DISTILLER.TEACHER_CHECKPOINT = "t.pth"``) is
+kept as given and read relative to the current directory when used.
+
+Teacher weights: ``DISTILLER.TEACHER_CHECKPOINT`` if set; otherwise the checkpoint of
+``DISTILLER.TEACHER`` in mdistiller's teachers layout, ``<teachers dir>/<TEACHER>_vanilla/
+ckpt_epoch_240.pth``, searched in ``DISTILLER.TEACHER_DIR``, then ``$DTKD_TEACHERS``, then
+``./download_ckpts/cifar_teachers`` (see :mod:`dtkd.io.teachers`).
+
 The defaults are mdistiller's (mdistiller/engine/cfg.py) and the official DTKD repository's
 (JinYu1998/DTKD, same file), plus dtkd's own keys marked below.
 """
 import copy
 import difflib
+import os
 from pathlib import Path
 
 import yaml
 
 __all__ = ["CfgNode", "ConfigError", "get_default_config", "load_config", "resolve_config_path",
-           "shipped_configs", "CONFIG_DIR"]
+           "shipped_configs", "CONFIG_DIR", "PATH_KEYS"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Keys naming files or folders a run reads: anchored to a base folder when merged (docstring).
+PATH_KEYS = ("DATASET.ROOT", "DISTILLER.TEACHER_CHECKPOINT", "DISTILLER.TEACHER_DIR")
 
 # Keys whose value must be one of a fixed set; checked after every merge.
 _CHOICES = {
@@ -72,9 +96,11 @@ class CfgNode(dict):
         """The tree as YAML text (what ``load_config`` reads back)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
-    def merge_from_dict(self, tree, source="config"):
-        """Override existing keys from a nested dict; unknown keys and wrong types raise."""
-        _merge(self, tree, prefix="", source=source)
+    def merge_from_dict(self, tree, source="config", base=None):
+        """Override existing keys from a nested dict; unknown keys and wrong types raise.
+        Relative :data:`PATH_KEYS` values are anchored to ``base`` (default: the current
+        directory)."""
+        _merge(self, tree, prefix="", source=source, base=Path.cwd() if base is None else Path(base))
         _check_choices(self, source)
 
     def merge_from_file(self, path):
@@ -92,7 +118,11 @@ class CfgNode(dict):
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level, "
                               f"got {type(tree).__name__}")
-        self.merge_from_dict(tree, source=str(path))
+        # relative paths in the file mean "next to this file", except in the shipped configs
+        # (see the module docstring)
+        folder = path.resolve().parent
+        shipped = folder == CONFIG_DIR or CONFIG_DIR in folder.parents
+        self.merge_from_dict(tree, source=str(path), base=None if shipped else folder)
 
     def merge_from_list(self, overrides):
         """Apply command-line overrides ``[KEY, VALUE, KEY, VALUE, ...]`` (dotted keys)."""
@@ -107,7 +137,8 @@ class CfgNode(dict):
                     raise ConfigError(_unknown_key_message(part, node, prefix, source="command line"))
                 node = node[part]
             prefix = ".".join(leaf[:-1])
-            _merge(node, {leaf[-1]: _parse_text(text)}, prefix=prefix, source="command line")
+            _merge(node, {leaf[-1]: _parse_text(text)}, prefix=prefix, source="command line",
+                   base=Path.cwd())
         _check_choices(self, "command line")
 
 
@@ -152,7 +183,7 @@ def shipped_configs():
 # ----------------------------------------------------------------------------------------------
 # Merging and type coercion
 
-def _merge(node, tree, prefix, source):
+def _merge(node, tree, prefix, source, base):
     for key, value in tree.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in node:
@@ -161,9 +192,17 @@ def _merge(node, tree, prefix, source):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {full} is a group of keys ({', '.join(node[key])}); "
                                   f"got a {type(value).__name__} value {value!r}")
-            _merge(node[key], value, full, source)
+            _merge(node[key], value, full, source, base)
         else:
             node[key] = _coerce(value, node[key], full, source)
+            if full in PATH_KEYS and node[key]:
+                node[key] = _anchor(node[key], base)
+
+
+def _anchor(path, base):
+    """``path`` with ``~`` expanded, made absolute against ``base`` if relative."""
+    path = Path(path).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
 
 
 def _coerce(value, default, key, source):
@@ -274,7 +313,11 @@ _DEFAULTS = {
         "TYPE": "NONE",         # NONE = vanilla cross-entropy training (also trains teachers)
         "TEACHER": "ResNet50",
         "STUDENT": "resnet32",
-        "TEACHER_CHECKPOINT": "",  # dtkd: teacher weights (dtkd .npz; .pth import comes later)
+        # dtkd: teacher weights, any format dtkd.io reads (PyTorch .pth/.pt, .safetensors, .npz);
+        # "" = <TEACHER_DIR or $DTKD_TEACHERS or ./download_ckpts/cifar_teachers>/
+        #      <TEACHER>_vanilla/ckpt_epoch_240.pth, mdistiller's layout
+        "TEACHER_CHECKPOINT": "",
+        "TEACHER_DIR": "",      # dtkd: teachers directory searched first (mdistiller's layout)
     },
     "SOLVER": {
         "TRAINER": "base",
@@ -294,6 +337,8 @@ _DEFAULTS = {
         "SAVE_CHECKPOINT_FREQ": 40,
         "PREFIX": "./output",      # runs go to PREFIX/<EXPERIMENT.NAME or derived name>
         "WANDB": False,            # accepted for mdistiller configs; dtkd never calls wandb
+        "PROBE_SAMPLES": 256,      # dtkd: per-sample max logits / temperatures of this many test
+                                   # images logged every epoch to probe.jsonl (0 = off)
     },
     "KD": {
         "TEMPERATURE": 4.0,

@@ -11,12 +11,7 @@ Every run is an ordinary ``dtkd.engine`` run from a shipped config (``fashion_mn
 so its logs (log.jsonl, worklog.txt) and checkpoints sit under the output directory.
 """
 import argparse
-import hashlib
-import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,59 +61,18 @@ def _overrides(args, teacher=False):
     return out
 
 
-def _teacher_cache_path(cfg):
-    """Cached teacher weights, keyed by everything in the config that shapes them."""
-    from .data.dataset import cache_dir
-    from ._version import __version__
-    key = dict(cfg.to_dict())
-    key.pop("LOG", None)
-    key.pop("EXPERIMENT", None)
-    key.pop("NUM_THREADS", None)
-    digest = hashlib.sha256(json.dumps([key, __version__], sort_keys=True).encode()).hexdigest()
-    return cache_dir() / "demo" / f"teacher-{cfg.DISTILLER.STUDENT}-{digest[:16]}.npz"
-
-
-def _copy_atomic(src, dst):
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _history(run_dir):
-    with open(Path(run_dir) / "log.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def train_teacher(args, out):
-    """Train the teacher, or reuse the cached one; returns (path to weights, test acc, seconds, cached)."""
-    from . import engine
+    """Train the teacher, or reuse the cached one (``dtkd.engine.cached_teacher``, keyed by its
+    config); returns (path to weights, test acc, seconds, cached)."""
     from .config import load_config
+    from .engine import cached_teacher
     cfg = load_config("fashion_mnist/teacher.yaml", _overrides(args, teacher=True))
-    cached = _teacher_cache_path(cfg)
-    run_dir = out / "teacher"
-    meta = cached.with_suffix(".json")
-    if cached.exists() and meta.exists() and not args.retrain_teacher:
-        info = json.loads(meta.read_text())
-        print(f"[demo] teacher {cfg.DISTILLER.STUDENT}: reusing cached weights {cached} "
-              f"(test top-1 {info['best_acc']:.2f}%; --retrain-teacher to train it again)")
-        return cached, info["best_acc"], 0.0, True
-    print(f"[demo] training the teacher {cfg.DISTILLER.STUDENT} "
-          f"({cfg.SOLVER.EPOCHS} epochs on {cfg.DATASET.SUBSET or 60000} images) ...")
-    start = time.perf_counter()
-    summary = engine.build_trainer(cfg, out_dir=run_dir, progress=args.progress).train()
-    seconds = time.perf_counter() - start
-    _copy_atomic(run_dir / "model_best.npz", cached)
-    meta_tmp = meta.with_suffix(".json.tmp")
-    meta_tmp.write_text(json.dumps({"best_acc": summary["best_acc"], "config": cfg.dump()}))
-    os.replace(meta_tmp, meta)
-    return run_dir / "model_best.npz", summary["best_acc"], seconds, False
+    teacher = cached_teacher(cfg, retrain=args.retrain_teacher, run_dir=out / "teacher",
+                             progress=args.progress)
+    if not teacher.trained:
+        print(f"[demo] teacher {teacher.model}: reusing cached weights {teacher.path} "
+              f"(test top-1 {teacher.best_acc:.2f}%; --retrain-teacher to train it again)")
+    return teacher.path, teacher.best_acc, teacher.seconds, not teacher.trained
 
 
 def train_students(args, out, teacher_path):
@@ -134,7 +88,7 @@ def train_students(args, out, teacher_path):
         print(f"[demo] {label}: student {cfg.DISTILLER.STUDENT}, {cfg.SOLVER.EPOCHS} epochs ...")
         start = time.perf_counter()
         summary = engine.build_trainer(cfg, out_dir=out / method, progress=args.progress).train()
-        results[method] = (summary, _history(out / method), time.perf_counter() - start)
+        results[method] = (summary, engine.read_log(out / method), time.perf_counter() - start)
     return results
 
 
@@ -154,67 +108,24 @@ def format_table(teacher_name, teacher_acc, student_name, results):
 
 def plot(results, teacher_acc, path, temperature):
     """Save :func:`figure` as a PNG at ``path`` (atomically)."""
-    import matplotlib.pyplot as plt
-    fig = figure(results, teacher_acc, temperature)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
+    from .plots import save
+    save(figure(results, teacher_acc, temperature), path)
 
 
 def figure(results, teacher_acc, temperature):
-    """Two panels: test accuracy per epoch per method; DTKD's T_s / T_t per epoch (mean and
-    min-max band) around the reference ``temperature``. Legends sit below the axes, where they
-    cover no data; epochs are whole numbers even for a one-epoch run."""
+    """Two panels (the ``dtkd.plots`` panels): test accuracy per epoch per method; DTKD's T_s /
+    T_t per epoch (mean and min-max spread) around the reference ``temperature``. Legends sit
+    below the axes, where they cover no data; epochs are whole numbers even for a one-epoch run."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax_acc, ax_t) = plt.subplots(1, 2, figsize=(11, 4.8))
-    for method, label in METHODS:
-        hist = results[method][1]
-        ax_acc.plot([h["epoch"] for h in hist], [h["test_acc"] for h in hist], marker="o",
-                    label=label)
-    ax_acc.axhline(teacher_acc, color="gray", ls="--", label="teacher")
-    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="Student accuracy")
-    hist = results["dtkd"][1]
-    epochs = [h["epoch"] for h in hist]
-    for who, color in (("student", "tab:blue"), ("teacher", "tab:red")):
-        key = f"t_{who}"
-        lo, mean, hi = ([h[f"{key}_{s}"] for h in hist] for s in ("min", "mean", "max"))
-        if len(epochs) > 2:
-            ax_t.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0,
-                              label=f"T_{who[0]} (min-max over samples)")
-        else:  # a band over one or two epochs is a sliver: bars show the spread
-            ax_t.errorbar(epochs, mean, yerr=[[m - l for m, l in zip(mean, lo)],
-                                              [h - m for h, m in zip(hi, mean)]],
-                          fmt="none", ecolor=color, alpha=0.5, capsize=6,
-                          label=f"T_{who[0]} (min-max over samples)")
-        ax_t.plot(epochs, mean, marker="o", color=color, label=f"T_{who[0]} (mean)")
-    ax_t.axhline(temperature, color="black", ls=":", lw=1, label=f"reference T = {temperature:g}")
-    ax_t.set(xlabel="epoch", ylabel="temperature", title="DTKD per-sample temperatures")
-    last = max(max(h["epoch"] for h in results[m][1]) for m, _ in METHODS)
-    for ax in (ax_acc, ax_t):
-        _whole_epoch_ticks(ax, last)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small",
-                  frameon=False)
+    from . import plots
+    fig, (ax_acc, ax_t) = plots.pyplot().subplots(1, 2, figsize=(11, 4.8))
+    plots.draw_accuracy(ax_acc, {label: results[method][1] for method, label in METHODS},
+                        teacher_acc)
+    plots.draw_temperatures(ax_t, results["dtkd"][1], temperature,
+                            title="DTKD per-sample temperatures")
     fig.tight_layout()
     return fig
-
-
-def _whole_epoch_ticks(ax, last_epoch):
-    """Integer epoch ticks; with few epochs every epoch is labelled (matplotlib's integer
-    locator falls back to fractions when fewer than two integers are in view)."""
-    from matplotlib.ticker import MaxNLocator
-    ax.set_xlim(0.5, last_epoch + 0.5)
-    if last_epoch <= 10:
-        ax.set_xticks(range(1, last_epoch + 1))
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def main(argv=None):

@@ -334,16 +334,17 @@ def test_foreign_npz_and_missing_file_are_reported(tmp_path):
         dtkd_io.load(tmp_path / "absent.npz")
 
 
-def test_load_teacher_reads_dtkd_checkpoints_and_defers_pth(tmp_path):
+def test_load_teacher_reads_dtkd_checkpoints(tmp_path):
     state = {"fc.weight": np.ones((3, 2), np.float32), "fc.bias": np.zeros(3, np.float32)}
     dtkd_io.save(tmp_path / "bare.npz", state)
     dtkd_io.save(tmp_path / "full.npz", {"kind": "model", "model": state, "epoch": 5})
     for name in ("bare.npz", "full.npz"):
         assert_tree_equal(state, dtkd_io.load_teacher(tmp_path / name))
     dtkd_io.save(tmp_path / "empty.npz", {"epoch": 1})
-    with pytest.raises(dtkd_io.CheckpointError, match="no model state_dict"):
+    with pytest.raises(dtkd_io.CheckpointError, match="holds no state_dict"):
         dtkd_io.load_teacher(tmp_path / "empty.npz")
-    with pytest.raises(NotImplementedError, match="PyTorch"):
+    # PyTorch files: tests/test_interop_checkpoints.py
+    with pytest.raises(dtkd_io.CheckpointError, match="not found"):
         dtkd_io.load_teacher(tmp_path / "resnet32x4_cifar100.pth")
 
 

@@ -7,13 +7,13 @@ values of a 32 x 32 image) and b'fine_labels' (CIFAR-100) or b'labels' (CIFAR-10
 Unpickling admits only the NumPy array constructors, so a foreign pickle cannot run code.
 """
 import io
-import pickle
 import tarfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..io.restricted_pickle import NUMPY_GLOBALS, RestrictedUnpickler
 from .dataset import WHERE_TO_PUT_DATA, Dataset, data_roots, download_root
 from .dataset import download as _download_file
 
@@ -53,31 +53,14 @@ CIFAR = {
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
 }
 
-# The globals a CIFAR pickle may name: NumPy's array reconstruction, and _codecs.encode, with
-# which Python 3 writes bytes in protocol 2 (a re-pickled archive); nothing that runs code.
-_ALLOWED_GLOBALS = {
-    ("_codecs", "encode"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-}
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a CIFAR file holds "
-                                         f"only NumPy arrays, lists, bytes and ints)")
-        # numpy.core was renamed numpy._core in NumPy 2; the archive's pickles use the old name.
-        if module.startswith("numpy.core") and hasattr(np, "_core"):
-            module = "numpy._core" + module[len("numpy.core"):]
-        return super().find_class(module, name)
+# The end of the refusal message for any other global a split file names.
+_HOLDS = "a CIFAR file holds only NumPy arrays, lists, bytes and ints"
 
 
 def _unpickle(raw, where):
     """The dict in one CIFAR split file (``where`` names it in errors), with str keys."""
     try:
-        obj = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        obj = RestrictedUnpickler(io.BytesIO(raw), NUMPY_GLOBALS, _HOLDS, encoding="bytes").load()
     except Exception as e:  # truncated or foreign data raises many different types
         raise ValueError(f"{where}: not a readable CIFAR pickle "
                          f"({type(e).__name__}: {e})") from None

@@ -5,8 +5,6 @@ class names and the per-channel normalization constants the loader uses.
 """
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -146,26 +144,23 @@ def file_md5(path):
 
 def download(url, dest, md5, timeout=60):
     """Download ``url`` to ``dest`` and verify its MD5. The file appears at ``dest`` only once
-    complete and verified (written to a temporary file, then renamed); returns ``dest``."""
+    complete and verified (dtkd.io.atomic_write: a temporary file renamed at the end); returns
+    ``dest``."""
+    from ..io.atomic import atomic_write
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    shutil.copyfileobj(response, out)
-            except (urllib.error.URLError, OSError) as e:
-                raise ConnectionError(
-                    f"could not download {url} ({e}); no network? Place the file at {dest} "
-                    f"yourself (or set DTKD_DATA to its folder) and load without download=True"
-                ) from None
-        got = file_md5(tmp)
-        if got != md5:
-            raise ValueError(f"{url}: downloaded file has MD5 {got}, expected {md5} (corrupt "
-                             f"or changed upstream); nothing was saved to {dest}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(dest) as out:
+        digest = hashlib.md5()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, OSError) as e:
+            raise ConnectionError(
+                f"could not download {url} ({e}); no network? Place the file at {dest} "
+                f"yourself (or set DTKD_DATA to its folder) and load without download=True"
+            ) from None
+        if digest.hexdigest() != md5:
+            raise ValueError(f"{url}: downloaded file has MD5 {digest.hexdigest()}, expected {md5} "
+                             f"(corrupt or changed upstream); nothing was saved to {dest}")
     return dest

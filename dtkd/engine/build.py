@@ -8,14 +8,15 @@ trainer. What ``python -m dtkd train`` does, callable from Python::
 The data, model and distiller modules are imported when called, so the engine imports without
 them.
 """
+import os
 from pathlib import Path
 
 from .. import io as dtkd_io
-from ..config import ConfigError
+from ..io.teachers import how_to_get_teacher
 from .trainer import Trainer, experiment_dir
 
-__all__ = ["build_dataset", "build_datasets", "build_loaders", "build_test_loader", "build_model", "load_teacher_model", "build_trainer",
-           "how_to_get_a_teacher"]
+__all__ = ["build_dataset", "build_datasets", "build_loaders", "build_test_loader", "build_model",
+           "teacher_checkpoint", "load_teacher_model", "build_trainer"]
 
 # Datasets whose images are smaller than the 32x32 the CIFAR backbones take: zero-pad them.
 _PAD_TO = {"fashion_mnist": 32}
@@ -59,31 +60,37 @@ def build_model(name, dataset, seed):
                          in_channels=dataset.image_shape[-1], seed=seed)
 
 
-def how_to_get_a_teacher(cfg):
-    """The ways to get teacher weights for ``cfg``, as a sentence for error messages."""
-    if cfg.DATASET.TYPE == "fashion_mnist":
-        return ("Train one first: `python -m dtkd train --cfg fashion_mnist/teacher.yaml` writes "
-                "output/fashion_mnist/teacher_resnet20/model_best.npz under the current directory "
-                "(the path the fashion_mnist configs name); `python -m dtkd demo` also trains one "
-                "(dtkd_demo/teacher/model_best.npz, then cached in ~/.cache/dtkd/demo/). Or pass "
-                "DISTILLER.TEACHER_CHECKPOINT <path> of a teacher you have.")
-    return (f"Train {cfg.DISTILLER.TEACHER} with DISTILLER.TYPE NONE (`python -m dtkd train --cfg "
-            f"<config> DISTILLER.TYPE NONE DISTILLER.STUDENT {cfg.DISTILLER.TEACHER}` writes "
-            "model_best.npz), then pass DISTILLER.TEACHER_CHECKPOINT <path>.")
+def teacher_checkpoint(cfg):
+    """The teacher's checkpoint file: DISTILLER.TEACHER_CHECKPOINT if set (relative paths as
+    dtkd.config anchors them, else against the current directory), otherwise
+    ``<teachers dir>/<DISTILLER.TEACHER>_vanilla/ckpt_epoch_240.pth`` in DISTILLER.TEACHER_DIR,
+    $DTKD_TEACHERS or ./download_ckpts/cifar_teachers (mdistiller's layout; first found).
+    :class:`dtkd.io.CheckpointError` says how to get one when there is none."""
+    explicit = cfg.DISTILLER.TEACHER_CHECKPOINT
+    if not explicit:
+        return dtkd_io.find_teacher(cfg.DISTILLER.TEACHER, cfg.DISTILLER.TEACHER_DIR or None,
+                                    dataset=cfg.DATASET.TYPE)
+    path = Path(os.path.abspath(os.path.expanduser(explicit)))
+    if path.exists():
+        return path
+    try:
+        found = dtkd_io.find_teacher(cfg.DISTILLER.TEACHER, cfg.DISTILLER.TEACHER_DIR or None)
+        other = (f"; {found} exists: set DISTILLER.TEACHER_CHECKPOINT '' to use it "
+                 "(an empty value searches the teachers directories)")
+    except dtkd_io.CheckpointError:
+        other = ""
+    raise dtkd_io.CheckpointError(
+        f"DISTILLER.TEACHER_CHECKPOINT: {path} not found (teacher {cfg.DISTILLER.TEACHER}"
+        f"{other}).\n" + how_to_get_teacher(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE))
 
 
-def load_teacher_model(cfg, dataset):
-    """DISTILLER.TEACHER with weights from DISTILLER.TEACHER_CHECKPOINT, in eval mode."""
-    path = cfg.DISTILLER.TEACHER_CHECKPOINT
-    if not path:
-        raise ConfigError(f"DISTILLER.TEACHER_CHECKPOINT: distillation ({cfg.DISTILLER.TYPE}) "
-                          f"needs teacher weights. {how_to_get_a_teacher(cfg)}")
-    if not Path(path).exists():
-        raise dtkd_io.CheckpointError(
-            f"DISTILLER.TEACHER_CHECKPOINT: {path} not found (relative paths are taken from the "
-            f"current directory, {Path.cwd()}). {how_to_get_a_teacher(cfg)}")
+def load_teacher_model(cfg, dataset, path=None):
+    """DISTILLER.TEACHER with weights from ``path`` (default :func:`teacher_checkpoint`), in
+    eval mode. Any format dtkd.io reads: a PyTorch .pth (mdistiller's teachers), .safetensors,
+    or a dtkd .npz (``model_best.npz`` of a `python -m dtkd train` run)."""
+    path = teacher_checkpoint(cfg) if path is None else path
     teacher = build_model(cfg.DISTILLER.TEACHER, dataset, cfg.SEED)
-    teacher.load_state_dict(dtkd_io.load_teacher(path))
+    teacher.load(path)
     teacher.eval()
     return teacher
 
@@ -93,10 +100,16 @@ def build_trainer(cfg, out_dir=None, progress=None):
     from .. import distill, set_num_threads
     if cfg.NUM_THREADS:
         set_num_threads(cfg.NUM_THREADS)
+    # find the teacher's file before loading data, so that a missing one fails at once
+    teacher_path = None if cfg.DISTILLER.TYPE == "NONE" else teacher_checkpoint(cfg)
     train, test = build_datasets(cfg)
     train_loader, test_loader = build_loaders(cfg, train, test)
     student = build_model(cfg.DISTILLER.STUDENT, train, cfg.SEED)
-    teacher = None if cfg.DISTILLER.TYPE == "NONE" else load_teacher_model(cfg, train)
+    teacher = None
+    if teacher_path is not None:
+        teacher = load_teacher_model(cfg, train, teacher_path)
+        cfg = cfg.clone()  # the run's config.yaml records the file the teacher came from
+        cfg.DISTILLER.TEACHER_CHECKPOINT = str(teacher_path)
     distiller = distill.from_config(cfg, student, teacher)
     return Trainer(cfg, distiller, train_loader, test_loader,
                    experiment_dir(cfg) if out_dir is None else out_dir, progress=progress)

@@ -18,19 +18,19 @@ import sys
 import time
 from pathlib import Path
 
-from ..nn.grad_mode import no_grad
-from tqdm.auto import tqdm
-
 from .. import io as dtkd_io
+from .._progress import tqdm
+from ..nn.grad_mode import no_grad
 from .metrics import cross_entropy_sum, topk_correct
 from .schedule import learning_rate
 
-__all__ = ["Trainer", "evaluate", "experiment_dir"]
+__all__ = ["Trainer", "evaluate", "experiment_dir", "read_log", "read_probe"]
 
 LATEST = "latest.npz"
 MODEL_BEST = "model_best.npz"
 MODEL_LAST = "model_last.npz"
 LOG_JSONL = "log.jsonl"
+PROBE_JSONL = "probe.jsonl"
 WORKLOG = "worklog.txt"
 CONFIG_COPY = "config.yaml"
 
@@ -64,7 +64,9 @@ class Trainer:
     Files in ``out_dir``: ``latest.npz`` (full state, every epoch), ``epoch_<e>.npz`` (full
     state every LOG.SAVE_CHECKPOINT_FREQ epochs and at the end), ``model_best.npz`` /
     ``model_last.npz`` (student weights; usable as a teacher via ``dtkd.io.load_teacher``),
-    ``log.jsonl`` (one JSON object per epoch), ``worklog.txt`` (mdistiller-style text log),
+    ``log.jsonl`` (one JSON object per epoch), ``probe.jsonl`` (per-sample max logit, logsumexp
+    and DTKD temperatures of student and teacher on the first LOG.PROBE_SAMPLES test images,
+    before training and after every epoch), ``worklog.txt`` (mdistiller-style text log),
     ``config.yaml`` (the resolved config).
     """
 
@@ -85,6 +87,7 @@ class Trainer:
         self.best_acc = None      # best test top-1 so far (percent)
         self.best_epoch = None
         self.history = []         # one record (dict of JSON scalars) per completed epoch
+        self._probe = None        # (images, labels, teacher logits) of the sharpness probe
 
     # ------------------------------------------------------------------------------------------
     def train(self, resume=False):
@@ -96,8 +99,9 @@ class Trainer:
         if resume:
             self._resume()
         else:
-            for name in (LOG_JSONL, WORKLOG):
+            for name in (LOG_JSONL, WORKLOG, PROBE_JSONL):
                 (self.out_dir / name).write_text("")
+            self._log_probe(0)  # the untrained student, the reference point of the curves
         (self.out_dir / CONFIG_COPY).write_text(self.cfg.dump())
         epochs = self.cfg.SOLVER.EPOCHS
         bar = tqdm(range(self.epoch + 1, epochs + 1), desc="epochs", initial=self.epoch,
@@ -163,6 +167,7 @@ class Trainer:
 
         self._save_state(epoch, improved)
         self._append_logs(record)
+        self._log_probe(epoch)
         if self.progress:
             tqdm.write(_one_line(record))
         elif self.log_lines:
@@ -225,12 +230,61 @@ class Trainer:
         (self.out_dir / WORKLOG).write_text("".join(_worklog_block(r) for r in self.history))
         with open(self.out_dir / WORKLOG, "a") as f:
             f.write(f"resumed after epoch {self.epoch}\n")
+        probe = self.out_dir / PROBE_JSONL
+        if probe.exists():
+            kept = [line for line in probe.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+            probe.write_text("".join(kept))
 
     def _write_final(self):
         dtkd_io.save(self.out_dir / MODEL_LAST, self._model_tree(self.epoch))
         with open(self.out_dir / WORKLOG, "a") as f:
             f.write(f"best_acc\t{self.best_acc:.2f}\t(epoch {self.best_epoch})\n")
             f.write(f"last_acc\t{self.history[-1]['test_acc']:.2f}\t(epoch {self.epoch})\n")
+
+    def _log_probe(self, epoch):
+        """Append per-sample sharpness of the student (and teacher) on a fixed probe set, the
+        first LOG.PROBE_SAMPLES test images, to probe.jsonl: max logit and logsumexp per sample,
+        and the DTKD temperatures they give at the distiller's reference temperature. This is
+        what ``dtkd.plots`` draws the sharpness figure and the temperature spread from."""
+        n = self.cfg.LOG.PROBE_SAMPLES
+        if n <= 0:
+            return
+        import numpy as np
+        from .. import losses
+        if self._probe is None:
+            xs, ys, count = [], [], 0
+            for x, y in self.val_loader:
+                xs.append(x[: n - count])
+                ys.append(y[: n - count])
+                count += len(xs[-1])
+                if count >= n:
+                    break
+            x = np.ascontiguousarray(np.concatenate(xs))
+            teacher = (self.distiller.teacher_logits(x)
+                       if getattr(self.distiller, "teacher", None) is not None else None)
+            self._probe = (x, np.concatenate(ys), teacher)
+        x, y, teacher_logits = self._probe
+        was_training = getattr(self.student, "training", True)
+        self.student.eval()
+        try:
+            with no_grad():
+                student_logits = self.student.forward(x)
+        finally:
+            if was_training:
+                self.student.train()
+        record = {"epoch": epoch, "labels": y.tolist(),
+                  "max_student": student_logits.max(axis=1).tolist(),
+                  "lse_student": losses.logsumexp(student_logits).tolist()}
+        if teacher_logits is not None:
+            T = float(getattr(self.distiller, "temperature", self.cfg.DTKD.T))
+            t_s, t_t, _ = losses.dynamic_temperatures(student_logits, teacher_logits, T)
+            record.update({"temperature": T, "max_teacher": teacher_logits.max(axis=1).tolist(),
+                           "lse_teacher": losses.logsumexp(teacher_logits).tolist(),
+                           "t_student": np.asarray(t_s).tolist(),
+                           "t_teacher": np.asarray(t_t).tolist()})
+        with open(self.out_dir / PROBE_JSONL, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _append_logs(self, record):
         with open(self.out_dir / LOG_JSONL, "a") as f:
@@ -240,6 +294,23 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------------
+
+def read_log(run_dir):
+    """The per-epoch records of a run's log.jsonl (a list of dicts, epoch order)."""
+    return _read_jsonl(Path(run_dir) / LOG_JSONL)
+
+
+def read_probe(run_dir):
+    """The records of a run's probe.jsonl (per-sample sharpness and temperatures at epoch 0 and
+    after every epoch); [] for runs that logged none."""
+    path = Path(run_dir) / PROBE_JSONL
+    return _read_jsonl(path) if path.exists() else []
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
 
 def evaluate(model, loader, progress=False):
     """Top-1 / top-5 accuracy (percent), mean cross-entropy and sample count of ``model`` on

@@ -13,12 +13,12 @@ flushed and fsynced, then renamed over the target (``os.replace``), so an interr
 the previous checkpoint intact. Zip's per-member CRC32 detects corrupt data on load.
 """
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write
 
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
 
@@ -38,21 +38,8 @@ def save(path, tree):
     arrays = {}
     meta = {"format": FORMAT, "version": VERSION, "tree": _encode(tree, arrays, "tree")}
     meta_bytes = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{_META: meta_bytes}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path) as f:
+        np.savez(f, **{_META: meta_bytes}, **arrays)
 
 
 def load(path):
@@ -116,17 +103,3 @@ def _decode(node, arrays, path):
     if isinstance(node, list):
         return [_decode(v, arrays, path) for v in node]
     return node
-
-
-def _fsync_dir(directory):
-    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

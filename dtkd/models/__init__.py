@@ -1,13 +1,15 @@
 """Backbones by mdistiller name. ``create("resnet8x4", num_classes=100)`` builds one with
 weights drawn from ``numpy.random.default_rng(seed)``; its ``state_dict`` keys and shapes are
 the PyTorch model's."""
+import functools
+
 import numpy as np
 
 from .. import nn
 from . import resnet as _resnet
 from .resnet import BasicBlock, ResNet
 
-__all__ = ["create", "names", "identify", "count_parameters", "count_flops", "ResNet", "BasicBlock"]
+__all__ = ["create", "names", "identify", "matches", "count_parameters", "count_flops", "ResNet", "BasicBlock"]
 
 _REGISTRY = {name: _resnet.resnet for name in _resnet.ARCHS}
 
@@ -31,24 +33,51 @@ def create(name, num_classes=100, in_channels=3, seed=0):
 
 def identify(state_dict, num_classes=None, in_channels=None):
     """Names of the backbones whose ``state_dict`` has exactly these keys and shapes (what a
-    checkpoint holds). ``num_classes`` / ``in_channels`` default to what the state_dict's
-    shapes say (the last 1-D entry and the first 4-D one)."""
+    checkpoint holds); see :func:`matches`."""
+    return [name for name, _, _ in matches(state_dict, num_classes, in_channels)]
+
+
+def matches(state_dict, num_classes=None, in_channels=None):
+    """``(name, num_classes, in_channels)`` of each backbone whose state_dict has exactly the
+    keys and shapes of ``state_dict`` (a missing BatchNorm ``num_batches_tracked``, as in old
+    PyTorch checkpoints, is ignored). ``num_classes`` / ``in_channels`` default to what the
+    state_dict says: the rows of the backbone's last linear layer and the input channels of its
+    first convolution, found by the backbone's own parameter names (so any key order works)."""
+    def keys(names):
+        return {k for k in names if not k.endswith(_BATCH_COUNTER)}
+
     shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
-    if num_classes is None:
-        vectors = [s for s in shapes.values() if len(s) == 1]
-        num_classes = vectors[-1][0] if vectors else 100
-    if in_channels is None:
-        kernels = [s for s in shapes.values() if len(s) == 4]
-        in_channels = kernels[0][1] if kernels else 3
     found = []
     for name in names():
-        try:
-            model = create(name, num_classes=int(num_classes), in_channels=int(in_channels))
-        except ValueError:
+        reference, stem, classifier = _layout(name, 100, 3)
+        if stem is None or keys(reference) != keys(shapes):
             continue
-        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
-            found.append(name)
+        classes = num_classes if num_classes is not None else (shapes[classifier] or (0,))[0]
+        channels = in_channels if in_channels is not None else (shapes[stem] + (0, 0))[1]
+        if (classes, channels) != (100, 3):
+            try:
+                reference, _, _ = _layout(name, int(classes), int(channels))
+            except ValueError:  # e.g. 0 classes: no such model
+                continue
+        if all(shapes[k] == reference[k] for k in keys(shapes)):
+            found.append((name, int(classes), int(channels)))
     return found
+
+
+_BATCH_COUNTER = ".num_batches_tracked"
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(name, num_classes, in_channels):
+    """(key -> shape of backbone ``name``'s state_dict, its first conv's weight key, its last
+    linear layer's weight key); built once per arguments, for :func:`matches`."""
+    model = create(name, num_classes=num_classes, in_channels=in_channels)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not convs or not linears:
+        return shapes, None, None
+    return shapes, f"{convs[0]}.weight", f"{linears[-1]}.weight"
 
 
 def count_parameters(model):

@@ -187,6 +187,53 @@ class Module:
             np.copyto(targets[name], value, casting="unsafe")
         return IncompatibleKeys(missing, unexpected)
 
+    # -- checkpoint files -------------------------------------------------------------------
+    def load(self, path, strict=True, prefix=None):
+        """Load weights from a checkpoint file: PyTorch ``.pth``/``.pt`` (zip or legacy format,
+        e.g. mdistiller's ``ckpt_epoch_240.pth``), ``.safetensors`` or a dtkd ``.npz``.
+
+        Read by :func:`dtkd.io.load_checkpoint` (no torch needed, no code run from the file):
+        ``{"model": ...}`` is unwrapped, ``module.`` / ``student.`` / ``teacher.`` prefixes are
+        stripped (``prefix=`` picks one explicitly), and a missing BatchNorm
+        ``num_batches_tracked`` keeps the module's value. Keys and shapes must match the model
+        (with ``strict=False`` missing and unexpected keys are allowed, mismatched shapes never);
+        otherwise :class:`dtkd.io.CheckpointError` lists the differences and names the model the
+        checkpoint seems to hold. Nothing is modified if a check fails.
+        Returns ``IncompatibleKeys(missing_keys, unexpected_keys)``.
+        """
+        from .. import io as dtkd_io  # io sits below nn; imported here to keep nn import-light
+        state = dtkd_io.load_checkpoint(path, prefix=prefix)
+        shapes = OrderedDict((name, arr.shape) for name, arr in self._state_entries())
+        report = dtkd_io.fit_report(shapes, state)
+        if report.mismatched or (strict and not report.ok):
+            # name the backbones (the registry sits above nn: imported for this message only)
+            from ..models import matches
+            ours, held = matches(dict(self._state_entries())), matches(state)
+            this = f"this {type(self).__name__}" + (f" ({_described(ours[0])})" if ours else "")
+            what = (f"holds a {' or a '.join(map(_described, held))}, which does not fit {this}"
+                    if held else f"does not fit {this} (nor any dtkd backbone)")
+            raise dtkd_io.CheckpointError(f"{path}: {what}: {report.message()}")
+        try:
+            return self.load_state_dict(state, strict=False)
+        except (ValueError, TypeError) as e:  # NaN/Inf or non-numeric values in the file
+            raise dtkd_io.CheckpointError(f"{path}: {e}") from None
+
+    def save(self, path):
+        """Write this module's state_dict, atomically, in the format the suffix names:
+        ``.pth``/``.pt`` (``{"model": state_dict}``, read by ``torch.load`` and mdistiller),
+        ``.safetensors``, or ``.npz`` (dtkd's format, ``{"model": state_dict}``)."""
+        from .. import io as dtkd_io
+        suffix = str(path).lower().rsplit(".", 1)[-1] if "." in str(path) else ""
+        if suffix in ("pth", "pt"):
+            dtkd_io.save_pth(path, self)
+        elif suffix == "safetensors":
+            dtkd_io.save_safetensors(path, self)
+        elif suffix == "npz":
+            dtkd_io.save(path, {"model": self.state_dict()})
+        else:
+            raise ValueError(f"path: expected a .pth, .pt, .safetensors or .npz file name, got "
+                             f"{str(path)!r}")
+
     # -- display ----------------------------------------------------------------------------
     def extra_repr(self):
         return ""
@@ -197,6 +244,11 @@ class Module:
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child_repr}")
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _described(match):
+    name, classes, channels = match
+    return f"{name} ({classes} classes, {channels} input channel{'s' if channels != 1 else ''})"
 
 
 class Sequential(Module):
