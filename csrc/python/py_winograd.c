@@ -104,7 +104,7 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
 
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)C, (long)H, (long)W,
                                                        (long)O, m, dtkd_get_num_threads());
-    float *ws = malloc(ws_floats * sizeof(float));
+    float *ws = dtkd_workspace_acquire(ws_floats);
     if (!ws) {
         Py_DECREF(y);
         return PyErr_NoMemory();
@@ -116,7 +116,7 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
                                       (long)C, (long)H, (long)W, (long)O, m, relu, ws,
                                       ws_floats);
     DTKD_END_NOGIL
-    free(ws);
+    dtkd_workspace_release(ws);
     if (status != DTKD_OK) {
         Py_DECREF(y);
         return dtkd_raise_status(status, "winograd_conv3x3_forward");
@@ -166,7 +166,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
     if (dtkd_check_finite(dy, "dy")) goto fail;
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)O, (long)H, (long)W,
                                                        (long)C, m, dtkd_get_num_threads());
-    float *ws = malloc(ws_floats * sizeof(float));
+    float *ws = dtkd_workspace_acquire(ws_floats);
     if (!ws) {
         PyErr_NoMemory();
         goto fail;
@@ -174,7 +174,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
     const npy_intp dx_shape[4] = {N, C, H, W};
     PyArrayObject *dx = (PyArrayObject *)PyArray_SimpleNew(4, dx_shape, NPY_FLOAT32);
     if (!dx) {
-        free(ws);
+        dtkd_workspace_release(ws);
         goto fail;
     }
     int status;
@@ -184,7 +184,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
                                              (const float *)PyArray_DATA(u), (long)N, (long)C,
                                              (long)H, (long)W, (long)O, m, ws, ws_floats);
     DTKD_END_NOGIL
-    free(ws);
+    dtkd_workspace_release(ws);
     Py_DECREF(u);
     if (status != DTKD_OK) {
         Py_DECREF(dx);
