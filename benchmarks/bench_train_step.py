@@ -1,6 +1,7 @@
 """Images/s of one SGD training step (forward + backward + update) of resnet8x4 and resnet32,
 and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs: dtkd against PyTorch
-CPU eager on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd's
+CPU eager and torch.compile (Inductor; its compile time, the first two steps, reported apart)
+on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd's
 time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
 
     python benchmarks/bench_train_step.py [--threads 1 2] [--steps 10] [--batch 64] [--out FILE]
@@ -30,8 +31,6 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 WORKLOADS = [("resnet8x4", "train"), ("resnet32", "train"), ("resnet32x4", "eval")]
-ARCH = {"resnet8x4": (8, (32, 64, 128, 256)), "resnet32": (32, (16, 16, 32, 64)),
-        "resnet32x4": (32, (32, 64, 128, 256))}
 
 
 def batch(n, seed=0):
@@ -130,7 +129,7 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
 
 # -- PyTorch --------------------------------------------------------------------------------------
 
-def torch_resnet(torch, depth, widths, num_classes=100):
+def torch_resnet(torch, depth, widths, num_classes=100, in_channels=3):
     """mdistiller's CIFAR ResNet written from the architecture (BasicBlock, 1x1+BN shortcut)."""
     tnn = torch.nn
 
@@ -155,22 +154,26 @@ def torch_resnet(torch, depth, widths, num_classes=100):
         layers += [Block(cin if j == 0 else cout, cout, stride if j == 0 else 1)
                    for j in range((depth - 2) // 6)]
         cin = cout
-    return tnn.Sequential(tnn.Conv2d(3, widths[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(widths[0]),
+    return tnn.Sequential(tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                          tnn.BatchNorm2d(widths[0]),
                           tnn.ReLU(), *layers, tnn.AvgPool2d(8), tnn.Flatten(),
                           tnn.Linear(widths[3], num_classes))
 
 
-def run_torch(name, mode, threads, steps, n, conv_algorithm=None):
+def run_torch(name, mode, threads, steps, n, conv_algorithm=None, compiled=False):
     import torch
     torch.set_num_threads(threads)
-    model = torch_resnet(torch, *ARCH[name])
+    sys.path.insert(0, ROOT)
+    from dtkd.models.resnet import ARCHS
+    model = torch_resnet(torch, *ARCHS[name])
+    forward = torch.compile(model) if compiled else model
     x, y = batch(n)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     if mode == "train":
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
         def step():
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -179,9 +182,15 @@ def run_torch(name, mode, threads, steps, n, conv_algorithm=None):
 
         def step():
             with torch.no_grad():
-                model(x)
+                forward(x)
+    compile_s = None
+    if compiled:  # the first calls trace and compile (Inductor): timed apart
+        t0 = time.perf_counter()
+        step()
+        step()
+        compile_s = time.perf_counter() - t0
     return {"step_s": statistics.median(timed_steps(step, steps)),
-            "version": torch.__version__}
+            "version": torch.__version__, "compile_s": compile_s}
 
 
 def timed_steps(step, steps):
@@ -196,8 +205,12 @@ def timed_steps(step, steps):
 
 
 def worker(args):
-    run = run_dtkd if args.framework == "dtkd" else run_torch
-    result = run(args.model, args.mode, args.threads, args.steps, args.batch, args.conv_algorithm)
+    if args.framework == "dtkd":
+        result = run_dtkd(args.model, args.mode, args.threads, args.steps, args.batch,
+                          args.conv_algorithm)
+    else:
+        result = run_torch(args.model, args.mode, args.threads, args.steps, args.batch,
+                           compiled=args.framework == "compile")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -223,6 +236,7 @@ def main():
     ap.add_argument("--out", default=None, help="also write the markdown report to this file")
     ap.add_argument("--conv-algorithm", choices=["auto", "direct"], default="auto")
     ap.add_argument("--no-torch", action="store_true", help="time dtkd only")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--workloads", nargs="+", default=[f"{m}:{k}" for m, k in WORKLOADS],
                     help="MODEL:MODE pairs, e.g. resnet32:train")
     ap.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "MODE"))
@@ -237,9 +251,14 @@ def main():
         have_torch = not args.no_torch
     except ImportError:
         have_torch = False
-    lines = ["| workload | threads | dtkd img/s | torch img/s | dtkd/torch | dtkd GFLOP/s "
-             "| dtkd peak RSS MB | torch peak RSS MB | load avg |", "|---|---|---|---|---|---|---|---|---|"]
-    splits, by_threads = {}, defaultdict(dict)
+    lines = ["| workload | threads | dtkd img/s | torch img/s | dtkd/torch | torch.compile img/s "
+             "| dtkd/compile | compile s | dtkd GFLOP/s | dtkd peak RSS MB | torch peak RSS MB "
+             "| load avg |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    splits, by_threads, compile_errors = {}, defaultdict(dict), []
+    sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
+    from machine import describe
+    for line in describe(args.threads):
+        print(line, flush=True)
     for model, mode in (w.split(":") for w in args.workloads):
         for t in args.threads:
             # the 1-minute load average before the row: other processes on the cores distort
@@ -248,17 +267,28 @@ def main():
             d = spawn("dtkd", model, mode, t, args.steps, args.batch, args.conv_algorithm)
             tr = (spawn("torch", model, mode, t, args.steps, args.batch, args.conv_algorithm)
                   if have_torch else None)
+            tc = None
+            if have_torch and not args.no_compile:
+                try:
+                    tc = spawn("compile", model, mode, t, args.steps, args.batch,
+                               args.conv_algorithm)
+                except RuntimeError as e:  # recorded in the report, not hidden
+                    compile_errors.append(f"- torch.compile {model} {mode} t={t}: "
+                                          + str(e).strip().splitlines()[-1][:300])
             ips = args.batch / d["step_s"]
             tips = args.batch / tr["step_s"] if tr else float("nan")
+            cips = args.batch / tc["step_s"] if tc else float("nan")
             # a training step is ~3x the forward FLOPs (forward, input grads, weight grads)
             flops = d["flops"] * (3 if mode == "train" else 1)
             lines.append(f"| {model} {mode} | {t} | {ips:.0f} | {tips:.0f} | {ips / tips:.2f}x "
+                         f"| {cips:.0f} | {ips / cips:.2f}x "
+                         f"| {tc['compile_s'] if tc else float('nan'):.0f} "
                          f"| {flops / d['step_s'] / 1e9:.0f} | {d['peak_rss_mb']:.0f} "
                          f"| {tr['peak_rss_mb'] if tr else float('nan'):.0f} | {load:.1f} |")
             print(lines[-1], flush=True)
             splits[(model, mode, t)] = (d["step_s"], d["split"])
             by_threads[(model, mode)][t] = (ips, tips)
-    report = [f"Batch {args.batch}, 32x32x3, median of {args.steps} steps; "
+    report = describe(args.threads) + [f"Batch {args.batch}, 32x32x3, median of {args.steps} steps; "
               f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
               + (f", torch {tr['version']}" if have_torch else "")
               + f"; dtkd conv algorithm '{args.conv_algorithm}'", ""] + lines
@@ -268,6 +298,8 @@ def main():
                    "| workload | dtkd | torch |", "|---|---|---|"]
         for (model, mode), r in by_threads.items():
             report.append(f"| {model} {mode} | {r[t2][0] / r[t1][0]:.2f}x | {r[t2][1] / r[t1][1]:.2f}x |")
+    if compile_errors:
+        report += ["", "torch.compile failures:", ""] + compile_errors
     report += ["", "dtkd time split by op (ms per step; per-op timers on a second pass):", ""]
     for (model, mode, t), (step_s, split) in splits.items():
         total = sum(split.values())

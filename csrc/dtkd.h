@@ -33,6 +33,14 @@ void dtkd_fail_alloc_after(long n);   /* the n-th allocation from now fails; n <
 long dtkd_fail_alloc_pending(void);   /* > 0: the injected failure has not happened yet */
 void dtkd_fail_alloc_from_env(void);  /* DTKD_FAIL_ALLOC=n, honoured in sanitize/debug builds */
 
+/* Workspace arena (csrc/runtime/arena.c): scratch blocks kept across calls. acquire returns a
+ * 64-byte aligned block of >= floats floats (NULL: out of memory) that only the caller uses
+ * until it releases it; trim frees the cached blocks not in use (returns the bytes freed). */
+float *dtkd_workspace_acquire(size_t floats);
+void dtkd_workspace_release(float *p);
+size_t dtkd_workspace_trim(void);
+size_t dtkd_workspace_cached_bytes(void);
+
 /* CPU features, detected once (csrc/runtime/cpu.c). */
 enum dtkd_isa { DTKD_ISA_SCALAR = 0, DTKD_ISA_AVX2 = 1, DTKD_ISA_AVX512 = 2 };
 int dtkd_cpu_has_avx2_fma(void);
@@ -52,6 +60,23 @@ int dtkd_cpu_has_avx512(void); /* every feature of DTKD_TARGET_AVX512 */
 enum dtkd_isa dtkd_isa(void);
 void dtkd_set_isa_limit(enum dtkd_isa limit);
 const char *dtkd_isa_name(enum dtkd_isa isa);
+
+/* What the CPU is and its data caches (csrc/runtime/cpu.c), detected once. A level absent from
+ * the machine has size 0. */
+struct dtkd_cache_level {
+    long size;     /* bytes, one instance */
+    int ways;      /* associativity */
+    int line;      /* bytes per line */
+    int shared_by; /* logical CPUs sharing one instance */
+};
+struct dtkd_cpu_info {
+    char vendor[16];     /* CPUID vendor string, e.g. "AuthenticAMD" */
+    char brand[64];      /* CPUID brand string */
+    int family, model, stepping;
+    struct dtkd_cache_level l1d, l2, l3;
+    const char *cache_source; /* "sysfs", "cpuid" or "default" */
+};
+const struct dtkd_cpu_info *dtkd_cpu_info(void);
 
 /* Threads (csrc/runtime/threads.c): OpenMP team size used by every parallel kernel. */
 void dtkd_set_num_threads(int n);

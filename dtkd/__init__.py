@@ -52,7 +52,11 @@ def _warn_if_stale(package, extension):
 
 _C = _load_extension()
 
-__all__ = ["__version__", "set_num_threads", "get_num_threads", "cpu_features"]
+from . import tuning as _tuning  # noqa: E402 (needs _C)
+
+_tuning.apply_cached()  # a no-op (one stat) unless dtkd.autotune() ran on this CPU model
+
+__all__ = ["__version__", "set_num_threads", "get_num_threads", "cpu_features", "autotune"]
 
 _SUBMODULES = ("losses", "nn", "models", "data", "distill", "engine", "io", "config", "optim")
 
@@ -69,9 +73,16 @@ def get_num_threads():
     return _C.get_num_threads()
 
 
-def cpu_features():
-    """Dict of the CPU's SIMD features and the code path (``isa``) the kernels take."""
-    return _C.cpu_features()
+def cpu_features(measure_peak=False):
+    """The CPU (vendor, family/model, caches), the SIMD path the kernels take, and the GEMM
+    micro-kernels and blocking derived for it, with the reasons (see ``dtkd.tuning``)."""
+    return _tuning.cpu_features(measure_peak)
+
+
+def autotune(save=True):
+    """Time a few SGEMM blockings around the model's and keep the fastest, cached per CPU
+    model and dtkd version (see ``dtkd.tuning.autotune``)."""
+    return _tuning.autotune(save=save)
 
 
 def __getattr__(name):

@@ -52,12 +52,19 @@ class TinyStep:
         return stats["loss"]
 
 
+def live_blocks():
+    """C blocks allocated and not freed, after the workspace arena gives back its cached blocks
+    (kept across calls on purpose: not a leak, and a failed allocation may empty a slot)."""
+    _C.workspace_trim()
+    return _C._live_blocks()
+
+
 def sweep_allocation_failures(fn, limit=10_000):
     """Run ``fn()`` with the n-th C allocation failing, for n = 1, 2, ... until ``fn`` makes
     fewer than n allocations. Every run must either return or raise MemoryError, and leave no C
     block allocated. Returns the number of allocation sites exercised (the n that failed)."""
     fn()  # warm-up: per-thread buffers that live across calls (gemm packing) exist now
-    base = _C._live_blocks()
+    base = live_blocks()
     failed = 0
     try:
         for n in range(1, limit):
@@ -69,7 +76,7 @@ def sweep_allocation_failures(fn, limit=10_000):
                 assert str(e), "MemoryError without a message"
             pending = _C._fail_alloc_pending()
             _C._fail_alloc_after(0)
-            assert _C._live_blocks() == base, f"failing allocation {n}: C blocks leaked"
+            assert live_blocks() == base, f"failing allocation {n}: C blocks leaked"
             if pending:  # fn allocated fewer than n times: every allocation site has failed once
                 return failed
             failed += 1

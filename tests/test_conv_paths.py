@@ -190,13 +190,33 @@ def test_fused_block_tail_matches_module_by_module_eval():
     close(fused, unfused, "fused eval logits")
 
 
-def test_conv_bn_fusion_arguments_need_eval_no_grad():
+def test_conv_bn_residual_relu_in_training_equals_the_layers_one_by_one():
+    """In training the BatchNorm applies the residual add and ReLU in its own pass; forward and
+    backward equal conv -> bn -> add -> relu run as separate ops."""
     from dtkd.nn.fused import conv_bn
     rng = np.random.default_rng(6)
     conv, bn = nn.Conv2d(16, 16, 3, padding=1, rng=rng), nn.BatchNorm2d(16)
-    x = rng.standard_normal((1, 16, 4, 4)).astype(np.float32)
-    with pytest.raises(ValueError, match="no_grad"):
-        conv_bn(conv, bn, x, relu=True)
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    r = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    y = conv_bn(conv, bn, x, residual=r, relu=True)
+    dz, dr = bn.backward(dy)
+    dx = conv.backward(dz)
+    grads = [p.grad.copy() for p in (conv.weight, bn.weight, bn.bias)]
+
+    conv2, bn2 = nn.Conv2d(16, 16, 3, padding=1, rng=rng), nn.BatchNorm2d(16)
+    conv2.weight.data[...] = conv.weight.data
+    conv2.bias.data[...] = conv.bias.data
+    s = bn2(conv2(x))
+    from dtkd import _C
+    ref = _C.add_relu_forward(s, r)
+    g = _C.relu_backward(dy, ref)
+    ref_dx = conv2.backward(bn2.backward(g))
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dr, g, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+    for got, p in zip(grads, (conv2.weight, bn2.weight, bn2.bias)):
+        np.testing.assert_allclose(got, p.grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n,c,o,h,w", [

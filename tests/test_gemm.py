@@ -1,7 +1,8 @@
 """SGEMM (csrc/kernels/gemm*.c) against a float64 NumPy reference, on every SIMD path.
 
-The scalar, AVX2 and AVX-512 micro-kernels have different tile shapes (4x8, 6x16, 8x32), so
-the odd sizes below hit full tiles, edge tiles and several K/M/N cache blocks of each.
+The scalar, AVX2 and AVX-512 micro-kernels have different tile shapes (4x8; 6x16 and 4x24;
+8x32), each forced in turn, so the odd sizes below hit full tiles, edge tiles and several K/M/N
+cache blocks of each (the blocking is derived for this CPU: kc 160..512, mc ~100..1200).
 """
 import threading
 
@@ -15,14 +16,26 @@ from dtkd import _C
 from kernel_testing import available_isas, num_threads, threads  # noqa: F401 (fixture)
 
 ISAS = available_isas()
+# every micro-kernel of every path this CPU runs: (isa, index into sgemm_configs(isa))
+KERNELS = [(name, i) for name in ISAS for i in range(len(_C.sgemm_configs(name)["kernels"]))]
 
 
-@pytest.fixture(params=ISAS)
+def kernel_id(param):
+    name, i = param
+    k = _C.sgemm_configs(name)["kernels"][i]
+    return f"{name}-{k['mr']}x{k['nr']}"
+
+
+@pytest.fixture(params=KERNELS, ids=kernel_id)
 def isa(request):
-    """Force one code path for the test, then restore the one in use before it."""
+    """Force one code path and one of its micro-kernels for the test, then restore the path in
+    use before it and the model's per-problem choice of kernel."""
+    name, index = request.param
     before = _C.cpu_features()["isa"]
-    assert _C.set_isa(request.param) == request.param
-    yield request.param
+    assert _C.set_isa(name) == name
+    _C.sgemm_force_kernel(name, index)
+    yield name
+    _C.sgemm_force_kernel(name, -1)
     _C.set_isa(before)
 
 
@@ -66,7 +79,7 @@ def assert_matches(c, ref, tol):
 SIZES = [
     (1, 1, 1), (1, 37, 5), (37, 1, 5), (5, 7, 3), (6, 16, 8), (14, 32, 9), (15, 33, 17),
     (13, 31, 1), (29, 65, 40), (64, 64, 64), (100, 47, 300), (341, 97, 83),
-    (3, 4200, 7), (40, 100, 600), (130, 70, 530),
+    (3, 4200, 7), (40, 100, 600), (130, 70, 530), (400, 45, 650),
 ]
 
 

@@ -137,6 +137,114 @@ def test_batchnorm_matches_torch_train_eval_and_running_stats(shape, threads):
     np.testing.assert_allclose(y_eval, yt_eval.numpy(), rtol=1e-5, atol=1e-5)
 
 
+# ---- BatchNorm fused with the residual add and ReLU (a ResNet block's tail) ----------------
+
+def fused_reference(x, gamma, beta, residual, relu, eps):
+    """relu?(bn(x) + residual) in float64 (residual may be None)."""
+    y = batchnorm_train_reference(x, gamma, beta, eps)[0]
+    if residual is not None:
+        y = y + residual
+    return np.maximum(y, 0.0) if relu else y
+
+
+@pytest.mark.parametrize("residual,relu", [(False, True), (True, True), (True, False)],
+                         ids=["relu", "add+relu", "add"])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (16, 8, 8, 8)])
+def test_fused_batchnorm_forward_matches_reference(shape, residual, relu, threads):
+    x, gamma, beta, rm, rv = make_problem(shape, seed=11)
+    res = rand(shape, 12) if residual else None
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5,
+                                                   residual=res, relu=relu)
+    ref = fused_reference(*(a.astype(np.float64) for a in (x, gamma, beta)),
+                          None if res is None else res.astype(np.float64), relu, 1e-5)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    # the statistics and running updates are the plain BN's
+    rm1, rv1 = rm0.copy(), rv0.copy()
+    _, mean1, invstd1 = _C.batchnorm2d_forward_train(x, gamma, beta, rm1, rv1, 0.1, 1e-5)
+    np.testing.assert_array_equal(mean, mean1)
+    np.testing.assert_array_equal(invstd, invstd1)
+    np.testing.assert_array_equal(rm, rm1)
+    np.testing.assert_array_equal(rv, rv1)
+
+
+@pytest.mark.parametrize("residual,relu", [(False, True), (True, True), (True, False),
+                                           (False, False)],
+                         ids=["relu", "add+relu", "add", "plain"])
+def test_fused_batchnorm_backward_matches_finite_differences(residual, relu, threads):
+    shape, eps = (3, 2, 3, 4), 1e-5
+    x, gamma, beta, _, _ = make_problem(shape, seed=13)
+    res = rand(shape, 14) if residual else None
+    y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, eps,
+                                                   residual=res, relu=relu)
+    dy = rand(shape, 15)
+    dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(beta)
+    dx, dres = _C.batchnorm2d_act_backward(dy, y if relu else None, x, gamma, mean, invstd,
+                                           dgamma, dbeta, residual)
+    assert (dres is None) == (not residual)
+
+    x64, g64, b64, dy64 = (a.astype(np.float64) for a in (x, gamma, beta, dy))
+    r64 = None if res is None else res.astype(np.float64)
+
+    def loss():
+        return float(np.sum(fused_reference(x64, g64, b64, r64, relu, eps) * dy64))
+
+    wrts = [(dx, x64), (dgamma, g64), (dbeta, b64)] + ([(dres, r64)] if residual else [])
+    for analytic, wrt in wrts:
+        assert_grad_close(analytic, numeric_grad(loss, wrt), rtol=1e-3, atol=2e-4)
+
+
+def test_fused_batchnorm_backward_matches_numpy_reference_and_torch(threads):
+    """The analytic gradient written out in NumPy (float64), and torch's autograd if present."""
+    shape, eps = (8, 16, 8, 8), 1e-5
+    x, gamma, beta, _, _ = make_problem(shape, seed=17)
+    res, dy = rand(shape, 18), rand(shape, 19)
+    y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, eps,
+                                                   residual=res, relu=True)
+    dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(beta)
+    dx, dres = _C.batchnorm2d_act_backward(dy, y, x, gamma, mean, invstd, dgamma, dbeta, True)
+
+    x64, g64, b64, r64, dy64 = (a.astype(np.float64) for a in (x, gamma, beta, res, dy))
+    c = (None, slice(None), None, None)
+    mu, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    xhat = (x64 - mu[c]) / np.sqrt(var + eps)[c]
+    g = dy64 * (xhat * g64[c] + b64[c] + r64 > 0)
+    ref_dgamma, ref_dbeta = (g * xhat).sum(axis=(0, 2, 3)), g.sum(axis=(0, 2, 3))
+    ref_dx = (g64 / np.sqrt(var + eps))[c] * (g - g.mean(axis=(0, 2, 3))[c]
+                                              - xhat * (g * xhat).mean(axis=(0, 2, 3))[c])
+    np.testing.assert_allclose(dres, g, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dgamma, ref_dgamma, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dbeta, ref_dbeta, rtol=1e-4, atol=1e-4)
+
+    torch = pytest.importorskip("torch", reason="torch not installed: equivalence test skipped")
+    xt, gt, bt, rt = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, gamma, beta, res))
+    yt = torch.relu(torch.nn.functional.batch_norm(xt, None, None, gt, bt, training=True,
+                                                   eps=eps) + rt)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for ours, theirs in ((dx, xt), (dgamma, gt), (dbeta, bt), (dres, rt)):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_batchnorm_rejects_bad_residual_and_y():
+    x, gamma, beta, _, _ = make_problem((2, 3, 4, 4), seed=21)
+    with pytest.raises(ValueError, match="residual"):
+        _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5,
+                                     residual=np.zeros((2, 3, 4, 5), np.float32))
+    with pytest.raises(TypeError, match="residual"):
+        _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5,
+                                     residual=np.zeros((2, 3, 4, 4), np.float64))
+    bad = np.zeros((2, 3, 4, 4), np.float32)
+    bad[0, 1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="residual: contains NaN"):
+        _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5, residual=bad)
+    y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5, relu=True)
+    with pytest.raises(ValueError, match="y: expected shape"):
+        _C.batchnorm2d_act_backward(y, y[:1], x, gamma, mean, invstd, np.zeros(3, np.float32),
+                                    np.zeros(3, np.float32), False)
+
+
 # ---- bad input -------------------------------------------------------------------------------
 
 def test_batchnorm_rejects_wrong_dtype_ndim_and_layout():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dtkd import _C, losses
-from reliability_helpers import TinyStep, one_thread, rss_bytes
+from reliability_helpers import TinyStep, live_blocks, one_thread, rss_bytes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="/proc/self/statm is Linux-only")
@@ -20,14 +20,14 @@ RSS_BOUND = 1 << 20
 def assert_flat(fn, calls, warmup):
     for _ in range(warmup):  # allocator pools, per-thread buffers, lazily built state
         fn()
-    blocks, start = _C._live_blocks(), rss_bytes()
+    blocks, start = live_blocks(), rss_bytes()
     samples = []
     for i in range(calls):
         fn()
         if (i + 1) % (calls // 10) == 0:
             samples.append(rss_bytes() - start)
     assert max(samples) < RSS_BOUND, f"RSS grew (bytes after each tenth): {samples}"
-    assert _C._live_blocks() == blocks
+    assert live_blocks() == blocks
 
 
 def test_rss_flat_across_100000_loss_calls():

@@ -260,11 +260,12 @@ class MaskedReLU:
 
 def dtkd_relu_masks(model):
     """Where each ReLU of the last forward passed its input, in forward order (reads the
-    outputs the modules keep for backward)."""
-    masks = [model.relu._saved > 0]
+    outputs the BatchNorms, which apply the ReLUs in training, keep for backward)."""
+    relu_output = lambda bn: bn._saved[4]
+    masks = [relu_output(model.bn1) > 0]
     for layer in (model.layer1, model.layer2, model.layer3):
         for block in layer:
-            masks += [block.relu._saved > 0, block._saved > 0]
+            masks += [relu_output(block.bn1) > 0, relu_output(block.bn2) > 0]
     return masks
 
 

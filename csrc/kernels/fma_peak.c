@@ -38,7 +38,36 @@ static double thread_seconds(void)
                   ADD(ADD(a8, a9), ADD(a10, a11)));                                             \
     } while (0)
 
+/* One dependent chain a = a * x + y, `iters` times: each FMA waits for the previous one, so the
+ * loop runs at the FMA latency. Unrolled by 12 like the chains, so loop overhead is the same. */
+#define FMA_ONE_CHAIN(T, SET1, FMA, iters, out)                                                 \
+    do {                                                                                        \
+        T x = SET1(0.99999f), y = SET1(1e-6f), a0 = SET1(1.f);                                 \
+        for (long k = 0; k < (iters); k++) {                                                    \
+            a0 = FMA(a0, x, y); a0 = FMA(a0, x, y); a0 = FMA(a0, x, y); a0 = FMA(a0, x, y);     \
+            a0 = FMA(a0, x, y); a0 = FMA(a0, x, y); a0 = FMA(a0, x, y); a0 = FMA(a0, x, y);     \
+            a0 = FMA(a0, x, y); a0 = FMA(a0, x, y); a0 = FMA(a0, x, y); a0 = FMA(a0, x, y);     \
+        }                                                                                       \
+        out = a0;                                                                               \
+    } while (0)
+
 #if defined(__x86_64__) || defined(__i386__)
+DTKD_TARGET_AVX512 static float fma_chain_avx512(long iters)
+{
+    __m512 s;
+    FMA_ONE_CHAIN(__m512, _mm512_set1_ps, _mm512_fmadd_ps, iters, s);
+    return _mm512_reduce_add_ps(s);
+}
+
+DTKD_TARGET_AVX2 static float fma_chain_avx2(long iters)
+{
+    __m256 s;
+    FMA_ONE_CHAIN(__m256, _mm256_set1_ps, _mm256_fmadd_ps, iters, s);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, s);
+    return lanes[0] + lanes[7];
+}
+
 DTKD_TARGET_AVX512 static float fma_chains_avx512(long iters)
 {
     __m512 s;
@@ -68,6 +97,13 @@ static float fma_chains_scalar(long iters)
 {
     vec4 s;
     FMA_CHAINS(vec4, vec4_set1, vec4_muladd, vec4_add, iters, s);
+    return s[0] + s[3];
+}
+
+static float fma_chain_scalar(long iters)
+{
+    vec4 s;
+    FMA_ONE_CHAIN(vec4, vec4_set1, vec4_muladd, iters, s);
     return s[0] + s[3];
 }
 
@@ -106,4 +142,41 @@ double dtkd_fma_peak_gflops(enum dtkd_isa isa, double seconds, int nthreads)
     }
     (void)sink;
     return gflops; /* the sum of each thread's rate on its own core */
+}
+
+/* Seconds of this thread's CPU time per call of fn(iters), the best of `tries` (the least
+ * disturbed by interrupts and by other processes' cache traffic). */
+static double best_call_seconds(float (*fn)(long), long iters, int tries, volatile float *sink)
+{
+    double best = -1.0;
+    for (int i = 0; i < tries; i++) {
+        double t0 = thread_seconds();
+        *sink += fn(iters);
+        double t = thread_seconds() - t0;
+        if (best < 0.0 || t < best) best = t;
+    }
+    return best;
+}
+
+double dtkd_fma_in_flight(enum dtkd_isa isa)
+{
+    float (*chain)(long) = NULL;
+    int lanes = 0;
+    float (*chains)(long) = chains_for(isa, &lanes);
+    if (!chains) return -1.0;
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa == DTKD_ISA_AVX512) chain = fma_chain_avx512;
+    else if (isa == DTKD_ISA_AVX2) chain = fma_chain_avx2;
+#endif
+    if (isa == DTKD_ISA_SCALAR) chain = fma_chain_scalar;
+    volatile float sink = 0.0f;
+    const long iters = 20000; /* 240k FMAs per call: ~0.3 ms dependent, ~0.05 ms throughput */
+    chains(iters);            /* warm up */
+    double one = best_call_seconds(chain, iters, 5, &sink);      /* 12 * iters dependent FMAs */
+    double twelve = best_call_seconds(chains, iters, 5, &sink);  /* 12 * iters independent */
+    (void)sink;
+    if (one <= 0.0 || twelve <= 0.0) return -1.0;
+    /* if 12 chains do not saturate the pipes (latency x pipes > 12), this reads 12: enough
+     * for the tile model, which only asks whether a tile has as many accumulators */
+    return one / twelve;
 }

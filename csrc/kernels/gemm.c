@@ -2,6 +2,9 @@
  * into contiguous micro-panels. Only the micro-kernels (gemm_avx512.c, gemm_avx2.c,
  * gemm_scalar.c) depend on the instruction set; this file is portable C.
  *
+ * The micro-kernel and the block sizes kc, mc, nc are chosen at run time for the CPU
+ * (gemm_blocking.c).
+ *
  * Loops (per thread):  jc over N by nc   -> pc over K by kc -> pack B block (L3)
  *                      ic over M by mc   -> pack A block (this thread's, L2)
  *                      jr over nr-panels -> ir over mr-panels -> micro-kernel.
@@ -74,6 +77,7 @@ static inline void copy_panel_row(float *restrict d, const float *restrict s, in
     case 6: memcpy(d, s, 6 * sizeof(float)); break;
     case 8: memcpy(d, s, 8 * sizeof(float)); break;
     case 16: memcpy(d, s, 16 * sizeof(float)); break;
+    case 24: memcpy(d, s, 24 * sizeof(float)); break;
     case 32: memcpy(d, s, 32 * sizeof(float)); break;
     case 64: memcpy(d, s, 64 * sizeof(float)); break;
     default: memcpy(d, s, (size_t)n * sizeof(float));
@@ -259,15 +263,6 @@ static void gemm_thread(const struct gemm_problem *g, int t, int nt)
     }
 }
 
-static const struct dtkd_sgemm_config *config_for(enum dtkd_isa isa)
-{
-    switch (isa) {
-    case DTKD_ISA_AVX512: return &dtkd_sgemm_config_avx512;
-    case DTKD_ISA_AVX2: return &dtkd_sgemm_config_avx2;
-    default: return &dtkd_sgemm_config_scalar;
-    }
-}
-
 /* C = beta * C (beta == 0: C = 0 without reading it), for alpha == 0 or K == 0. */
 static void scale_c(long M, long N, float beta, float *C, long ldc)
 {
@@ -288,7 +283,10 @@ int dtkd_sgemm(int trans_a, int trans_b, long M, long N, long K, float alpha, co
         return DTKD_OK;
     }
 
-    const struct dtkd_sgemm_config *cfg = config_for(dtkd_isa());
+    /* The micro-kernel and blocking derived for this CPU (gemm_blocking.c), copied so that an
+     * autotune changing them meanwhile cannot mix two configurations in one call. */
+    const struct dtkd_sgemm_config config = *dtkd_sgemm_choose(dtkd_isa(), M, N);
+    const struct dtkd_sgemm_config *cfg = &config;
     const int mr = cfg->mr, nr = cfg->nr;
 
     /* Threads: none inside another parallel region; none for problems too small to amortize

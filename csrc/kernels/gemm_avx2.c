@@ -1,42 +1,51 @@
-/* gemm_avx2.c -- AVX2+FMA SGEMM micro-kernel: a 6 x 16 tile of C in 12 ymm accumulators. */
+/* gemm_avx2.c -- AVX2+FMA SGEMM micro-kernels (6 x 16 and 4 x 24 tiles of C in ymm
+ * accumulators) and the AVX2 transposing copy used by the packing. */
 #include "kernels/gemm.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#define MR 6
-#define NR 16
+/* c (MR x 8*NV) = alpha * a_panel (kc x MR) . b_panel (kc x 8*NV) + beta * c: MR * NV ymm
+ * accumulators, per k NV vector loads of B and MR broadcasts of A. One body, instantiated for
+ * the shapes the blocking model chooses among (gemm_blocking.c): 6x16 (12 accumulators, what
+ * BLIS uses on Haswell/Zen) and 4x24 (12 accumulators, fewer loads per FMA, and no edge rows
+ * when M is a multiple of 4, as the output channels of a conv are). */
+#define DEFINE_AVX2_KERNEL(name, MR, NV)                                                       \
+    DTKD_TARGET_AVX2 static void name(                                      \
+        long kc, const float *restrict a, const float *restrict b, long ldb, float *restrict c, \
+        long ldc, float alpha, float beta)                                                     \
+    {                                                                                          \
+        /* C's rows are far apart: start fetching them now (as gemm_avx512.c) */                \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                                 \
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);                            \
+            _mm_prefetch((const char *)(c + i * ldc + 8 * NV - 1), _MM_HINT_T0);               \
+        }                                                                                      \
+        __m256 acc[MR][NV];                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                                   \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[i][v] = _mm256_setzero_ps(); \
+        for (long p = 0; p < kc; p++) {                                                        \
+            __m256 bv[NV];                                                                     \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                               \
+                bv[v] = _mm256_loadu_ps(b + p * ldb + 8 * v);                                  \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                             \
+                __m256 ai = _mm256_broadcast_ss(a + p * MR + i);                               \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                           \
+                    acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);                         \
+            }                                                                                  \
+        }                                                                                      \
+        __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);                          \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                                 \
+            float *ci = c + i * ldc;                                                           \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                             \
+                __m256 r = _mm256_mul_ps(va, acc[i][v]);                                       \
+                if (beta != 0.0f) r = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + 8 * v), r);     \
+                _mm256_storeu_ps(ci + 8 * v, r);                                               \
+            }                                                                                  \
+        }                                                                                      \
+    }
 
-/* c (6 x 16) = alpha * a_panel (kc x 6) . b_panel (kc x 16) + beta * c */
-DTKD_TARGET_AVX2 static void
-sgemm_kernel_avx2(long kc, const float *restrict a, const float *restrict b, long ldb,
-                  float *restrict c, long ldc, float alpha, float beta)
-{
-    __m256 acc[MR][2];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    for (long p = 0; p < kc; p++) {
-        __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + p * ldb + 8);
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; i++) {
-            __m256 ai = _mm256_broadcast_ss(a + p * MR + i);
-            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
-        }
-    }
-    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; i++) {
-        float *ci = c + i * ldc;
-        __m256 r0 = _mm256_mul_ps(va, acc[i][0]), r1 = _mm256_mul_ps(va, acc[i][1]);
-        if (beta != 0.0f) {
-            r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci), r0);
-            r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + 8), r1);
-        }
-        _mm256_storeu_ps(ci, r0);
-        _mm256_storeu_ps(ci + 8, r1);
-    }
-}
+DEFINE_AVX2_KERNEL(sgemm_kernel_avx2_6x16, 6, 2)
+DEFINE_AVX2_KERNEL(sgemm_kernel_avx2_4x24, 4, 3)
 
 /* dst[p * ldd + r] = src[r * lds + p] for r < 8, p < kc: the transposing copy behind packing
  * a row-major A or a transposed B, by 8 x 8 in-register transposes (the portable loop does one
@@ -73,14 +82,15 @@ dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, lon
         for (int r = 0; r < 8; r++) dst[p * ldd + r] = src[r * lds + p];
 }
 
-/* Measured on Zen 4 over kc 256..512, mc 48..120, nc 1024..4096 (differences within ~3%). */
-const struct dtkd_sgemm_config dtkd_sgemm_config_avx2 = {
-    .mr = MR, .nr = NR, .kc = 384, .mc = 96, .nc = 2048, .kernel = sgemm_kernel_avx2,
-    .pack_8rows = dtkd_sgemm_pack_8rows_avx2,
+/* The shapes the model may choose; blocking (kc, mc, nc) is derived at run time. */
+const struct dtkd_sgemm_kernel_desc dtkd_sgemm_kernels_avx2[] = {
+    {6, 16, sgemm_kernel_avx2_6x16},
+    {4, 24, sgemm_kernel_avx2_4x24},
+    {0, 0, NULL},
 };
 #else
-/* Not x86: the AVX2 path is never chosen (dtkd_isa() reports scalar); an empty config and a
- * no-op pack keep the symbols defined. */
-const struct dtkd_sgemm_config dtkd_sgemm_config_avx2 = {0};
+/* Not x86: the AVX2 path is never chosen (dtkd_isa() reports scalar); an empty kernel list and
+ * a no-op pack keep the symbols defined. */
+const struct dtkd_sgemm_kernel_desc dtkd_sgemm_kernels_avx2[] = {{0, 0, NULL}};
 void dtkd_sgemm_pack_8rows_avx2(float *dst, long ldd, const float *src, long lds, long kc) {}
 #endif

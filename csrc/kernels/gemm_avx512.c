@@ -51,11 +51,11 @@ sgemm_kernel_avx512(long kc, const float *restrict a, const float *restrict b, l
     }
 }
 
-/* Measured on Zen 4 (1 MB L2, 32 MB L3) over kc 128..1024, mc 24..192, nc 1024..4096. */
-const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {
-    .mr = MR, .nr = NR, .kc = 512, .mc = 64, .nc = 2048, .kernel = sgemm_kernel_avx512,
-    .pack_8rows = dtkd_sgemm_pack_8rows_avx2,
+/* Blocking (kc, mc, nc) is derived at run time (gemm_blocking.c). */
+const struct dtkd_sgemm_kernel_desc dtkd_sgemm_kernels_avx512[] = {
+    {MR, NR, sgemm_kernel_avx512},
+    {0, 0, NULL},
 };
 #else
-const struct dtkd_sgemm_config dtkd_sgemm_config_avx512 = {0};
+const struct dtkd_sgemm_kernel_desc dtkd_sgemm_kernels_avx512[] = {{0, 0, NULL}};
 #endif

@@ -19,7 +19,8 @@ static void sgemm_kernel_scalar(long kc, const float *restrict a, const float *r
                                           : alpha * acc[i][j] + beta * c[i * ldc + j];
 }
 
-/* Block sizes: a B micro-panel (kc x NR) stays in L1, the A block (mc x kc) in L2. */
-const struct dtkd_sgemm_config dtkd_sgemm_config_scalar = {
-    .mr = MR, .nr = NR, .kc = 256, .mc = 128, .nc = 2048, .kernel = sgemm_kernel_scalar,
+/* Blocking (kc, mc, nc) is derived at run time (gemm_blocking.c). */
+const struct dtkd_sgemm_kernel_desc dtkd_sgemm_kernels_scalar[] = {
+    {MR, NR, sgemm_kernel_scalar},
+    {0, 0, NULL},
 };

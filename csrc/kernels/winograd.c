@@ -131,31 +131,36 @@ struct wino_geom {
 static size_t round_up(size_t n, size_t k) { return (n + k - 1) / k * k; }
 
 /* Tiles per block. The GEMMs tiles x C x O want many tiles (dtkd_sgemm packs u[xi], C x O,
- * on every call, and computes rows in panels of 14: a block of 15 tiles costs as much as one of
- * 28), while V and M of a block (a*a*tiles*(C+O) floats) should stay in the L2 cache (1 MB per
- * core here; 0.75 MB of it leaves room for the packed GEMM panels). Measured at resnet32x4's
- * shapes (batch 64, 1 and 2 threads, 28..896 tiles): 56 tiles was best or within ~3% of the
- * best everywhere, larger blocks lost 3-10% once V and M left L2, smaller ones lost to the GEMM;
- * the exception was few tiles on 2 threads (256 channels at 8x8: 256 tiles), where one block
- * per thread (128) beat 56 (5 blocks, 3 rounds) by ~8%. So: the L2 bound, at least 56; among
- * sizes up to it (and, on several threads, one block per thread when that is at most 256 tiles),
- * the one minimizing the modelled time rounds * (rows rounded to 14 + ~16 rows for packing u). */
-static long choose_block_tiles(long c_pad, long o_pad, int a, long tiles, int nthreads)
+ * on every call, and computes rows in panels of its micro-kernel's mr: a block of mr + 1 tiles
+ * costs as much as one of 2 mr), while V and M of a block (a*a*tiles*(C+O) floats) should stay
+ * in the L2 cache (3/4 of it, leaving room for the packed GEMM panels). Measured on Zen 4
+ * (1 MB L2, mr 14 then) at resnet32x4's shapes (batch 64, 1 and 2 threads, 28..896 tiles):
+ * 56 tiles was best or within ~3% of the best everywhere, larger blocks lost 3-10% once V and M
+ * left L2, smaller ones lost to the GEMM; the exception was few tiles on 2 threads (256
+ * channels at 8x8: 256 tiles), where one block per thread (128) beat 56 (5 blocks, 3 rounds)
+ * by ~8%. So: the L2 bound (of this CPU, and the mr of the micro-kernel the GEMM will take),
+ * at least 56; among sizes up to it (and, on several threads, one block per thread when that
+ * is at most 256 tiles), the one minimizing the modelled time rounds * (rows rounded to mr +
+ * ~16 rows for packing u). */
+static long choose_block_tiles(long c_pad, long o_pad, long O, int a, long tiles, int nthreads)
 {
-    const long l2_floats = 192 * 1024;
+    const enum dtkd_isa isa = dtkd_isa();
+    const long mr = dtkd_sgemm_choose(isa, 56, O)->mr;
+    const long l2_floats = dtkd_sgemm_machine(isa)->l2.size / (long)sizeof(float) * 3 / 4;
     long max_tiles = l2_floats / ((long)a * a * (c_pad + o_pad));
     if (max_tiles < 56) max_tiles = 56;
     if (max_tiles > 256) max_tiles = 256;
     if (max_tiles > tiles) max_tiles = tiles;
     const long one_per_thread = nthreads > 1 ? (tiles + nthreads - 1) / nthreads : 0;
     long best = max_tiles, best_cost = -1;
-    for (long t = 14; t <= 256 && t <= tiles; t++) {
+    for (long t = mr; t <= 256 && t <= tiles; t++) {
         if (t > max_tiles && t != one_per_thread) continue;
         long blocks = (tiles + t - 1) / t;
         long rounds = (blocks + nthreads - 1) / nthreads;
-        long cost = rounds * ((t + 13) / 14 * 14 + 16);
+        long cost = rounds * ((t + mr - 1) / mr * mr + 16);
         if (best_cost < 0 || cost <= best_cost) best = t, best_cost = cost;  /* ties: larger */
     }
+    if (tiles < mr) best = tiles;
     return best;
 }
 
@@ -170,7 +175,7 @@ static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O
     g->tiles = N * g->tiles_h * g->tiles_w;
     g->c_pad = (long)round_up((size_t)C, LANES);
     g->o_pad = (long)round_up((size_t)O, LANES);
-    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, g->a, g->tiles, nthreads);
+    g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, O, g->a, g->tiles, nthreads);
     g->blocks = (g->tiles + g->block_tiles - 1) / g->block_tiles;
     g->strip_w = g->tiles_w * m + 2;
     const size_t aa = (size_t)g->a * g->a;

@@ -147,9 +147,9 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     int st;
     DTKD_BEGIN_NOGIL
     long len = dtkd_conv2d_forward_workspace(&d, dtkd_get_num_threads());
-    float *ws = len ? dtkd_malloc_array(len, sizeof(float)) : NULL;
+    float *ws = len ? dtkd_workspace_acquire((size_t)len) : NULL;
     st = len && !ws ? DTKD_ERR_NOMEM : dtkd_conv2d_forward(F32(y), ws, len, F32(x), F32(w), b, &d);
-    dtkd_free(ws);
+    dtkd_workspace_release(ws);
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
@@ -190,11 +190,11 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     int st;
     DTKD_BEGIN_NOGIL
     long len = dtkd_conv2d_backward_workspace(&d, dtkd_get_num_threads(), dw != NULL);
-    float *ws = len ? dtkd_malloc_array(len, sizeof(float)) : NULL;
+    float *ws = len ? dtkd_workspace_acquire((size_t)len) : NULL;
     st = len && !ws ? DTKD_ERR_NOMEM
                     : dtkd_conv2d_backward(dx ? F32(dx) : NULL, dw, db, ws, len, F32(dy), F32(x),
                                            F32(w), &d);
-    dtkd_free(ws);
+    dtkd_workspace_release(ws);
     DTKD_END_NOGIL
     if (st) {
         Py_XDECREF(dx);
@@ -228,10 +228,10 @@ static PyObject *py_conv3x3_backward_weight(PyObject *self, PyObject *args)
     int st;
     DTKD_BEGIN_NOGIL
     long len = dtkd_conv3x3_backward_weight_workspace(N, C, H, W, O);
-    float *ws = dtkd_malloc_array(len, sizeof(float));
+    float *ws = dtkd_workspace_acquire((size_t)len);
     st = !ws ? DTKD_ERR_NOMEM
              : dtkd_conv3x3_backward_weight(F32(dw), ws, len, F32(dy), F32(x), N, C, H, W, O);
-    dtkd_free(ws);
+    dtkd_workspace_release(ws);
     DTKD_END_NOGIL
     if (st) return dtkd_raise_status(st, "conv3x3_backward_weight");
     Py_RETURN_NONE;
@@ -246,12 +246,15 @@ static int finite_positive(double v, const char *name)
     return -1;
 }
 
-static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args)
+static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *xo, *go, *bo, *rmo, *rvo;
+    static char *kwlist[] = {"x", "gamma", "beta", "running_mean", "running_var", "momentum",
+                             "eps", "residual", "relu", NULL};
+    PyObject *xo, *go, *bo, *rmo, *rvo, *reso = Py_None;
     double momentum, eps;
-    if (!PyArg_ParseTuple(args, "OOOOOdd:batchnorm2d_forward_train", &xo, &go, &bo, &rmo, &rvo,
-                          &momentum, &eps))
+    int relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOdd|Op:batchnorm2d_forward_train", kwlist,
+                                     &xo, &go, &bo, &rmo, &rvo, &momentum, &eps, &reso, &relu))
         return NULL;
     PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
     if (!x || nonempty(x, "x")) return NULL;
@@ -270,6 +273,13 @@ static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args)
         rm = F32(a);
         rv = F32(b);
     }
+    const float *residual = NULL;
+    if (reso != Py_None) {
+        /* finite: the sum is checked only through x's statistics */
+        PyArrayObject *r = finite_input(reso, "residual", 4, xs);
+        if (!r) return NULL;
+        residual = F32(r);
+    }
     if (!(isfinite(momentum) && momentum >= 0 && momentum <= 1))
         return DTKD_VALUE_ERR("momentum: must be in [0, 1], got %g", momentum);
     if (finite_positive(eps, "eps")) return NULL;
@@ -283,9 +293,9 @@ static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args)
     if (!y || !mean || !invstd) goto fail;
     int st;
     DTKD_BEGIN_NOGIL
-    st = dtkd_batchnorm2d_forward_train(F32(y), F32(mean), F32(invstd), rm, rv, F32(x),
-                                        F32(gamma), F32(beta), (float)momentum, (float)eps,
-                                        (long)xs[0], (long)C, HW);
+    st = dtkd_batchnorm2d_act_forward_train(F32(y), F32(mean), F32(invstd), rm, rv, F32(x),
+                                            F32(gamma), F32(beta), residual, relu,
+                                            (float)momentum, (float)eps, (long)xs[0], (long)C, HW);
     DTKD_END_NOGIL
     if (st) {
         raise_x_status(st, "batchnorm2d_forward_train");
@@ -333,30 +343,58 @@ static PyObject *py_batchnorm2d_forward_eval(PyObject *self, PyObject *args)
     return (PyObject *)y;
 }
 
-static PyObject *py_batchnorm2d_backward(PyObject *self, PyObject *args)
+/* dx (and, with residual_grad, the residual's gradient) of batchnorm2d_forward_train, fused
+ * with its ReLU when y (its output) is given. */
+static PyObject *bn_backward(PyObject *dyo, PyObject *yo, PyObject *xo, PyObject *go,
+                             PyObject *mo, PyObject *io, PyObject *dgo, PyObject *dbo,
+                             int residual_grad, int as_pair)
 {
-    PyObject *dyo, *xo, *go, *mo, *io, *dgo, *dbo;
-    if (!PyArg_ParseTuple(args, "OOOOOOO:batchnorm2d_backward", &dyo, &xo, &go, &mo, &io, &dgo,
-                          &dbo))
-        return NULL;
     PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
     PyArrayObject *dy = finite_input(dyo, "dy", 4, xs);
+    PyArrayObject *y = NULL;
+    if (dy && yo != Py_None && !(y = dtkd_check_shape(yo, "y", NPY_FLOAT32, 4, xs))) return NULL;
     PyArrayObject *gamma = dy ? vector_arg(go, "gamma", C, 0) : NULL;
     PyArrayObject *mean = gamma ? vector_arg(mo, "save_mean", C, 0) : NULL;
     PyArrayObject *invstd = mean ? vector_arg(io, "save_invstd", C, 0) : NULL;
     PyArrayObject *dgamma = invstd ? vector_arg(dgo, "dgamma", C, 1) : NULL;
     PyArrayObject *dbeta = dgamma ? vector_arg(dbo, "dbeta", C, 1) : NULL;
     if (!dbeta) return NULL;
-    PyArrayObject *dx = new_f32(4, xs);
+    PyArrayObject *dx = new_f32(4, xs), *dres = NULL;
     if (!dx) return NULL;
+    if (residual_grad && !(dres = new_f32(4, xs))) {
+        Py_DECREF(dx);
+        return NULL;
+    }
     DTKD_BEGIN_NOGIL
-    dtkd_batchnorm2d_backward(F32(dx), F32(dgamma), F32(dbeta), F32(dy), F32(x), F32(gamma),
-                              F32(mean), F32(invstd), (long)xs[0], (long)C, (long)(xs[2] * xs[3]));
+    dtkd_batchnorm2d_act_backward(F32(dx), dres ? F32(dres) : NULL, F32(dgamma), F32(dbeta),
+                                  F32(dy), y ? F32(y) : NULL, F32(x), F32(gamma), F32(mean),
+                                  F32(invstd), (long)xs[0], (long)C, (long)(xs[2] * xs[3]));
     DTKD_END_NOGIL
-    return (PyObject *)dx;
+    if (!as_pair) return (PyObject *)dx;
+    if (!dres) return Py_BuildValue("NO", dx, Py_None);
+    return Py_BuildValue("NN", dx, dres);
+}
+
+static PyObject *py_batchnorm2d_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dyo, *xo, *go, *mo, *io, *dgo, *dbo;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:batchnorm2d_backward", &dyo, &xo, &go, &mo, &io, &dgo,
+                          &dbo))
+        return NULL;
+    return bn_backward(dyo, Py_None, xo, go, mo, io, dgo, dbo, 0, 0);
+}
+
+static PyObject *py_batchnorm2d_act_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dyo, *yo, *xo, *go, *mo, *io, *dgo, *dbo;
+    int residual_grad;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOp:batchnorm2d_act_backward", &dyo, &yo, &xo, &go, &mo,
+                          &io, &dgo, &dbo, &residual_grad))
+        return NULL;
+    return bn_backward(dyo, yo, xo, go, mo, io, dgo, dbo, residual_grad, 1);
 }
 
 /* ---- elementwise -------------------------------------------------------------------------- */
@@ -677,9 +715,16 @@ PyMethodDef dtkd_nn_methods[] = {
      "conv3x3_backward_weight(dy, x, dw) -> None: dw (O, C, 3, 3) += the weight gradient of the "
      "3x3 stride-1 pad-1 ungrouped convolution of x (N, C, H, W) given dy (N, O, H, W); from "
      "padded rows without im2col (AVX-512, O a multiple of 8), else by im2col + SGEMM."},
-    {"batchnorm2d_forward_train", py_batchnorm2d_forward_train, METH_VARARGS,
-     "batchnorm2d_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps) -> "
-     "(y, save_mean, save_invstd); running stats updated in place (both may be None)."},
+    {"batchnorm2d_forward_train", (PyCFunction)(void (*)(void))py_batchnorm2d_forward_train,
+     METH_VARARGS | METH_KEYWORDS,
+     "batchnorm2d_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, "
+     "residual=None, relu=False) -> (y, save_mean, save_invstd); running stats updated in place "
+     "(both may be None). y = relu?(bn(x) + residual) when residual/relu are given (one pass)."},
+    {"batchnorm2d_act_backward", py_batchnorm2d_act_backward, METH_VARARGS,
+     "batchnorm2d_act_backward(dy, y, x, gamma, save_mean, save_invstd, dgamma, dbeta, "
+     "residual_grad) -> (dx, dresidual or None): backward of batchnorm2d_forward_train with "
+     "relu (y its output; None: no ReLU) and a residual (residual_grad: also return its "
+     "gradient); dgamma, dbeta accumulated."},
     {"batchnorm2d_forward_eval", py_batchnorm2d_forward_eval, METH_VARARGS,
      "batchnorm2d_forward_eval(x, gamma, beta, running_mean, running_var, eps) -> y."},
     {"batchnorm2d_backward", py_batchnorm2d_backward, METH_VARARGS,

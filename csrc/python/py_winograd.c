@@ -102,7 +102,7 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
 
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)C, (long)H, (long)W,
                                                        (long)O, m, dtkd_get_num_threads());
-    float *ws = dtkd_malloc_array(ws_floats, sizeof(float));
+    float *ws = dtkd_workspace_acquire(ws_floats);
     if (!ws) {
         Py_DECREF(y);
         return dtkd_raise_status(DTKD_ERR_NOMEM, "winograd_conv3x3_forward");
@@ -114,7 +114,7 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
                                       (long)C, (long)H, (long)W, (long)O, m, relu, ws,
                                       ws_floats);
     DTKD_END_NOGIL
-    dtkd_free(ws);
+    dtkd_workspace_release(ws);
     if (status != DTKD_OK) {
         Py_DECREF(y);
         return dtkd_raise_status(status, "winograd_conv3x3_forward");
@@ -164,7 +164,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
     if (dtkd_check_finite(dy, "dy")) goto fail;
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)O, (long)H, (long)W,
                                                        (long)C, m, dtkd_get_num_threads());
-    float *ws = dtkd_malloc_array(ws_floats, sizeof(float));
+    float *ws = dtkd_workspace_acquire(ws_floats);
     if (!ws) {
         dtkd_raise_status(DTKD_ERR_NOMEM, "winograd_conv3x3_backward_input");
         goto fail;
@@ -172,7 +172,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
     const npy_intp dx_shape[4] = {N, C, H, W};
     PyArrayObject *dx = (PyArrayObject *)PyArray_SimpleNew(4, dx_shape, NPY_FLOAT32);
     if (!dx) {
-        dtkd_free(ws);
+        dtkd_workspace_release(ws);
         goto fail;
     }
     int status;
@@ -182,7 +182,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
                                              (const float *)PyArray_DATA(u), (long)N, (long)C,
                                              (long)H, (long)W, (long)O, m, ws, ws_floats);
     DTKD_END_NOGIL
-    dtkd_free(ws);
+    dtkd_workspace_release(ws);
     Py_DECREF(u);
     if (status != DTKD_OK) {
         Py_DECREF(dx);

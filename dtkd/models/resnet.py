@@ -10,10 +10,8 @@ for feature distillers; dtkd's methods need only logits and the pooled feature.)
 """
 import numpy as np
 
-from .. import _C
 from .. import nn
 from ..nn import init
-from ..nn._checks import check_grad
 from ..nn.fused import conv_bn, folds_batchnorm
 
 # name -> (depth, widths [stem, layer1, layer2, layer3])
@@ -46,7 +44,6 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes, 1, rng)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self._saved = None
 
     def forward(self, x):
         if folds_batchnorm(self.bn2):
@@ -57,18 +54,14 @@ class BasicBlock(nn.Module):
             shortcut = conv_bn(self.downsample[0], self.downsample[1], x)
             return conv_bn(self.conv2, self.bn2, h, residual=shortcut, relu=True,
                            overwrite_residual=True)
-        out = conv_bn(self.conv2, self.bn2, self.relu(conv_bn(self.conv1, self.bn1, x)))
+        # training: each BatchNorm applies its ReLU (and bn2 the residual add) in its own pass
+        h = conv_bn(self.conv1, self.bn1, x, relu=True)
         residual = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
-        y = _C.add_relu_forward(out, residual)  # fused residual add + ReLU
-        self._save_for_backward(y)
-        return y
+        return conv_bn(self.conv2, self.bn2, h, residual=residual, relu=True)
 
     def backward(self, grad_out):
-        y = self._saved_for_backward(self._saved)
-        self._saved = None
-        d_sum = _C.relu_backward(check_grad(grad_out, y.shape, "BasicBlock"), y)
-        dx = self.conv1.backward(self.bn1.backward(self.relu.backward(
-            self.conv2.backward(self.bn2.backward(d_sum)))))
+        d_out, d_sum = self.bn2.backward(grad_out)  # through the ReLU; d_sum: the residual's
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(d_out)))
         d_shortcut = d_sum if self.downsample is None else self.downsample.backward(d_sum)
         np.add(dx, d_shortcut, out=dx)
         return dx
@@ -138,7 +131,7 @@ class ResNet(nn.Module):
 
     def forward(self, x, return_features=False):
         self.check_input(x)
-        h = self.relu(conv_bn(self.conv1, self.bn1, x))
+        h = conv_bn(self.conv1, self.bn1, x, relu=True)
         h = self.layer3(self.layer2(self.layer1(h)))
         feature = self.flatten(self.avgpool(h))
         logits = self.fc(feature)
@@ -149,7 +142,7 @@ class ResNet(nn.Module):
         (the input gradient of the first conv is a full extra pass that training never uses)."""
         d = self.avgpool.backward(self.flatten.backward(self.fc.backward(grad_logits)))
         d = self.layer1.backward(self.layer2.backward(self.layer3.backward(d)))
-        return self.conv1.backward(self.bn1.backward(self.relu.backward(d)), need_dx=need_dx)
+        return self.conv1.backward(self.bn1.backward(d), need_dx=need_dx)
 
     def extra_repr(self):
         return f"depth={self.depth}, widths={self.widths}, num_classes={self.num_classes}"

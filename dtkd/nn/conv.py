@@ -17,8 +17,11 @@ CONV_ALGORITHMS = ("auto", "direct")
 # Below this many input channels the direct path keeps the conv: at the 3-channel stem
 # Winograd measured 0.67-1.09x the direct conv (benchmarks/results/winograd.md).
 WINOGRAD_MIN_CHANNELS = 16
-# Output tile of the Winograd path: F(4x4) (36 products per 16 outputs) in eval; in training
-# see WINOGRAD_TILE_TRAIN's comment (set from the accuracy measured against float64).
+# Output tile of the Winograd path: F(4x4) (36 products per 16 outputs) in eval and in training.
+# In training, measured against a float64 model (benchmarks/bench_winograd_accuracy.py,
+# benchmarks/RESULTS.md): resnet32's weight-gradient differences are 5e-3..5e-2 for F(4x4),
+# F(2x2) and the exact 'direct' path alike (ReLU masks flipping on float32 rounding), not growing
+# with depth, F(4x4)'s medians 8-13% above direct's; so F(4x4) stays the training default.
 WINOGRAD_TILE_EVAL = 4
 WINOGRAD_TILE_TRAIN = 4
 _algorithm = ["auto"]

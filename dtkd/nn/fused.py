@@ -17,13 +17,12 @@ def conv_bn(conv, bn, x, residual=None, relu=False, overwrite_residual=False):
     ``relu(bn(conv(x)) + residual)``). In eval mode under ``no_grad`` the BatchNorm is an affine
     map per channel, folded into the convolution's weights and bias, and the residual add and
     ReLU run in the convolution's epilogue when it is a Winograd one. Outside that mode the
-    layers run one by one (``residual``/``relu`` only under folding: training keeps them as
-    modules for backward). ``overwrite_residual``: the result may be written into
+    conv and the BatchNorm run one by one (training keeps them as
+    modules for backward, and the BatchNorm applies residual and ReLU in its own pass: see
+    ``BatchNorm2d.forward``). ``overwrite_residual``: the result may be written into
     ``residual`` (a temporary of the caller's), saving an allocation."""
     if not folds_batchnorm(bn):
-        if residual is not None or relu:
-            raise ValueError("conv_bn: residual/relu fusion is for eval under no_grad only")
-        return bn(conv(x))
+        return bn(conv(x), residual=residual, relu=relu)
     check_activation(x, "x", "Conv2d", 4, conv.in_channels)
     weight, shift, u = _folded(conv, bn)
     if u is not None:
