@@ -10,20 +10,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Error codes returned by kernels; csrc/python/boundary.c turns them into exceptions. */
+/* Error codes returned by kernels. csrc/python/boundary.c (dtkd_raise_status) maps each to
+ * exactly one Python exception; the table there and docs/RELIABILITY.md list them. */
 enum dtkd_status {
     DTKD_OK = 0,
-    DTKD_ERR_SHAPE = 1,      /* a size is zero/negative or sizes disagree */
-    DTKD_ERR_NONFINITE = 2,  /* an input holds NaN or Inf */
-    DTKD_ERR_LABEL = 3,      /* a label is outside [0, C) */
-    DTKD_ERR_VALUE = 4,      /* a scalar argument is out of its domain */
-    DTKD_ERR_NOMEM = 5,      /* a workspace allocation failed */
+    DTKD_ERR_SHAPE = 1,      /* a size is zero/negative or sizes disagree      -> ValueError */
+    DTKD_ERR_NONFINITE = 2,  /* an input holds NaN or Inf                      -> ValueError */
+    DTKD_ERR_LABEL = 3,      /* a label is outside [0, C)                      -> ValueError */
+    DTKD_ERR_VALUE = 4,      /* a scalar argument is out of its domain         -> ValueError */
+    DTKD_ERR_NOMEM = 5,      /* an allocation (dtkd_malloc) failed             -> MemoryError */
+    DTKD_ERR_WORKSPACE = 6,  /* the caller's workspace is smaller than the kernel's *_workspace
+                              * size or misaligned: a bug in the caller       -> RuntimeError */
 };
 
-/* Memory (csrc/runtime/alloc.c): dtkd's allocation functions, 64-byte aligned, NULL on failure
- * (-> DTKD_ERR_NOMEM -> MemoryError). */
+/* Memory (csrc/runtime/alloc.c): the one allocator of dtkd's C code. Blocks are 64-byte aligned;
+ * dtkd_malloc_array checks count * size for overflow. NULL on failure (or injected failure). */
 void *dtkd_malloc(size_t bytes);
+void *dtkd_malloc_array(size_t count, size_t size);
 void dtkd_free(void *p);
+long dtkd_live_blocks(void);          /* blocks allocated and not yet freed (leak tests) */
+void dtkd_fail_alloc_after(long n);   /* the n-th allocation from now fails; n <= 0 disarms */
+long dtkd_fail_alloc_pending(void);   /* > 0: the injected failure has not happened yet */
+void dtkd_fail_alloc_from_env(void);  /* DTKD_FAIL_ALLOC=n, honoured in sanitize/debug builds */
 
 /* Workspace arena (csrc/runtime/arena.c): scratch blocks kept across calls. acquire returns a
  * 64-byte aligned block of >= floats floats (NULL: out of memory) that only the caller uses

@@ -143,11 +143,16 @@ def _load_cfg(args):
 
 def _cmd_train(args):
     from .engine.build import build_trainer
+    from .engine.trainer import OutputDirInUse
     cfg = _load_cfg(args)
     trainer = build_trainer(cfg, out_dir=args.out, progress=args.progress)
     print(f"training {cfg.DISTILLER.STUDENT} ({cfg.DISTILLER.TYPE}) for {cfg.SOLVER.EPOCHS} epochs "
           f"-> {trainer.out_dir}")
-    summary = trainer.train(resume=args.resume)
+    try:
+        summary = trainer.train(resume=args.resume)
+    except OutputDirInUse as e:
+        print(f"dtkd train: error: {e}", file=sys.stderr)
+        return 2
     print(f"best test top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
           f"last {summary['last_acc']:.2f}%")
     print(f"outputs in {trainer.out_dir}: model_best.npz, model_last.npz, latest.npz, "

@@ -355,7 +355,7 @@ int dtkd_conv2d_forward(float *y, float *workspace, long workspace_len, const fl
         return DTKD_OK;
     }
     const int threads = threads_for_workspace(d, workspace_len, 0, 0);
-    if (threads < 1) return DTKD_ERR_SHAPE;
+    if (threads < 1) return DTKD_ERR_WORKSPACE;
     const long nb = block_images(d, threads);
     const struct slot_layout s = slot_layout(d, threads, 0, 0);
     const long slot = s.col + s.stage;
@@ -407,7 +407,7 @@ int dtkd_conv2d_backward(float *dx, float *dw, float *db, float *workspace, long
     }
     if (!dx && !dw) return DTKD_OK;
     const int threads = threads_for_workspace(d, workspace_len, 1, dw != NULL);
-    if (threads < 1) return DTKD_ERR_SHAPE;
+    if (threads < 1) return DTKD_ERR_WORKSPACE;
     const long nb = block_images(d, threads);
     const struct slot_layout s = slot_layout(d, threads, 1, dw != NULL);
     const long slot = s.col + s.stage + s.dw;
@@ -604,7 +604,7 @@ int dtkd_conv3x3_backward_weight(float *dw, float *workspace, long workspace_len
 #if defined(__x86_64__) || defined(__i386__)
     if (dw3_padded_path(C, H, W, O)) {
         const struct dw3_geom g = dw3_geom(N, C, H, W, O);
-        if (workspace_len < N * O * g.plen + N * C * g.xlen) return DTKD_ERR_NOMEM;
+        if (workspace_len < N * O * g.plen + N * C * g.xlen) return DTKD_ERR_WORKSPACE;
         float *dyp = workspace, *xp = workspace + N * O * g.plen;
         const int threads = dtkd_get_num_threads();
 #pragma omp parallel num_threads(threads)
@@ -650,7 +650,7 @@ int dtkd_conv3x3_backward_weight(float *dw, float *workspace, long workspace_len
     int st = dtkd_conv2d_dims_init(&d);
     if (st) return st;
     const long len = dtkd_conv2d_backward_workspace(&d, dtkd_get_num_threads(), 1);
-    if (workspace_len < len) return DTKD_ERR_NOMEM;
+    if (workspace_len < len) return DTKD_ERR_WORKSPACE;
     /* w is only read for dx, which is not asked for */
     return dtkd_conv2d_backward(NULL, dw, NULL, workspace, workspace_len, dy, x, dw, &d);
 }

@@ -35,8 +35,8 @@ static pthread_once_t workspace_once = PTHREAD_ONCE_INIT;
 static void workspace_free(void *p)
 {
     struct gemm_workspace *ws = p;
-    free(ws->buf);
-    free(ws);
+    dtkd_free(ws->buf);
+    dtkd_free(ws);
 }
 
 static void workspace_key_create(void) { pthread_key_create(&workspace_key, workspace_free); }
@@ -47,20 +47,21 @@ static float *workspace_get(size_t n)
     pthread_once(&workspace_once, workspace_key_create);
     struct gemm_workspace *ws = pthread_getspecific(workspace_key);
     if (!ws) {
-        ws = calloc(1, sizeof *ws);
+        ws = dtkd_malloc(sizeof *ws);
         if (!ws) return NULL;
+        *ws = (struct gemm_workspace){0};
         if (pthread_setspecific(workspace_key, ws)) {
-            free(ws);
+            dtkd_free(ws);
             return NULL;
         }
     }
     if (ws->cap < n) {
-        size_t bytes = (n * sizeof(float) + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
-        float *p = aligned_alloc(GEMM_ALIGN, bytes);
+        /* dtkd_malloc's blocks are GEMM_ALIGN (64-byte) aligned */
+        float *p = dtkd_malloc_array(n, sizeof(float));
         if (!p) return NULL;
-        free(ws->buf);
+        dtkd_free(ws->buf);
         ws->buf = p;
-        ws->cap = bytes / sizeof(float);
+        ws->cap = n;
     }
     return ws->buf;
 }

@@ -552,11 +552,11 @@ int winograd_conv3x3_forward(float *y, const float *x, const float *u, const flo
         nthreads = 1;
         geom_init(&g, N, C, H, W, O, m, 1);
         if (workspace_floats < winograd_workspace_floats(N, C, H, W, O, m, 1))
-            return DTKD_ERR_NOMEM;
+            return DTKD_ERR_WORKSPACE;
     }
     if (nthreads > g.blocks) nthreads = g.blocks;
     /* Align the workspace base to 64 bytes: vec16 loads and stores assume it. */
-    if ((uintptr_t)workspace % sizeof(float)) return DTKD_ERR_NOMEM;
+    if ((uintptr_t)workspace % sizeof(float)) return DTKD_ERR_WORKSPACE;
     float *ws = workspace + ((-(uintptr_t)workspace / sizeof(float)) & (ALIGN_FLOATS - 1));
 
     const struct wino_epilogue ep = {bias, residual, relu};

@@ -108,6 +108,11 @@ int dtkd_check_finite(PyArrayObject *arr, const char *name)
     return 0;
 }
 
+/* The one map from kernel status to exception (documented in docs/RELIABILITY.md):
+ *   DTKD_ERR_SHAPE, _NONFINITE, _LABEL, _VALUE -> ValueError   (the caller's input)
+ *   DTKD_ERR_NOMEM                             -> MemoryError  (an allocation failed)
+ *   DTKD_ERR_WORKSPACE, unknown codes          -> RuntimeError (a bug in dtkd, not the input)
+ * Bindings that can name the offending argument more precisely raise before calling this. */
 PyObject *dtkd_raise_status(int status, const char *context)
 {
     switch (status) {
@@ -115,7 +120,14 @@ PyObject *dtkd_raise_status(int status, const char *context)
     case DTKD_ERR_NONFINITE: return DTKD_VALUE_ERR("%s: input contains NaN or Inf", context);
     case DTKD_ERR_LABEL: return DTKD_VALUE_ERR("%s: a label is outside [0, num_classes)", context);
     case DTKD_ERR_VALUE: return DTKD_VALUE_ERR("%s: argument out of range", context);
-    case DTKD_ERR_NOMEM: return PyErr_NoMemory();
-    default: return DTKD_VALUE_ERR("%s: kernel failed with status %d", context, status);
+    case DTKD_ERR_NOMEM:
+        return dtkd_raise(PyExc_MemoryError, "%s: out of memory (a workspace allocation failed)",
+                          context);
+    case DTKD_ERR_WORKSPACE:
+        return dtkd_raise(PyExc_RuntimeError, "%s: workspace: smaller than the kernel needs or "
+                          "misaligned (a bug in dtkd, please report it)", context);
+    default:
+        return dtkd_raise(PyExc_RuntimeError, "%s: kernel failed with unknown status %d (a bug "
+                          "in dtkd, please report it)", context, status);
     }
 }

@@ -37,8 +37,10 @@ PyArrayObject *dtkd_check_output(PyObject *obj, const char *name, int typenum, i
 /* Raise ValueError for an array with NaN/Inf; returns -1 if raised, 0 if all finite. */
 int dtkd_check_finite(PyArrayObject *arr, const char *name);
 
-/* Turn a kernel status into a Python exception with `context` (e.g. "dtkd(student, teacher)")
- * in its message. Returns NULL so a binding can `return dtkd_raise_status(st, "...")`. */
+/* Turn a kernel status into its one Python exception (ValueError for bad input, MemoryError for
+ * DTKD_ERR_NOMEM, RuntimeError for DTKD_ERR_WORKSPACE; table in boundary.c) with `context`
+ * (e.g. "dtkd(student, teacher)") in its message. Returns NULL so a binding can
+ * `return dtkd_raise_status(st, "...")`. */
 PyObject *dtkd_raise_status(int status, const char *context);
 
 /* Raise `type` with a message formatted by C's printf (so %g, %e and %.3f work, which

@@ -14,6 +14,7 @@ static struct PyModuleDef dtkd_module = {
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
+    dtkd_fail_alloc_from_env();
     PyMethodDef *tables[] = {dtkd_runtime_methods, dtkd_losses_methods, dtkd_gemm_methods,
                              dtkd_nn_methods, dtkd_optim_methods, dtkd_data_methods,
                              dtkd_winograd_methods};

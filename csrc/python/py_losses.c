@@ -144,13 +144,13 @@ static int new_objective_outputs(npy_intp n, npy_intp c, npy_intp scratch_floats
     *ts = new_array(1, n, 0);
     *tt = new_array(1, n, 0);
     *grad = new_array(2, n, c);
-    *scratch = PyMem_Malloc(scratch_floats * sizeof(float));
+    *scratch = dtkd_malloc_array(scratch_floats, sizeof(float));
     if (*ts && *tt && *grad && *scratch) return 0;
     Py_XDECREF(*ts);
     Py_XDECREF(*tt);
     Py_XDECREF(*grad);
-    PyMem_Free(*scratch);
-    PyErr_NoMemory();
+    dtkd_free(*scratch);
+    if (!PyErr_Occurred()) dtkd_raise_status(DTKD_ERR_NOMEM, "scratch");
     return -1;
 }
 
@@ -387,14 +387,14 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XINCREF(fixed ? tt : NULL);
     /* scratch: the kernel's, then (KD) the temperatures nobody asked for */
     const npy_intp kernel_scratch = DTKD_KL_SCRATCH_FLOATS(n, c);
-    float *scratch = PyMem_Malloc((kernel_scratch + (fixed ? 2 * n : 0)) * sizeof(float));
+    float *scratch = dtkd_malloc_array(kernel_scratch + (fixed ? 2 * n : 0), sizeof(float));
     if (!loss || !ts || !tt || !grad || !scratch) {
         Py_XDECREF(loss);
         Py_XDECREF(ts);
         Py_XDECREF(tt);
         Py_XDECREF(grad);
-        PyMem_Free(scratch);
-        return PyErr_NoMemory();
+        dtkd_free(scratch);
+        return PyErr_Occurred() ? NULL : dtkd_raise_status(DTKD_ERR_NOMEM, "kl: scratch");
     }
     float *tsp = fixed ? scratch + kernel_scratch : PyArray_DATA((PyArrayObject *)ts);
     float *ttp = fixed ? scratch + kernel_scratch + n : PyArray_DATA((PyArrayObject *)tt);
@@ -409,7 +409,7 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                                   dloss, n, c);
     if (st == DTKD_OK) total = sum_f32(lp, n);
     DTKD_END_NOGIL
-    PyMem_Free(scratch);
+    dtkd_free(scratch);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(ts);
@@ -442,7 +442,7 @@ static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
     PyObject *loss = new_array(1, n, 0), *tckd = new_array(1, n, 0), *nckd = new_array(1, n, 0);
     PyObject *ts = new_array(1, n, 0), *tt = new_array(1, n, 0), *grad = new_array(2, n, c);
-    float *exp_t = PyMem_Malloc(n * c * sizeof(float));
+    float *exp_t = dtkd_malloc_array(n * c, sizeof(float));
     if (!loss || !tckd || !nckd || !ts || !tt || !grad || !exp_t) {
         Py_XDECREF(loss);
         Py_XDECREF(tckd);
@@ -450,8 +450,8 @@ static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(ts);
         Py_XDECREF(tt);
         Py_XDECREF(grad);
-        PyMem_Free(exp_t);
-        return PyErr_NoMemory();
+        dtkd_free(exp_t);
+        return PyErr_Occurred() ? NULL : dtkd_raise_status(DTKD_ERR_NOMEM, "dkd: scratch");
     }
     const float *sp = PyArray_DATA(s), *tp = PyArray_DATA(t);
     const int64_t *yp = PyArray_DATA(y);
@@ -472,7 +472,7 @@ static PyObject *py_dkd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         nckd_total = sum_f32(PyArray_DATA((PyArrayObject *)nckd), n);
     }
     DTKD_END_NOGIL
-    PyMem_Free(exp_t);
+    dtkd_free(exp_t);
     if (st != DTKD_OK) {
         Py_DECREF(loss);
         Py_DECREF(tckd);
@@ -525,7 +525,7 @@ static PyObject *py_dtkd_objective(PyObject *self, PyObject *const *args, Py_ssi
         ce_total = sum_f32(ce, n);
     }
     DTKD_END_NOGIL
-    PyMem_Free(scratch);
+    dtkd_free(scratch);
     if (st != DTKD_OK) {
         drop_objective_outputs(ts, tt, grad);
         return raise_for(st, "dtkd_objective(student, teacher, labels)", s, "student", t,
@@ -576,7 +576,7 @@ static PyObject *py_dkd_objective(PyObject *self, PyObject *const *args, Py_ssiz
         ce_total = sum_f32(ce, n);
     }
     DTKD_END_NOGIL
-    PyMem_Free(scratch);
+    dtkd_free(scratch);
     if (st != DTKD_OK) {
         drop_objective_outputs(ts, tt, grad);
         return raise_for(st, "dkd_objective(student, teacher, labels)", s, "student", t,

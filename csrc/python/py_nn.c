@@ -3,8 +3,6 @@
  * Parameter-gradient outputs (dw, db, dgamma, dbeta) are ACCUMULATED into caller arrays. */
 #include "boundary.h"
 
-#include <stdlib.h>
-
 #include "kernels/batchnorm.h"
 #include "kernels/conv.h"
 #include "kernels/elementwise.h"
@@ -174,7 +172,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     struct dtkd_conv2d_dims d;
     if (conv_dims(&d, x, w, sh, sw, ph, pw, groups)) return NULL;
     npy_intp ydims[4] = {d.N, d.O, d.OH, d.OW};
-    PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 4, ydims);
+    PyArrayObject *dy = finite_input(dyo, "dy", 4, ydims);
     if (!dy) return NULL;
     float *dw = NULL, *db;
     if (dwo != Py_None) {
@@ -355,7 +353,7 @@ static PyObject *bn_backward(PyObject *dyo, PyObject *yo, PyObject *xo, PyObject
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
-    PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 4, xs);
+    PyArrayObject *dy = finite_input(dyo, "dy", 4, xs);
     PyArrayObject *y = NULL;
     if (dy && yo != Py_None && !(y = dtkd_check_shape(yo, "y", NPY_FLOAT32, 4, xs))) return NULL;
     PyArrayObject *gamma = dy ? vector_arg(go, "gamma", C, 0) : NULL;
@@ -424,7 +422,7 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO:relu_backward", &dyo, &yo)) return NULL;
     PyArrayObject *y = dtkd_check_array(yo, "y", NPY_FLOAT32, -1);
     if (!y || nonempty(y, "y")) return NULL;
-    PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, PyArray_NDIM(y), PyArray_DIMS(y));
+    PyArrayObject *dy = finite_input(dyo, "dy", PyArray_NDIM(y), PyArray_DIMS(y));
     if (!dy) return NULL;
     PyArrayObject *dx = new_f32(PyArray_NDIM(y), PyArray_DIMS(y));
     if (!dx) return NULL;
@@ -532,7 +530,7 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args)
     PyObject *dyo, *amo;
     long H, W;
     if (!PyArg_ParseTuple(args, "OOll:maxpool2d_backward", &dyo, &amo, &H, &W)) return NULL;
-    PyArrayObject *dy = dtkd_check_array(dyo, "dy", NPY_FLOAT32, 4);
+    PyArrayObject *dy = finite_input(dyo, "dy", 4, NULL);
     if (!dy || nonempty(dy, "dy")) return NULL;
     const npy_intp *ds = PyArray_DIMS(dy);
     PyArrayObject *am = dtkd_check_shape(amo, "argmax", NPY_INT64, 4, ds);
@@ -584,7 +582,7 @@ static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "Olllll:avgpool2d_backward", &dyo, &H, &W, &kernel, &stride,
                           &pad))
         return NULL;
-    PyArrayObject *dy = dtkd_check_array(dyo, "dy", NPY_FLOAT32, 4);
+    PyArrayObject *dy = finite_input(dyo, "dy", 4, NULL);
     if (!dy || nonempty(dy, "dy")) return NULL;
     if (at_least(H, 1, "H") || at_least(W, 1, "W")) return NULL;
     if (pool_geometry(&OH, &OW, H, W, kernel, stride, pad)) return NULL;
@@ -623,7 +621,7 @@ static PyObject *py_global_avgpool_backward(PyObject *self, PyObject *args)
     PyObject *dyo;
     long H, W;
     if (!PyArg_ParseTuple(args, "Oll:global_avgpool_backward", &dyo, &H, &W)) return NULL;
-    PyArrayObject *dy = dtkd_check_array(dyo, "dy", NPY_FLOAT32, 2);
+    PyArrayObject *dy = finite_input(dyo, "dy", 2, NULL);
     if (!dy || nonempty(dy, "dy")) return NULL;
     if (at_least(H, 1, "H") || at_least(W, 1, "W")) return NULL;
     const npy_intp *ds = PyArray_DIMS(dy);
@@ -688,7 +686,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args)
     PyArrayObject *w = x ? dtkd_check_array(wo, "w", NPY_FLOAT32, 2) : NULL;
     if (!w || linear_dims(x, w, &N, &IN, &OUT)) return NULL;
     npy_intp ydims[2] = {N, OUT};
-    PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 2, ydims);
+    PyArrayObject *dy = finite_input(dyo, "dy", 2, ydims);
     if (!dy) return NULL;
     PyArrayObject *dw = dtkd_check_output(dwo, "dw", NPY_FLOAT32, 2, PyArray_DIMS(w));
     if (!dw) return NULL;

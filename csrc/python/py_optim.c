@@ -67,12 +67,12 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     }
     size_t n = count ? (size_t)count : 1;
-    param_ptrs = PyMem_Calloc(n, sizeof *param_ptrs);
-    buf_ptrs = PyMem_Calloc(n, sizeof *buf_ptrs);
-    grad_ptrs = PyMem_Calloc(n, sizeof *grad_ptrs);
-    sizes = PyMem_Calloc(n, sizeof *sizes);
+    param_ptrs = dtkd_malloc_array(n, sizeof *param_ptrs);
+    buf_ptrs = dtkd_malloc_array(n, sizeof *buf_ptrs);
+    grad_ptrs = dtkd_malloc_array(n, sizeof *grad_ptrs);
+    sizes = dtkd_malloc_array(n, sizeof *sizes);
     if (!param_ptrs || !buf_ptrs || !grad_ptrs || !sizes) {
-        PyErr_NoMemory();
+        dtkd_raise_status(DTKD_ERR_NOMEM, "sgd_step: pointer tables");
         goto done;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -105,10 +105,10 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_INCREF(Py_None); /* not Py_NewRef: that needs Python 3.10 */
     result = Py_None;
 done:
-    PyMem_Free(param_ptrs);
-    PyMem_Free(buf_ptrs);
-    PyMem_Free(grad_ptrs);
-    PyMem_Free(sizes);
+    dtkd_free(param_ptrs);
+    dtkd_free(buf_ptrs);
+    dtkd_free(grad_ptrs);
+    dtkd_free(sizes);
     Py_XDECREF(params);
     Py_XDECREF(grads);
     Py_XDECREF(bufs);

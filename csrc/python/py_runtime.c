@@ -148,6 +148,34 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args)
     return PyUnicode_FromString(dtkd_isa_name(dtkd_isa()));
 }
 
+/* Test hooks of csrc/runtime/alloc.c (private: leading underscore). */
+static PyObject *py_live_blocks(PyObject *self, PyObject *noargs)
+{
+    return PyLong_FromLong(dtkd_live_blocks());
+}
+
+static PyObject *py_fail_alloc_after(PyObject *self, PyObject *args)
+{
+    long n;
+    if (!PyArg_ParseTuple(args, "l:_fail_alloc_after", &n)) return NULL;
+    dtkd_fail_alloc_after(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_fail_alloc_pending(PyObject *self, PyObject *noargs)
+{
+    return PyLong_FromLong(dtkd_fail_alloc_pending());
+}
+
+static PyObject *py_raise_status(PyObject *self, PyObject *args)
+{
+    int status;
+    const char *context;
+    if (!PyArg_ParseTuple(args, "is:_raise_status", &status, &context)) return NULL;
+    if (status == DTKD_OK) Py_RETURN_NONE;
+    return dtkd_raise_status(status, context);
+}
+
 static PyObject *py_sgemm_force_kernel(PyObject *self, PyObject *args)
 {
     const char *name;
@@ -201,5 +229,13 @@ PyMethodDef dtkd_runtime_methods[] = {
      "(autotune); kc = mc = nc = 0 restores the model's values."},
     {"set_isa", py_set_isa, METH_VARARGS,
      "set_isa(name): cap the SIMD path ('scalar'|'avx2'|'avx512'); returns the path in use."},
+    {"_raise_status", py_raise_status, METH_VARARGS,
+     "_raise_status(status, context): raise the exception a kernel status maps to (tests)."},
+    {"_live_blocks", py_live_blocks, METH_NOARGS,
+     "_live_blocks() -> blocks dtkd's C code has allocated and not freed (leak tests)."},
+    {"_fail_alloc_after", py_fail_alloc_after, METH_VARARGS,
+     "_fail_alloc_after(n): the n-th C allocation from now fails once (n <= 0 disarms)."},
+    {"_fail_alloc_pending", py_fail_alloc_pending, METH_NOARGS,
+     "_fail_alloc_pending() -> allocations left before the armed failure (0: none armed)."},
     {NULL, NULL, 0, NULL},
 };

@@ -3,8 +3,6 @@
  * stays exact (conv3x3_backward_weight / im2col in conv.c), see winograd.h. */
 #include "boundary.h"
 
-#include <stdlib.h>
-
 #include "kernels/winograd.h"
 
 static int check_tile(int m)
@@ -107,7 +105,7 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
     float *ws = dtkd_workspace_acquire(ws_floats);
     if (!ws) {
         Py_DECREF(y);
-        return PyErr_NoMemory();
+        return dtkd_raise_status(DTKD_ERR_NOMEM, "winograd_conv3x3_forward");
     }
     int status;
     DTKD_BEGIN_NOGIL
@@ -168,7 +166,7 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
                                                        (long)C, m, dtkd_get_num_threads());
     float *ws = dtkd_workspace_acquire(ws_floats);
     if (!ws) {
-        PyErr_NoMemory();
+        dtkd_raise_status(DTKD_ERR_NOMEM, "winograd_conv3x3_backward_input");
         goto fail;
     }
     const npy_intp dx_shape[4] = {N, C, H, W};

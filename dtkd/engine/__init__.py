@@ -4,7 +4,8 @@ from .metrics import cross_entropy_sum, topk_correct
 from .schedule import learning_rate
 from .build import build_trainer
 from .teacher_cache import CachedTeacher, cached_teacher, config_digest
-from .trainer import Trainer, evaluate, experiment_dir, read_log, read_probe
+from .trainer import OutputDirInUse, Trainer, evaluate, experiment_dir, read_log, read_probe
 
-__all__ = ["Trainer", "build_trainer", "evaluate", "experiment_dir", "learning_rate", "topk_correct", "cross_entropy_sum",
-           "CachedTeacher", "cached_teacher", "config_digest", "read_log", "read_probe"]
+__all__ = ["Trainer", "OutputDirInUse", "build_trainer", "evaluate", "experiment_dir",
+           "learning_rate", "topk_correct", "cross_entropy_sum", "CachedTeacher", "cached_teacher",
+           "config_digest", "read_log", "read_probe"]

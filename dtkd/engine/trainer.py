@@ -10,21 +10,33 @@ Everything a run needs to continue exactly where it stopped (student weights and
 optimizer momentum, the training loader's generator, best accuracy, the per-epoch history) is in
 ``latest.npz``, rewritten atomically after every epoch; ``Trainer.train(resume=True)`` picks it
 up, so an interrupted-and-resumed run ends with the same weights, bit for bit (same thread count),
-as an uninterrupted one.
+as an uninterrupted one -- also after a SIGKILL or power cut in the middle of a save, since saves
+are atomic (tests/test_crash_safety.py kills runs inside saves and resumes them).
+
+One run per output directory: ``train()`` holds an exclusive ``flock`` on ``out_dir/.lock`` for its
+whole duration, so a second run into the same directory is refused (:class:`OutputDirInUse`)
+before it touches any file. The OS drops the lock when the process ends, however it ends.
 """
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not guarded against sharing a directory
+    fcntl = None
+
 from .. import io as dtkd_io
+from ..io.atomic import remove_stale_temp_files
 from .._progress import tqdm
 from ..nn.grad_mode import no_grad
 from .metrics import cross_entropy_sum, topk_correct
 from .schedule import learning_rate
 
-__all__ = ["Trainer", "evaluate", "experiment_dir", "read_log", "read_probe"]
+__all__ = ["Trainer", "OutputDirInUse", "evaluate", "experiment_dir", "read_log", "read_probe"]
 
 LATEST = "latest.npz"
 MODEL_BEST = "model_best.npz"
@@ -33,6 +45,11 @@ LOG_JSONL = "log.jsonl"
 PROBE_JSONL = "probe.jsonl"
 WORKLOG = "worklog.txt"
 CONFIG_COPY = "config.yaml"
+LOCK = ".lock"
+
+
+class OutputDirInUse(RuntimeError):
+    """Another training run holds the output directory's lock."""
 
 
 def experiment_dir(cfg):
@@ -96,6 +113,11 @@ class Trainer:
         Returns ``{"best_acc", "best_epoch", "last_acc", "epochs", "out_dir"}``.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with _DirectoryLock(self.out_dir / LOCK):
+            return self._train(resume)
+
+    def _train(self, resume):
+        remove_stale_temp_files(self.out_dir)  # of writes killed mid-way (SIGKILL, power cut)
         if resume:
             self._resume()
         else:
@@ -291,6 +313,40 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         with open(self.out_dir / WORKLOG, "a") as f:
             f.write(_worklog_block(record))
+
+
+class _DirectoryLock:
+    """An exclusive, non-blocking ``flock`` on ``path`` (created; holds the owner's pid)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.fd = None
+
+    def __enter__(self):
+        if fcntl is None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputDirInUse(
+                f"{self.path.parent}: another training run (pid {owner}) is writing into this "
+                "directory; wait for it to finish, stop it, or give this run another output "
+                "directory (LOG.PREFIX / EXPERIMENT.NAME, or --out)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
 
 
 # ----------------------------------------------------------------------------------------------

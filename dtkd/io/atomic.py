@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_text_atomic", "fsync_dir"]
+__all__ = ["atomic_write", "write_text_atomic", "fsync_dir", "remove_stale_temp_files"]
 
 
 @contextlib.contextmanager
@@ -41,6 +41,18 @@ def write_text_atomic(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def remove_stale_temp_files(directory):
+    """Delete the temporary files that writes into ``directory`` killed mid-write (SIGKILL, power
+    cut) left behind: ``.<name>.<random>.tmp``. Only while nothing writes into ``directory``,
+    e.g. under the trainer's directory lock. Returns the paths removed."""
+    removed = []
+    for tmp in Path(directory).glob(".*.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def fsync_dir(directory):

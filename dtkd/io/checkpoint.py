@@ -5,13 +5,21 @@ JSON values (numbers, strings, bools, None). Arrays are stored as ``.npy`` membe
 ``a0``, ``a1``, ...; the tree's structure, with each array replaced by a reference to its member,
 is stored as UTF-8 JSON in the member ``__dtkd__``, next to a format name and version::
 
-    {"format": "dtkd-checkpoint", "version": 1, "tree": {"model": {"fc.weight": {"__array__": "a0"}}}}
+    {"format": "dtkd-checkpoint", "version": 2, "checksum": "sha256:9f2c...",
+     "tree": {"model": {"fc.weight": {"__array__": "a0"}}}}
+
+``checksum`` (version 2) is the SHA-256 of the tree's canonical JSON and of every array's name,
+dtype, shape and bytes, computed from the arrays in memory before writing and checked after
+reading: it catches what zip's per-member CRC32 cannot (a member swapped, dropped or replaced by
+a self-consistent one, a writer bug). Version 1 files (no checksum) still load; a file from a
+newer dtkd is refused with the version it has.
 
 Loading never unpickles (``allow_pickle=False``), so a checkpoint from an untrusted source cannot
 run code. Saving is atomic: the archive is written to a temporary file in the same directory,
 flushed and fsynced, then renamed over the target (``os.replace``), so an interrupted save leaves
 the previous checkpoint intact. Zip's per-member CRC32 detects corrupt data on load.
 """
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -23,7 +31,8 @@ from .atomic import atomic_write
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
 
 FORMAT = "dtkd-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _META = "__dtkd__"
 _ARRAY = "__array__"
 
@@ -36,7 +45,9 @@ def save(path, tree):
     """Write ``tree`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
     path = Path(path)
     arrays = {}
-    meta = {"format": FORMAT, "version": VERSION, "tree": _encode(tree, arrays, "tree")}
+    encoded = _encode(tree, arrays, "tree")
+    meta = {"format": FORMAT, "version": VERSION, "checksum": _checksum(encoded, arrays),
+            "tree": encoded}
     meta_bytes = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
     with atomic_write(path) as f:
         np.savez(f, **{_META: meta_bytes}, **arrays)
@@ -56,16 +67,36 @@ def load(path):
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a dtkd checkpoint (format {meta.get('format')!r})"
                                       if isinstance(meta, dict) else f"{path}: malformed header")
-            if meta.get("version") != VERSION:
-                raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r}; "
-                                      f"this dtkd reads version {VERSION}")
+            version = meta.get("version")
+            if version not in READABLE_VERSIONS:
+                newer = isinstance(version, int) and version > VERSION
+                raise CheckpointError(
+                    f"{path}: checkpoint format version {version!r}; this dtkd reads versions "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}"
+                    + (" (the file was written by a newer dtkd: upgrade dtkd)" if newer else ""))
             arrays = {name: archive[name] for name in archive.files if name != _META}
+            if version >= 2 and meta.get("checksum") != _checksum(meta.get("tree"), arrays):
+                raise CheckpointError(f"{path}: corrupt or truncated checkpoint (its contents do "
+                                      f"not match the checksum in its header)")
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError,
+            NotImplementedError, RuntimeError) as e:
+        # zipfile: NotImplementedError for an unknown compression method, RuntimeError for a
+        # member flagged as encrypted (both found by the checkpoint fuzz harness)
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
                               f"({type(e).__name__}: {e})") from None
     return _decode(meta["tree"], arrays, path)
+
+
+def _checksum(encoded_tree, arrays):
+    """``sha256:<hex>`` of the encoded tree's canonical JSON and of each array (name order)."""
+    digest = hashlib.sha256(json.dumps(encoded_tree, sort_keys=True, allow_nan=True).encode("utf-8"))
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name], order="C")
+        digest.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
+        digest.update(a.reshape(-1).view(np.uint8) if a.size else b"")
+    return "sha256:" + digest.hexdigest()
 
 
 def _encode(node, arrays, where):
@@ -103,3 +134,4 @@ def _decode(node, arrays, path):
     if isinstance(node, list):
         return [_decode(v, arrays, path) for v in node]
     return node
+
