@@ -593,3 +593,19 @@ def test_cli_eval_reads_an_old_pytorch_checkpoint(tmp_path, capsys):
     assert dtkd.cli.main(argv) == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "resnet8" and result["n"] == 64 and 0 <= result["top1"] <= 100
+
+
+def test_pth_zip_with_a_compression_method_torch_never_writes_is_a_checkpoint_error(tmp_path):
+    # found by fuzzing: zipfile's NotImplementedError escaped load_pth
+    import struct
+    from dtkd import models
+    path = tmp_path / "odd.pth"
+    dtkd.io.save_pth(path, models.create("resnet8", num_classes=10, in_channels=1))
+    raw = bytearray(path.read_bytes())
+    local = raw.index(b"PK\x03\x04")
+    central = raw.index(b"PK\x01\x02")
+    struct.pack_into("<H", raw, local + 8, 99)     # method 99 (AES): zipfile cannot read it
+    struct.pack_into("<H", raw, central + 10, 99)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(dtkd.io.CheckpointError, match=r"odd\.pth: a zip archive PyTorch does not write"):
+        dtkd.io.load_pth(path)

@@ -299,3 +299,27 @@ def test_batchnorm_train_needs_more_than_one_value_per_channel():
     with pytest.raises(ValueError, match="x: empty array"):
         _C.batchnorm2d_forward_train(np.ones((0, 3, 2, 2), np.float32), one, one, None, None,
                                      0.1, 1e-5)
+
+
+def test_batchnorm_output_beyond_float32_is_an_error_and_keeps_running_stats():
+    # found by fuzzing: finite inputs whose result overflows float32 (gamma near 3e38, or a
+    # constant channel with an eps that is 0 in float32) returned Inf/NaN without an error
+    x, gamma, beta, rm, rv = make_problem((2, 3, 4, 4))
+    rm0, rv0 = rm.copy(), rv.copy()
+    huge = np.full(3, 3e38, np.float32)
+    with pytest.raises(ValueError, match="batchnorm2d_forward_train: the output is not finite "
+                                         "in float32"):
+        _C.batchnorm2d_forward_train(x, huge, beta, rm, rv, 0.1, 1e-5)
+    np.testing.assert_array_equal(rm, rm0)   # a failed call leaves the running statistics
+    np.testing.assert_array_equal(rv, rv0)
+    with pytest.raises(ValueError, match="the output is not finite in float32"):
+        _C.batchnorm2d_forward_train(np.ones_like(x), gamma, beta, None, None, 0.1, 1e-300)
+    with pytest.raises(ValueError, match="the output is not finite in float32"):
+        _C.batchnorm2d_forward_train(x, huge, beta, None, None, 0.1, 1e-5,
+                                     residual=np.zeros_like(x), relu=True)  # not hidden by ReLU
+    with pytest.raises(ValueError, match="batchnorm2d_forward_eval: the output is not finite"):
+        _C.batchnorm2d_forward_eval(x, huge, beta, rm, rv, 1e-5)
+    # right at the edge but representable: no error, finite output
+    y, _, _ = _C.batchnorm2d_forward_train(x, gamma, np.full(3, 1e38, np.float32), None, None,
+                                           0.1, 1e-5)
+    assert np.isfinite(y).all()

@@ -5,6 +5,7 @@
 #include "kernels/batchnorm.h"
 #include "kernels/reduce.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -14,24 +15,41 @@
 #define PARALLEL_MIN_VALUES (1L << 16)
 
 /* The inner loops, with restrict pointers and a compare-select ReLU so they vectorize (fmaxf
- * and possibly-aliasing pointers kept them scalar: 6x slower, measured). */
-static void affine_act_run(float *restrict q, const float *restrict p, const float *restrict r,
-                           float scale, float shift, int relu, long n)
+ * and possibly-aliasing pointers kept them scalar: 6x slower, measured). Each returns nonzero
+ * when a value before the ReLU is not finite: finite inputs can still overflow float32 (a huge
+ * gamma or beta), and the ReLU's select would turn such a NaN into a silent 0. The check is an
+ * integer OR of a compare, which vectorizes; the loop is memory-bound, so it costs nothing
+ * measurable. */
+#define NOT_FINITE(v) (!(fabsf(v) <= FLT_MAX))
+static int affine_act_run(float *restrict q, const float *restrict p, const float *restrict r,
+                          float scale, float shift, int relu, long n)
 {
+    int bad = 0;
     if (r && relu)
         for (long i = 0; i < n; i++) {
             const float v = p[i] * scale + shift + r[i];
+            bad |= NOT_FINITE(v);
             q[i] = v > 0.0f ? v : 0.0f;
         }
     else if (r)
-        for (long i = 0; i < n; i++) q[i] = p[i] * scale + shift + r[i];
+        for (long i = 0; i < n; i++) {
+            const float v = p[i] * scale + shift + r[i];
+            bad |= NOT_FINITE(v);
+            q[i] = v;
+        }
     else if (relu)
         for (long i = 0; i < n; i++) {
             const float v = p[i] * scale + shift;
+            bad |= NOT_FINITE(v);
             q[i] = v > 0.0f ? v : 0.0f;
         }
     else
-        for (long i = 0; i < n; i++) q[i] = p[i] * scale + shift;
+        for (long i = 0; i < n; i++) {
+            const float v = p[i] * scale + shift;
+            bad |= NOT_FINITE(v);
+            q[i] = v;
+        }
+    return bad;
 }
 
 /* out = g where y > 0, else 0 (the ReLU's backward) */
@@ -62,9 +80,9 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
 {
     const long M = N * HW;
     if (M < 2) return DTKD_ERR_SHAPE;
-    int bad = 0;
-#pragma omp parallel for schedule(static) reduction(|:bad) num_threads(dtkd_get_num_threads()) \
-    if (M * C >= PARALLEL_MIN_VALUES)
+    int bad = 0, overflow = 0;
+#pragma omp parallel for schedule(static) reduction(|:bad, overflow) \
+    num_threads(dtkd_get_num_threads()) if (M * C >= PARALLEL_MIN_VALUES)
     for (long c = 0; c < C; c++) {
         /* Two passes (mean, then squared deviations) to avoid cancellation in the variance. */
         double sum = 0.0;
@@ -76,29 +94,52 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
             continue;
         }
         double var = ssd / M, invstd = 1.0 / sqrt(var + eps);
+        const double scale = (double)gamma[c] * (float)invstd;
+        const double shift = beta[c] - (float)mean * scale;
+        /* the float32 statistics and the affine map must be finite (a variance beyond float32,
+         * or gamma * invstd overflowing, would make y Inf or NaN from finite inputs) */
+        if (!(fabs(var) <= FLT_MAX && fabs(invstd) <= FLT_MAX && fabs(scale) <= FLT_MAX &&
+              fabs(shift) <= FLT_MAX)) {
+            overflow = 1;
+            continue;
+        }
         save_mean[c] = (float)mean;
         save_invstd[c] = (float)invstd;
         if (running_mean) {
-            running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mean);
-            running_var[c] = (float)((1.0 - momentum) * running_var[c] +
-                                     momentum * ssd / (M - 1));
+            /* staged in y (2 * C <= M * C floats, overwritten below) and committed only when
+             * every channel succeeded: a failed call leaves the running statistics as they were */
+            const double rm = (1.0 - momentum) * running_mean[c] + momentum * mean;
+            const double rv = (1.0 - momentum) * running_var[c] + momentum * ssd / (M - 1);
+            if (!(fabs(rm) <= FLT_MAX && fabs(rv) <= FLT_MAX)) {
+                overflow = 1;
+                continue;
+            }
+            y[2 * c] = (float)rm;
+            y[2 * c + 1] = (float)rv;
         }
     }
     if (bad) return DTKD_ERR_NONFINITE;
+    if (overflow) return DTKD_ERR_VALUE;
+    if (running_mean)
+        for (long c = 0; c < C; c++) {
+            running_mean[c] = y[2 * c];
+            running_var[c] = y[2 * c + 1];
+        }
     /* y = act(x * scale + shift [+ residual]) with scale = gamma * invstd,
      * shift = beta - mean * scale; act = ReLU or identity. In memory order (image by image),
      * not channel by channel: the per-channel runs of H*W floats are often one 4 KB page each,
      * where the hardware prefetchers stop; measured at (64, 16, 32, 32): BN + add + ReLU 0.77 ms
      * channel by channel, BN then add_relu 0.62-0.71 ms, this: see benchmarks/RESULTS.md. */
-#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
-    if (M * C >= PARALLEL_MIN_VALUES)
+#pragma omp parallel for schedule(static) reduction(|:overflow) \
+    num_threads(dtkd_get_num_threads()) if (M * C >= PARALLEL_MIN_VALUES)
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
         const double scale = (double)gamma[c] * save_invstd[c];
-        affine_act_run(y + at, x + at, residual ? residual + at : NULL, (float)scale,
-                       (float)(beta[c] - save_mean[c] * scale), relu, HW);
+        overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL,
+                                   (float)scale, (float)(beta[c] - save_mean[c] * scale), relu,
+                                   HW);
     }
-    return DTKD_OK;
+    return overflow ? DTKD_ERR_VALUE : DTKD_OK;
 }
 
 int dtkd_batchnorm2d_forward_train(float *y, float *save_mean, float *save_invstd,
@@ -115,20 +156,25 @@ int dtkd_batchnorm2d_forward_eval(float *y, const float *x, const float *gamma,
                                   const float *beta, const float *running_mean,
                                   const float *running_var, float eps, long N, long C, long HW)
 {
-    int bad = 0;
-#pragma omp parallel for schedule(static) collapse(2) reduction(|:bad) \
+    int bad = 0, overflow = 0;
+#pragma omp parallel for schedule(static) collapse(2) reduction(|:bad, overflow) \
     num_threads(dtkd_get_num_threads())
     for (long n = 0; n < N; n++)
         for (long c = 0; c < C; c++) {
-            double invstd = 1.0 / sqrt((double)running_var[c] + eps);
-            float scale = (float)(gamma[c] * invstd);
-            float shift = (float)(beta[c] - running_mean[c] * (double)gamma[c] * invstd);
+            const double invstd = 1.0 / sqrt((double)running_var[c] + eps);
+            const double scale = gamma[c] * invstd;
+            const double shift = beta[c] - running_mean[c] * scale;
             const float *p = x + (n * C + c) * HW;
             float *q = y + (n * C + c) * HW;
-            bad |= dtkd_any_nonfinite(p, HW);
-            for (long i = 0; i < HW; i++) q[i] = p[i] * scale + shift;
+            if (dtkd_any_nonfinite(p, HW)) {
+                bad = 1;
+                continue;
+            }
+            overflow |= !(fabs(scale) <= FLT_MAX && fabs(shift) <= FLT_MAX) ||
+                        affine_act_run(q, p, NULL, (float)scale, (float)shift, 0, HW);
         }
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    if (bad) return DTKD_ERR_NONFINITE;
+    return overflow ? DTKD_ERR_VALUE : DTKD_OK;
 }
 
 int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, float *dbeta,

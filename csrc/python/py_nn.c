@@ -52,6 +52,17 @@ static PyObject *raise_x_status(int st, const char *context)
     return dtkd_raise_status(st, context);
 }
 
+/* Batch norm's kernels return DTKD_ERR_VALUE when finite inputs give a result float32 cannot
+ * hold: say which values are to blame. */
+static PyObject *raise_batchnorm_status(int st, const char *context)
+{
+    if (st == DTKD_ERR_VALUE)
+        return DTKD_VALUE_ERR("%s: the output is not finite in float32: gamma, beta, the "
+                              "running statistics or eps give a scale or shift beyond float32's "
+                              "range", context);
+    return raise_x_status(st, context);
+}
+
 static int at_least(long v, long lo, const char *name)
 {
     if (v >= lo) return 0;
@@ -298,7 +309,7 @@ static PyObject *py_batchnorm2d_forward_train(PyObject *self, PyObject *args, Py
                                             (float)momentum, (float)eps, (long)xs[0], (long)C, HW);
     DTKD_END_NOGIL
     if (st) {
-        raise_x_status(st, "batchnorm2d_forward_train");
+        raise_batchnorm_status(st, "batchnorm2d_forward_train");
         goto fail;
     }
     return Py_BuildValue("NNN", y, mean, invstd);
@@ -338,7 +349,7 @@ static PyObject *py_batchnorm2d_forward_eval(PyObject *self, PyObject *args)
     DTKD_END_NOGIL
     if (st) {
         Py_DECREF(y);
-        return raise_x_status(st, "batchnorm2d_forward_eval");
+        return raise_batchnorm_status(st, "batchnorm2d_forward_eval");
     }
     return (PyObject *)y;
 }

@@ -269,6 +269,11 @@ def load_pth(path):
     except (EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, struct.error) as e:
         raise CheckpointError(f"{path}: truncated or corrupt PyTorch checkpoint "
                               f"({type(e).__name__}: {e})") from None
+    except (NotImplementedError, RuntimeError) as e:
+        # zipfile: NotImplementedError for a compression method it lacks, RuntimeError for an
+        # encrypted member; torch writes neither (its archives are stored, unencrypted)
+        raise CheckpointError(f"{path}: a zip archive PyTorch does not write (compressed or "
+                              f"encrypted members: {type(e).__name__}: {e})") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
             UnicodeDecodeError, MemoryError, RecursionError, OSError) as e:
         # what a damaged or hand-made pickle makes the unpickler raise

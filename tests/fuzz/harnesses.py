@@ -271,10 +271,6 @@ KNOWN = {
         lambda case, f: case["family"] == "losses" and _max_abs(case, ("student", "teacher")) / max(
             abs(case.get("temperature", 1.0)) if isinstance(case.get("temperature"), float)
             else 1.0, 1e-300) > 1e38,
-    # found by this campaign (atheris, parser_pth, after `interop` landed), left to its owner
-    "new: .pth reader lets zipfile's NotImplementedError / RuntimeError out (compression, encryption)":
-        lambda case, f: case.get("parser") == "pth" and "undocumented" in str(f) and any(
-            n in str(f) for n in ("NotImplementedError", "RuntimeError")),
     "dtkd.io raw exceptions (plain .npy, header without tree, deep JSON, 1 TiB member)":
         lambda case, f: case.get("parser") == "checkpoint" and "undocumented" in str(f) and any(
             n in str(f) for n in ("TypeError", "KeyError", "RecursionError", "AttributeError",
