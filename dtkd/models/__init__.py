@@ -6,12 +6,18 @@ import functools
 import numpy as np
 
 from .. import nn
+from . import mobilenetv2 as _mobilenetv2
 from . import resnet as _resnet
+from . import shufflenetv1 as _shufflenetv1
+from . import shufflenetv2 as _shufflenetv2
 from .resnet import BasicBlock, ResNet
 
 __all__ = ["create", "names", "identify", "matches", "count_parameters", "count_flops", "ResNet", "BasicBlock"]
 
 _REGISTRY = {name: _resnet.resnet for name in _resnet.ARCHS}
+_REGISTRY.update({name: _mobilenetv2.mobilenetv2 for name in _mobilenetv2.ARCHS})
+_REGISTRY.update({name: _shufflenetv1.shufflenetv1 for name in _shufflenetv1.ARCHS})
+_REGISTRY.update({name: _shufflenetv2.shufflenetv2 for name in _shufflenetv2.ARCHS})
 
 
 def names():
