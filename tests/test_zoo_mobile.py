@@ -10,6 +10,7 @@ import pytest
 import dtkd.models as models
 import dtkd.nn as nn
 from dtkd import _C
+import _reference_nn as ref
 from kernel_testing import assert_grad_close, numeric_grad, rand, threads  # noqa: F401 (fixture)
 
 MOBILE = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -179,6 +180,101 @@ def test_bad_inputs_raise_naming_x(name):
         with pytest.raises(error, match=match) as info:
             m(x)
         assert str(info.value).startswith("x:")
+
+
+# -- blocks: gradients against finite differences of float64 NumPy references ---------------
+
+def block_reference(kind, state, x, training):
+    """The block's forward in float64 from its state dict, written from the architecture."""
+    def bn(h, key):
+        if training:
+            return ref.batchnorm2d_train(h, state[key + ".weight"], state[key + ".bias"])[0]
+        return ref.batchnorm2d_eval(h, state[key + ".weight"], state[key + ".bias"],
+                                    state[key + ".running_mean"], state[key + ".running_var"])
+
+    def conv(h, key, stride=1):
+        w = state[key + ".weight"]
+        groups = h.shape[1] // w.shape[1]
+        pad = w.shape[2] // 2
+        return ref.conv2d(h, w, stride=(stride, stride), padding=(pad, pad), groups=groups)
+
+    def shuffle(h, g):
+        return shuffle_reference(h, g)
+
+    relu = ref.relu
+    if kind.startswith("inverted"):
+        stride = 2 if kind.endswith("s2") else 1
+        h = relu(bn(conv(x, "conv.0"), "conv.1"))
+        h = relu(bn(conv(h, "conv.3", stride), "conv.4"))
+        h = bn(conv(h, "conv.6"), "conv.7")
+        return h + x if stride == 1 else h
+    if kind.startswith("v1"):
+        g = 3
+        h = shuffle(relu(bn(conv(x, "conv1"), "bn1")), g)
+        stride = 2 if kind.endswith("s2") else 1
+        h = bn(conv(relu(bn(conv(h, "conv2", stride), "bn2")), "conv3"), "bn3")
+        if stride == 2:
+            return relu(np.concatenate([h, ref.avgpool2d(x, 3, 2, 1)], 1))
+        return relu(h + x)
+    if kind == "v2_down":
+        left = relu(bn(conv(bn(conv(x, "conv1", 2), "bn1"), "conv2"), "bn2"))
+        right = bn(conv(relu(bn(conv(x, "conv3"), "bn3")), "conv4", 2), "bn4")
+        return shuffle(np.concatenate([left, relu(bn(conv(right, "conv5"), "bn5"))], 1), 2)
+    c = x.shape[1] // 2  # v2_basic
+    h = bn(conv(relu(bn(conv(x[:, c:], "conv1"), "bn1")), "conv2"), "bn2")
+    return shuffle(np.concatenate([x[:, :c], relu(bn(conv(h, "conv3"), "bn3"))], 1), 2)
+
+
+def make_block(kind, rng):
+    from dtkd.models import mobilenetv2, shufflenetv1, shufflenetv2
+    return {"inverted_s1": lambda: (mobilenetv2.InvertedResidual(4, 4, 1, 2, rng), 4),
+            "inverted_s2": lambda: (mobilenetv2.InvertedResidual(4, 6, 2, 2, rng), 4),
+            "v1_s1": lambda: (shufflenetv1.Bottleneck(12, 12, 1, 3, rng), 12),
+            "v1_s2": lambda: (shufflenetv1.Bottleneck(12, 12, 2, 3, rng), 12),
+            "v2_down": lambda: (shufflenetv2.DownBlock(4, 8, rng), 4),
+            "v2_basic": lambda: (shufflenetv2.BasicBlock(8, rng), 8)}[kind]()
+
+
+@pytest.mark.parametrize("kind", ["inverted_s1", "inverted_s2", "v1_s1", "v1_s2", "v2_down",
+                                  "v2_basic"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_block_gradients_match_finite_differences(kind, training):
+    rng = np.random.default_rng(7)
+    block, channels = make_block(kind, rng)
+    for key, p in block.named_parameters():
+        if p.data.ndim == 1:  # BN affine parameters away from (1, 0)
+            p.data[...] += rng.standard_normal(p.data.shape).astype(np.float32) * 0.2
+    for key, b in block.named_buffers():
+        if key.endswith("running_mean"):
+            b[...] = rng.standard_normal(b.shape).astype(np.float32) * 0.1
+        elif key.endswith("running_var"):
+            b[...] = 0.5 + rng.random(b.shape).astype(np.float32)
+    block.train(training)
+    x = rng.standard_normal((2, channels, 5, 5)).astype(np.float32)
+    if kind.startswith("v1"):
+        # a Bottleneck's input is a ReLU output; kept off 0, where finite differences straddle
+        # the kink of the ReLU after the shortcut's pooling
+        x = np.abs(x) + np.float32(0.05)
+    state = {k: v.astype(np.float64) for k, v in block.state_dict().items()}
+    y = block(x)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(y, block_reference(kind, state, x64, training), rtol=1e-4, atol=1e-4)
+    dy = rng.standard_normal(y.shape)
+    block.zero_grad()
+    dx = block.backward(dy.astype(np.float32))
+
+    def loss():
+        return float(np.sum(block_reference(kind, state, x64, training) * dy))
+
+    # central differences at up to 24 entries of x and of each parameter (seconds, not minutes)
+    for analytic, wrt, what in [(dx, x64, "x")] + [(p.grad, state[k], k)
+                                                   for k, p in block.named_parameters()]:
+        picked = rng.choice(wrt.size, size=min(24, wrt.size), replace=False)
+        numeric = np.array([ref.central_difference(loss, wrt, np.unravel_index(i, wrt.shape))
+                            for i in picked])
+        scale = max(1.0, np.abs(numeric).max())
+        np.testing.assert_allclose(analytic.reshape(-1)[picked], numeric, rtol=1e-3,
+                                   atol=1e-4 * scale, err_msg=what)
 
 
 # -- PyTorch models of the same architectures, written here from the descriptions ------------
