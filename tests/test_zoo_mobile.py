@@ -527,3 +527,39 @@ def test_matches_pytorch(name, training):
             assert_close_float32(p.grad, tparams[key].grad.numpy(), key, scale)
         for key, b in model.named_buffers():
             np.testing.assert_allclose(b, tbufs[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+# -- the shipped configs' students ------------------------------------------------------------
+
+MOBILE_CONFIGS = [f"cifar100/{method}/{pair}.yaml" for method in ("vanilla", "kd", "dkd", "dtkd")
+                  for pair in ("res32x4_shuv1", "res32x4_shuv2", "res50_mv2", "vgg13_mv2",
+                               "wrn40_2_shuv1")]
+
+
+def test_shipped_configs_build_their_students_and_take_a_distillation_step():
+    from types import SimpleNamespace
+
+    from dtkd import distill
+    from dtkd.config import load_config, shipped_configs
+    from dtkd.engine.build import build_model
+    cifar100 = SimpleNamespace(num_classes=100, image_shape=(32, 32, 3))
+    paths = [p for p in MOBILE_CONFIGS if p in set(shipped_configs())]  # not every method
+    assert {p for p in MOBILE_CONFIGS if "/dtkd/" in p} <= set(paths)  # has every pair
+    students = {}
+    for path in paths:
+        cfg = load_config(path)
+        name = cfg.DISTILLER.STUDENT
+        assert name in MOBILE, path
+        students.setdefault(name, build_model(name, cifar100, seed=0))
+    assert set(students) == set(MOBILE)
+    # one DTKD step per student, a resnet8x4 teacher (the configs' teachers are other helpers')
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 100, size=4)
+    cfg = load_config("cifar100/dtkd/res32x4_shuv1.yaml")
+    teacher = models.create("resnet8x4", seed=1)
+    for name, student in students.items():
+        stats = distill.from_config(cfg, student, teacher).train_step(x, y, epoch=30)
+        assert np.isfinite(stats["loss"]), name
+        grads = [p.grad for p in student.parameters()]
+        assert all(np.isfinite(g).all() for g in grads) and any(np.abs(g).max() > 0 for g in grads)
