@@ -1,5 +1,5 @@
-"""Images/s of one SGD training step (forward + backward + update) of resnet8x4 and resnet32,
-and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs: dtkd against PyTorch
+"""Images/s of one SGD training step (forward + backward + update) of resnet8x4, resnet32,
+MobileNetV2, ShuffleV1 and ShuffleV2, and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs: dtkd against PyTorch
 CPU eager and torch.compile (Inductor; its compile time, the first two steps, reported apart)
 on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd's
 time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
@@ -31,6 +31,7 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 WORKLOADS = [("resnet8x4", "train"), ("resnet32", "train"), ("resnet32x4", "eval")]
+WORKLOADS += [("MobileNetV2", "train"), ("ShuffleV1", "train"), ("ShuffleV2", "train")]
 
 
 def batch(n, seed=0):
@@ -105,7 +106,7 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
     totals = defaultdict(float)
     instrument(model, opt, totals)
     if mode == "eval":  # folded conv+BN calls the kernel directly
-        from dtkd.models import resnet
+        from dtkd.models import mobilenetv2, resnet, shufflenetv1, shufflenetv2
         fused = resnet.conv_bn
 
         def timed_conv_bn(conv, bn, inp, **fusions):
@@ -115,7 +116,8 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
                                                     else " +ReLU" if fusions.get("relu") else "")
             totals[(label, "forward")] += time.perf_counter() - t0
             return out
-        resnet.conv_bn = timed_conv_bn
+        for family in (resnet, mobilenetv2, shufflenetv1, shufflenetv2):
+            family.conv_bn = timed_conv_bn
     split_steps = max(3, steps // 2)
     t0 = time.perf_counter()
     for _ in range(split_steps):
@@ -160,12 +162,19 @@ def torch_resnet(torch, depth, widths, num_classes=100, in_channels=3):
                           tnn.Linear(widths[3], num_classes))
 
 
+def torch_zoo(torch, name, num_classes=100):
+    """The other backbones' PyTorch models, written from the architectures for the tests."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from _torch_mobile import torch_model
+    return torch_model(torch, name, num_classes)
+
+
 def run_torch(name, mode, threads, steps, n, conv_algorithm=None, compiled=False):
     import torch
     torch.set_num_threads(threads)
     sys.path.insert(0, ROOT)
     from dtkd.models.resnet import ARCHS
-    model = torch_resnet(torch, *ARCHS[name])
+    model = torch_resnet(torch, *ARCHS[name]) if name in ARCHS else torch_zoo(torch, name)
     forward = torch.compile(model) if compiled else model
     x, y = batch(n)
     x, y = torch.from_numpy(x), torch.from_numpy(y)

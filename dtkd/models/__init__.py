@@ -13,8 +13,11 @@ import functools
 import numpy as np
 
 from .. import nn
+from . import mobilenetv2 as _mobilenetv2
 from . import resnet as _resnet
 from . import resnetv2 as _resnetv2
+from . import shufflenetv1 as _shufflenetv1
+from . import shufflenetv2 as _shufflenetv2
 from . import vgg as _vgg
 from . import wrn as _wrn
 from .resnet import BasicBlock, ResNet
@@ -27,6 +30,9 @@ _REGISTRY = {
     **_resnetv2.MODELS,
     **_vgg.MODELS,
     **_wrn.MODELS,
+    **_mobilenetv2.MODELS,
+    **_shufflenetv1.MODELS,
+    **_shufflenetv2.MODELS,
 }
 
 

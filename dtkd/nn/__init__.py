@@ -19,6 +19,7 @@ names, so weights move between the two one to one.
 from . import init
 from .activation import ReLU
 from .batchnorm import BatchNorm2d
+from .channels import ChannelShuffle, channel_slice, concat_shuffle, concat_shuffle_backward
 from .conv import Conv2d, get_conv_algorithm, set_conv_algorithm
 from .grad_mode import is_grad_enabled, no_grad
 from .linear import Flatten, Identity, Linear
@@ -27,4 +28,5 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["Parameter", "Module", "Sequential", "IncompatibleKeys", "Conv2d", "BatchNorm2d",
            "ReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten", "Identity",
+           "ChannelShuffle", "concat_shuffle", "concat_shuffle_backward", "channel_slice",
            "init", "no_grad", "is_grad_enabled", "set_conv_algorithm", "get_conv_algorithm"]
