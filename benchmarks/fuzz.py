@@ -116,6 +116,12 @@ def main():
         lines.append(f"| {r['name']} | {r['execs']:,} | {r['execs'] / max(r['seconds'], 1e-9):,.0f} "
                      f"| {(r['finding'] + ' ' + ', '.join(r['artifacts'])).strip() or 'none'} "
                      f"| {'; '.join(r['known']) or 'none'} |")
+    # The inputs themselves, so that a finding on a CI machine (whose work directory is gone)
+    # can be replayed: python -c "open('x','wb').write(bytes.fromhex('...'))".
+    for r in rows:
+        for name in r["artifacts"]:
+            data = (r["work"] / name).read_bytes()
+            lines.append(f"\n{r['name']} {name} ({len(data)} bytes): {data[:4096].hex()}")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

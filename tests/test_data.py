@@ -249,6 +249,38 @@ def test_cifar_pickle_with_foreign_code_is_refused(tmp_path):
         load_dataset("cifar100", "train", root=folder)
 
 
+# Pickles whose few bytes claim gigabytes (found by the fuzzer: the C unpickler zero-fills a memo
+# array sized by the largest PUT index, and allocates a counted BINBYTES before reading it).
+_NDARRAY = b"cnumpy\nndarray\n"
+_RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\n"
+_MEMORY_BOMBS = {
+    "memo index 1.26e9": b"\x80\x02}r\x71\x73\x28\x4b.",
+    "BINBYTES claiming 3 GB": b"\x80\x03B\x00\x00\x00\xc0abc.",
+    "BINUNICODE claiming 2 GB": b"\x80\x02X\xff\xff\xff\x7fabc.",
+    "array base of 2**31 elements": (b"\x80\x02" + _RECONSTRUCT + _NDARRAY
+                                     + b"J\x00\x00\x00\x80\x85U\x01b\x87R."),
+    "object-dtype array": (b"\x80\x02" + _RECONSTRUCT + _NDARRAY + b"K\x00\x85U\x01O\x87R."),
+    "ndarray(shape) called": b"\x80\x02" + _NDARRAY + b"J\x00\x00\x00\x40\x85\x85R.",
+}
+
+
+@pytest.mark.parametrize("name", list(_MEMORY_BOMBS))
+def test_cifar_pickle_claiming_gigabytes_fails_without_allocating_them(tmp_path, name):
+    import tracemalloc
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    (folder / "train").write_bytes(_MEMORY_BOMBS[name])
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="not a readable CIFAR pickle|missing key") as info:
+            load_dataset("cifar100", "train", root=folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(folder / "train") in str(info.value)
+    assert peak < 64 << 20, f"{name}: {peak / 2**20:.0f} MiB allocated for a {len(_MEMORY_BOMBS[name])}-byte file"
+
+
 def test_cifar_download_verifies_md5_and_reports_no_network(tmp_path, monkeypatch):
     _, archive, truth = make_cifar(tmp_path, "cifar100", {"train": 3, "test": 2})
     spec = dict(cifar_mod.CIFAR["cifar100"], url=archive.as_uri(), md5=md5(archive))
