@@ -12,9 +12,8 @@ Two drivers feed the same functions:
   time per harness, with crash, timeout and RSS limits.
 
 Findings already filed (issue 13, "What a probe ... already found"; fixed on the `hardening`
-branch) are listed in KNOWN: a finding matching one is counted as known instead of failing, and
-inputs that crash the process are not generated (see the note below KNOWN). Drop an entry once its fix has
-landed. Adding a file parser is one line in PARSERS.
+branch) are listed in KNOWN: a finding matching one is counted as known instead of failing.
+Drop an entry once its fix has landed. Adding a file parser is one line in PARSERS.
 """
 import collections
 import contextlib
@@ -282,9 +281,6 @@ KNOWN = {
         lambda case, f: case.get("parser") == "idx" and "does not name the file" in str(f),
 }
 
-# Inputs that crash the process today are not generated until the fix lands:
-# "set_num_threads(10**6) is accepted; the next parallel kernel segfaults" -> fuzz_nn draws thread
-# counts from 1..16 only.
 
 
 def run_case(case, body):
@@ -374,12 +370,12 @@ def fuzz_nn(data):
     dy = inp.array(inp.shape(4) if inp.int(0, 3) == 3 else (N, O, H, W), f32)
     vec = lambda n: inp.array((n,) if inp.int(0, 7) < 7 else (inp.int(0, 9),), f32)
     case = {"family": "nn", "which": which, "x": x, "w": w, "dy": dy}
-    threads = inp.choice([None, None, 1, 2, 3, 16])
+    threads = inp.choice([None, None, 1, 2, 3, 16, 10 ** 6, 0, dtkd.MAX_THREADS + 1])
 
     def body():
         saved = dtkd.get_num_threads()
-        if threads is not None:
-            dtkd.set_num_threads(threads)
+        if threads is not None:  # out of [1, MAX_THREADS]: a ValueError, the count unchanged
+            call("dtkd.set_num_threads", dtkd.set_num_threads, threads)
         try:
             nn_call(inp, which, x, w, dy, vec, geom, C, O)
         finally:
