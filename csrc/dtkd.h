@@ -21,6 +21,8 @@ enum dtkd_status {
     DTKD_ERR_NOMEM = 5,      /* an allocation (dtkd_malloc) failed             -> MemoryError */
     DTKD_ERR_WORKSPACE = 6,  /* the caller's workspace is smaller than the kernel's *_workspace
                               * size or misaligned: a bug in the caller       -> RuntimeError */
+    DTKD_ERR_RANGE = 7,      /* finite inputs whose result (or an intermediate the kernel cannot
+                              * avoid, e.g. x / T) lies beyond float32's range -> ValueError */
 };
 
 /* Memory (csrc/runtime/alloc.c): the one allocator of dtkd's C code. Blocks are 64-byte aligned;

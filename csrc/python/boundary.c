@@ -109,7 +109,7 @@ int dtkd_check_finite(PyArrayObject *arr, const char *name)
 }
 
 /* The one map from kernel status to exception (documented in docs/RELIABILITY.md):
- *   DTKD_ERR_SHAPE, _NONFINITE, _LABEL, _VALUE -> ValueError   (the caller's input)
+ *   DTKD_ERR_SHAPE, _NONFINITE, _LABEL, _VALUE, _RANGE -> ValueError (the caller's input)
  *   DTKD_ERR_NOMEM                             -> MemoryError  (an allocation failed)
  *   DTKD_ERR_WORKSPACE, unknown codes          -> RuntimeError (a bug in dtkd, not the input)
  * Bindings that can name the offending argument more precisely raise before calling this. */
@@ -120,6 +120,9 @@ PyObject *dtkd_raise_status(int status, const char *context)
     case DTKD_ERR_NONFINITE: return DTKD_VALUE_ERR("%s: input contains NaN or Inf", context);
     case DTKD_ERR_LABEL: return DTKD_VALUE_ERR("%s: a label is outside [0, num_classes)", context);
     case DTKD_ERR_VALUE: return DTKD_VALUE_ERR("%s: argument out of range", context);
+    case DTKD_ERR_RANGE:
+        return DTKD_VALUE_ERR("%s: finite inputs whose result leaves float32's range (|x| <= "
+                              "3.4e38)", context);
     case DTKD_ERR_NOMEM:
         return dtkd_raise(PyExc_MemoryError, "%s: out of memory (a workspace allocation failed)",
                           context);
