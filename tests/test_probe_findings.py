@@ -187,3 +187,29 @@ def test_logits_over_t_beyond_float32_raise_naming_the_range(isa, fn):
     with pytest.raises(ValueError, match="float32's range"):
         fn(x, temperature=0.5)
     assert np.all(np.isfinite(fn(x[:, :2], temperature=1.0)))  # in range: a result
+
+
+# ---- big-endian arrays: '>f4' has type NPY_FLOAT32 too; its bytes must not be read as native --
+
+def _swapped(a):
+    return a.astype(a.dtype.newbyteorder(">" if np.little_endian else "<"))
+
+
+def _linear_output(w):
+    layer = dtkd.nn.Linear(3, 4)
+    layer.load_state_dict({"weight": w, "bias": np.zeros(4, np.float32)})
+    return layer(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("call, arg", [
+    (_linear_output, None),  # Python front ends convert to native order: same result
+    (lambda w: losses.kd(w, np.ones((4, 3), np.float32)).loss, None),
+    (lambda w: dtkd._C.sgemm(w, np.ones((3, 2), np.float32)), "a"),  # the C boundary refuses
+])
+def test_byte_swapped_arrays_are_refused_or_read_in_their_byte_order(call, arg):
+    native = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+    if arg is None:
+        np.testing.assert_array_equal(call(_swapped(native)), call(native))
+    else:
+        with pytest.raises(TypeError, match=f"{arg}: expected native byte order"):
+            call(_swapped(native))

@@ -24,6 +24,16 @@ static const char *dtype_name(int typenum)
     return s;
 }
 
+int dtkd_check_byte_order(PyArrayObject *a, const char *name)
+{
+    if (PyArray_ISNOTSWAPPED(a)) return 0;
+    PyArray_Descr *d = PyArray_DESCR(a);
+    dtkd_raise(PyExc_TypeError, "%s: expected native byte order, got a byte-swapped ('%c%c%d') "
+               "array; convert it with a.astype(a.dtype.newbyteorder('='))", name,
+               d->byteorder, d->kind, (int)PyArray_ITEMSIZE(a));
+    return -1;
+}
+
 PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, int ndim)
 {
     if (!PyArray_Check(obj)) {
@@ -37,6 +47,7 @@ PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, in
                      dtype_name(PyArray_TYPE(a)));
         return NULL;
     }
+    if (dtkd_check_byte_order(a, name) < 0) return NULL; /* '>f4' is NPY_FLOAT32 too */
     if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
         dtkd_raise(PyExc_ValueError, "%s: expected a %d-D array, got %d-D", name, ndim,
                      PyArray_NDIM(a));
