@@ -21,6 +21,8 @@ enum dtkd_status {
     DTKD_ERR_NOMEM = 5,      /* an allocation (dtkd_malloc) failed             -> MemoryError */
     DTKD_ERR_WORKSPACE = 6,  /* the caller's workspace is smaller than the kernel's *_workspace
                               * size or misaligned: a bug in the caller       -> RuntimeError */
+    DTKD_ERR_RANGE = 7,      /* finite inputs whose result (or an intermediate the kernel cannot
+                              * avoid, e.g. x / T) lies beyond float32's range -> ValueError */
 };
 
 /* Memory (csrc/runtime/alloc.c): the one allocator of dtkd's C code. Blocks are 64-byte aligned;
@@ -78,7 +80,11 @@ struct dtkd_cpu_info {
 };
 const struct dtkd_cpu_info *dtkd_cpu_info(void);
 
-/* Threads (csrc/runtime/threads.c): OpenMP team size used by every parallel kernel. */
+/* Threads (csrc/runtime/threads.c): OpenMP team size used by every parallel kernel, in
+ * [1, DTKD_MAX_THREADS]. The cap: libgomp segfaults when asked for a team of 10^6 threads (issue
+ * 13), and a team larger than a few hundred only adds fork/join cost on any machine dtkd targets.
+ * dtkd_set_num_threads clamps into the range; the binding rejects values outside it. */
+#define DTKD_MAX_THREADS 1024
 void dtkd_set_num_threads(int n);
 int dtkd_get_num_threads(void);
 

@@ -61,10 +61,18 @@ __all__ = ["__version__", "set_num_threads", "get_num_threads", "cpu_features", 
 _SUBMODULES = ("losses", "nn", "models", "data", "distill", "engine", "io", "config", "optim")
 
 
+#: The most threads a dtkd kernel runs on (``set_num_threads`` refuses more): OpenMP crashes
+#: when asked for a team of 10**6 threads, and beyond a few hundred a team only adds overhead.
+MAX_THREADS = _C.MAX_THREADS
+
+
 def set_num_threads(n):
-    """Set the number of threads every dtkd kernel uses (like ``torch.set_num_threads``)."""
+    """Set the number of threads every dtkd kernel uses (like ``torch.set_num_threads``), an int
+    in [1, ``dtkd.MAX_THREADS``]."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be in [1, {MAX_THREADS}], got {n}")
     _C.set_num_threads(n)
 
 

@@ -58,6 +58,31 @@ def as_positive_float(x, name):
     return x
 
 
+#: float32's largest finite value and the smallest temperature whose inverse is a float32: the
+#: range a value handed to the float32 kernels must lie in.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def as_float32_temperature(x, name):
+    """A temperature the float32 kernels can use: finite, > 0, in [1.2e-38, 3.4e38]."""
+    x = as_positive_float(x, name)
+    if not FLOAT32_TINY <= x <= FLOAT32_MAX:
+        raise ValueError(f"{name}: {x:g} is outside float32's range for a temperature "
+                         f"[{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}] (the loss kernels compute in "
+                         "float32)")
+    return x
+
+
+def as_float32_weight(x, name):
+    """A finite real number within float32's range (a loss weight the kernels multiply by)."""
+    x = as_float(x, name)
+    if abs(x) > FLOAT32_MAX:
+        raise ValueError(f"{name}: {x:g} is beyond float32's range (|x| <= {FLOAT32_MAX:.3g}; "
+                         "the loss kernels compute in float32)")
+    return x
+
+
 def as_float(x, name):
     """A finite real number (loss weights, epoch)."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):

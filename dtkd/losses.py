@@ -36,7 +36,8 @@ Example::
 import numpy as np
 
 from . import _C
-from ._validate import as_float, as_float32, as_labels, as_positive_float
+from ._validate import (FLOAT32_MAX, FLOAT32_TINY, as_float, as_float32, as_float32_temperature,
+                        as_float32_weight, as_labels)
 
 __all__ = [
     "LossResult", "FALLBACK_EPS",
@@ -138,17 +139,16 @@ def _labels(y, n, num_classes):
     return as_labels(y, "labels", n, num_classes)
 
 
-_INF = float("inf")
 _TWO_53 = 2 ** 53
 
 
 def _temperature(temperature, name="temperature"):
-    """as_positive_float, with a fast path for a float or an int that is obviously fine."""
-    if type(temperature) is float and 0.0 < temperature < _INF:
+    """as_float32_temperature, with a fast path for a float or an int that is obviously fine."""
+    if type(temperature) is float and FLOAT32_TINY <= temperature <= FLOAT32_MAX:
         return temperature
     if type(temperature) is int and 0 < temperature <= _TWO_53:
         return float(temperature)
-    return as_positive_float(temperature, name)
+    return as_float32_temperature(temperature, name)
 
 
 def _dloss(reduction, n):
@@ -178,6 +178,13 @@ def _real(x, name):
     elif type(x) is int and -_TWO_53 <= x <= _TWO_53:
         return float(x)
     return as_float(x, name)
+
+
+def _weight(x, name):
+    """A loss weight (alpha, beta, gamma): finite and within float32's range."""
+    if type(x) is float and -FLOAT32_MAX <= x <= FLOAT32_MAX:
+        return x
+    return as_float32_weight(x, name)
 
 
 def _check_pair(student, teacher):
@@ -331,7 +338,7 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     total, per_sample, tckd, nckd, tckd_total, nckd_total, ts, tt, n_fallback, grad = _C.dkd(
-        s, t, y, _real(alpha, "alpha"), _real(beta, "beta"), _temperature(temperature),
+        s, t, y, _weight(alpha, "alpha"), _weight(beta, "beta"), _temperature(temperature),
         dyn_tc, dyn_nc, mode, _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
     tckd = _reduce(tckd_total, tckd, reduction, n)
@@ -362,7 +369,7 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     s, t = _check_pair(student, teacher)
     n, c = s.shape
     y = _labels(labels, n, c)
-    alpha, beta, gamma = _real(alpha, "alpha"), _real(beta, "beta"), _real(gamma, "gamma")
+    alpha, beta, gamma = _weight(alpha, "alpha"), _weight(beta, "beta"), _weight(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
@@ -386,7 +393,7 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     s, t = _check_pair(student, teacher)
     n, c = s.shape
     y = _labels(labels, n, c)
-    alpha, beta, gamma = _real(alpha, "alpha"), _real(beta, "beta"), _real(gamma, "gamma")
+    alpha, beta, gamma = _weight(alpha, "alpha"), _weight(beta, "beta"), _weight(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)

@@ -92,7 +92,7 @@ def test_huge_sizes_are_memoryerror_not_overflow():
 
 # The one table of boundary.c: kernel status -> exception (docs/RELIABILITY.md lists it).
 STATUS_EXCEPTIONS = {1: ValueError, 2: ValueError, 3: ValueError, 4: ValueError, 5: MemoryError,
-                     6: RuntimeError, 99: RuntimeError}
+                     6: RuntimeError, 7: ValueError, 99: RuntimeError}
 
 
 @pytest.mark.parametrize("status", sorted(STATUS_EXCEPTIONS))

@@ -53,9 +53,20 @@
      : dtkd_isa() == DTKD_ISA_AVX2 ? name##_avx2                                                  \
                                    : name##_portable)
 
+/* Row statuses: ROW_NONFINITE (an input holds NaN or Inf), ROW_RANGE (a result beyond float32's
+ * range), 0 ok, 1 a DTKD fallback row. */
+#define ROW_NONFINITE (-1)
+#define ROW_RANGE (-2)
+
+/* The kernel status for the OR of -status over the failed rows. */
+static int rows_status(int bad)
+{
+    return bad & -ROW_NONFINITE ? DTKD_ERR_NONFINITE : bad & -ROW_RANGE ? DTKD_ERR_RANGE : DTKD_OK;
+}
+
 /* Runs the row status expression `row_status` (an int that may use the row index i: < 0 for a
- * non-finite row, > 0 for a DTKD fallback row) for i in [0, N), counting into the caller's
- * `bad` and `fallbacks`. Rows go to the OpenMP team only when N*C pays for it: below that even
+ * failed row, > 0 for a DTKD fallback row) for i in [0, N), counting into the caller's
+ * `bad` (the OR of the failures' -status) and `fallbacks`. Rows go to the OpenMP team only when N*C pays for it: below that even
  * an if(0) parallel region costs about a microsecond per call. */
 #define FOR_EACH_ROW(N, C, row_status)                                                           \
     do {                                                                                          \
@@ -63,13 +74,13 @@
             _Pragma("omp parallel for num_threads(dtkd_get_num_threads()) schedule(static) reduction(| : bad) reduction(+ : fallbacks)") \
             for (long i = 0; i < (N); i++) {                                                      \
                 int st_ = (row_status);                                                           \
-                bad |= st_ < 0;                                                                   \
+                bad |= st_ < 0 ? -st_ : 0;                                                        \
                 fallbacks += st_ > 0;                                                             \
             }                                                                                     \
         } else {                                                                                  \
             for (long i = 0; i < (N); i++) {                                                      \
                 int st_ = (row_status);                                                           \
-                bad |= st_ < 0;                                                                   \
+                bad |= st_ < 0 ? -st_ : 0;                                                        \
                 fallbacks += st_ > 0;                                                             \
             }                                                                                     \
         }                                                                                         \
@@ -83,8 +94,10 @@
  * the result), float precision (~1 ulp): Cody-Waite range reduction x = n ln2 + r, a degree-6
  * polynomial for exp(r), 2^n built in the exponent bits. n is rounded by adding 1.5 2^23
  * (whose low mantissa bits then hold n + 127, the biased exponent). Branch-free so that loops
- * calling it vectorize. Below -87 it returns exp(-87) ~ 1.6e-38 instead of underflowing,
- * which no sum here can notice. */
+ * calling it vectorize. Below -87 (exp(-87) ~ 1.6e-38, the edge of float's normal range) it
+ * returns exactly 0: a masked logit (-1e9, -1e38) has probability 0, and e * x stays 0 in the
+ * moment sums however large |x| is. (It used to return exp(-87), which those products turned
+ * into KL errors of order 1e-38 |x|: a DTKD gradient of 10.38 instead of 0.38 at x = -1e20.) */
 INLINE float exp_nonpos(float x)
 {
     float xc = x < -87.0f ? -87.0f : x;
@@ -100,7 +113,7 @@ INLINE float exp_nonpos(float x)
     p = p * r + 5.0000001201e-1f;
     float e = p * r * r + r + 1.0f;
     union { int32_t i; float f; } scale = {.i = k.i << 23};
-    return e * scale.f;
+    return x < -87.0f ? 0.0f : e * scale.f;
 }
 
 /* 1 if x[0:n] is all finite: x * 0 is 0 for finite x and NaN for NaN or Inf. */
@@ -186,10 +199,12 @@ INLINE double range_sum_exp(const float *x, float shift, float inv_t, long lo, l
 /* Lanes [0, n) of a 16-lane block (n may exceed 16). */
 AVX512_ONLY __mmask16 lanes_below(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
-/* exp_nonpos on the lanes of `keep` (0 elsewhere): the same reduction and polynomial, with
- * round-to-nearest (vrndscaleps) for n and a zero-masked vscalefps for the 2^n. */
+/* exp_nonpos on the lanes of `keep` (0 elsewhere, and 0 below -87 like exp_nonpos): the same
+ * reduction and polynomial, with round-to-nearest (vrndscaleps) for n and a zero-masked
+ * vscalefps for the 2^n. */
 AVX512_ONLY __m512 exp_nonpos16(__mmask16 keep, __m512 x)
 {
+    keep &= _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -359,6 +374,7 @@ INLINE double range_dot(const float *x, const float *y, long n)
  * backward needs no exps of its own. */
 struct pair_moments {
     double zq, zp, p_u, p_v, q_v, p_uu, p_uv;
+    double log_zq, log_zp, log_ratio; /* log zq, log zp, log(zq / zp): set by pair_logs */
 };
 
 INLINE void pair_moments_row(pair_moments *acc, float *exp_s, float *exp_t, const float *s,
@@ -478,6 +494,114 @@ INLINE void pair_backward_cached_row_avx512(float *ds, const float *exp_s, const
 }
 #endif /* X86_SIMD */
 
+/* ---- The precise path: one row's softmax pair in double ----
+ * The float path above fails in two ways, each rare in training but silent: (1) at large
+ * temperatures every exp is within ~1/T of 1, and KL ~ 1/T^2 is the small difference of float
+ * terms of size ~1/T (16% off at T = 1e4, negative at T = 1e6); (2) when (x - max) / T
+ * overflows float32 (a tiny dynamic temperature from a max logit of 1e-38, or logits near
+ * float's edge), a moment becomes 0 * inf = NaN or inf. A row whose temperatures exceed
+ * DTKD_PRECISE_T, or whose float moments are not finite, is redone here: v, u in double (no
+ * overflow: |x - shift| / T <= 6.8e38 * 3.4e38), exps as 1 + expm1() so that log z keeps its
+ * digits, log(zq / zp) as a difference of log1p's. Costs a libm expm1 per logit, only for
+ * those rows. */
+
+INLINE int moments_finite(const pair_moments *m)
+{
+    return isfinite(m->zq) && isfinite(m->zp) && isfinite(m->p_u) && isfinite(m->p_v) &&
+           isfinite(m->q_v) && isfinite(m->p_uu) && isfinite(m->p_uv);
+}
+
+/* Fills the log fields from zq, zp (the float path). */
+INLINE void pair_logs(pair_moments *m)
+{
+    m->log_zq = log(m->zq);
+    m->log_zp = log(m->zp);
+    m->log_ratio = log(m->zq / m->zp);
+}
+
+static void pair_moments_f64(pair_moments *acc, const float *s, const float *t,
+                             const dtkd_softmax_pair *pr, long skip, long n)
+{
+    const double ss = pr->shift_s, st = pr->shift_t, ia = 1.0 / pr->temp_s, ib = 1.0 / pr->temp_t;
+    double sq = 0, sp = 0, p_u = 0, p_v = 0, q_v = 0, p_uu = 0, p_uv = 0;
+    long cnt = 0;
+    for (long j = 0; j < n; j++) {
+        if (j == skip) continue;
+        const double v = ((double)s[j] - ss) * ia, u = ((double)t[j] - st) * ib;
+        const double mq = expm1(v), mp = expm1(u), eq = mq + 1.0, ep = mp + 1.0;
+        sq += mq;
+        sp += mp;
+        p_u += ep * u;
+        p_v += ep * v;
+        q_v += eq * v;
+        p_uu += ep * u * u;
+        p_uv += ep * u * v;
+        cnt++;
+    }
+    /* the shift is a max over the set, so sq, sp > -cnt */
+    const double l1q = log1p(sq / cnt), l1p = log1p(sp / cnt), lc = log((double)cnt);
+    *acc = (pair_moments){cnt + sq, cnt + sp, p_u, p_v, q_v, p_uu, p_uv, lc + l1q, lc + l1p,
+                          l1q - l1p};
+}
+
+/* q_j - p_j without cancellation, from lq = log q_j, lp = log p_j and d = lp - lq. */
+INLINE double q_minus_p(double lq, double lp, double d)
+{
+    return d <= 0.0 ? -exp(lq) * expm1(d) : exp(lp) * expm1(-d);
+}
+
+/* What a precise pair leaves for the cached backward: exp_s[j] = q_j, exp_t[j] = q_j - p_j
+ * (0 at `skip`), and zs = zt = 1; precise_coefficients() then rewrites coef_q, coef_p so that
+ * the cached backward's cq exp_s - cp exp_t is coef_q q - coef_p p. */
+static void precise_exps(float *exp_s, float *exp_t, const float *s, const float *t,
+                         const dtkd_softmax_pair *pr, const pair_moments *m, long skip, long n)
+{
+    const double ss = pr->shift_s, st = pr->shift_t, ia = 1.0 / pr->temp_s, ib = 1.0 / pr->temp_t;
+    for (long j = 0; j < n; j++) {
+        if (j == skip) {
+            exp_s[j] = exp_t[j] = 0.0f;
+            continue;
+        }
+        const double v = ((double)s[j] - ss) * ia, u = ((double)t[j] - st) * ib;
+        const double lq = v - m->log_zq, lp = u - m->log_zp;
+        exp_s[j] = (float)exp(lq);
+        exp_t[j] = (float)q_minus_p(lq, lp, (u - v) + m->log_ratio);
+    }
+}
+
+/* coef_q q - coef_p p = (coef_q - coef_p) q + coef_p (q - p). */
+INLINE void precise_coefficients(dtkd_softmax_pair *pr)
+{
+    pr->coef_q -= pr->coef_p;
+    pr->coef_p = -pr->coef_p;
+    pr->zs = pr->zt = 1.0;
+}
+
+/* ds[j] (=, or += when accumulate) dloss (coef_q q_j - coef_p p_j), recomputed in double. */
+static void pair_backward_row_f64(float *ds, const float *s, const float *t,
+                                  const dtkd_softmax_pair *pr, float dloss, int accumulate, long n)
+{
+    const double ss = pr->shift_s, st = pr->shift_t, ia = 1.0 / pr->temp_s, ib = 1.0 / pr->temp_t;
+    const double log_ratio = pr->log_zs - pr->log_zt;
+    for (long j = 0; j < n; j++) {
+        const double v = ((double)s[j] - ss) * ia, u = ((double)t[j] - st) * ib;
+        const double lq = v - pr->log_zs, lp = u - pr->log_zt;
+        const double g = pr->coef_q == pr->coef_p
+                             ? pr->coef_q * q_minus_p(lq, lp, (u - v) + log_ratio)
+                             : pr->coef_q * exp(lq) - pr->coef_p * exp(lp);
+        ds[j] = (float)(dloss * g + (accumulate ? ds[j] : 0.0f));
+    }
+}
+
+/* 1 if dloss (coef_q q - coef_p p) and dloss dmax stay within float32 for q, p in [0, 1]
+ * (the float gradient is then finite). */
+INLINE int gradient_in_range(const dtkd_softmax_pair *pr, double dloss, double dmax)
+{
+    const double bound = fabs(dloss) * (fabs(pr->coef_q) / pr->zs + fabs(pr->coef_p) / pr->zt) +
+                         fabs(dloss * dmax);
+    return bound <= FLT_MAX;
+}
+
 /* The row primitives by ISA: `wide` is a constant in each build of a row kernel, so the
  * choice folds away. */
 INLINE int pair_max_finite_w(int wide, const float *s, const float *t, long n, float *m_s, float *m_t)
@@ -520,6 +644,10 @@ INLINE void pair_backward_cached_row(int wide, float *ds, const float *exp_s, co
 INLINE void pair_backward_row(float *ds, const float *s, const float *t,
                               const dtkd_softmax_pair *pr, float dloss, int accumulate, long n)
 {
+    if (pr->precise) {
+        pair_backward_row_f64(ds, s, t, pr, dloss, accumulate, n);
+        return;
+    }
     const float ss = pr->shift_s, st = pr->shift_t, ia = pr->inv_ts, ib = pr->inv_tt;
     const float lzq = (float)pr->log_zs, lzp = (float)pr->log_zt;
     const float cq = (float)(dloss * pr->coef_q), cp = (float)(dloss * pr->coef_p);
@@ -566,6 +694,9 @@ INLINE void set_pair(dtkd_softmax_pair *pr, float shift_s, float shift_t, double
     pr->shift_t = shift_t;
     pr->inv_ts = (float)(1.0 / t_s);
     pr->inv_tt = (float)(1.0 / t_t);
+    pr->temp_s = t_s;
+    pr->temp_t = t_t;
+    pr->precise = 0;
 }
 
 /* log(exp(x) + exp(y)) without overflow. */
@@ -581,13 +712,24 @@ INLINE double log_add_exp(double x, double y)
 
 /* Row status: -1 non-finite input, 0 ok, 1 DTKD fallback sample. */
 
+/* min of x[0:n]. */
+INLINE float range_min(const float *x, long n)
+{
+    float m = INFINITY;
+#pragma omp simd reduction(min : m)
+    for (long j = 0; j < n; j++) m = x[j] < m ? x[j] : m;
+    return m;
+}
+
 INLINE int log_softmax_row(float *out, const float *x, float inv_t, long C)
 {
-    if (!row_finite(x, C)) return -1;
+    if (!row_finite(x, C)) return ROW_NONFINITE;
     float m = range_max(x, 0, C);
+    /* the smallest output, (min - max) / T - log z, must be a float */
+    if (((double)m - range_min(x, C)) * inv_t + log((double)C) > FLT_MAX) return ROW_RANGE;
     float lz = (float)log(range_sum_exp(x, m, inv_t, 0, C));
 #pragma omp simd
-    for (long j = 0; j < C; j++) out[j] = (x[j] - m) * inv_t - lz;
+    for (long j = 0; j < C; j++) out[j] = (float)(((double)x[j] - m) * inv_t - lz); /* x - m may exceed float */
     return 0;
 }
 ISA_VARIANTS(int, log_softmax_row, (float *out, const float *x, float inv_t, long C),
@@ -613,7 +755,7 @@ INLINE int logsumexp_row(float *out, const float *x, float inv_t, long C)
     if (!row_finite(x, C)) return -1;
     float m = range_max(x, 0, C);
     *out = (float)((double)m * inv_t + log(range_sum_exp(x, m, inv_t, 0, C)));
-    return 0;
+    return isfinite(*out) ? 0 : ROW_RANGE; /* max / T beyond float32 */
 }
 ISA_VARIANTS(int, logsumexp_row, (float *out, const float *x, float inv_t, long C),
              (out, x, inv_t, C))
@@ -672,7 +814,7 @@ static int run_rowwise(rowwise_fn row, float *out, long out_stride, const float 
     int bad = 0;
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(out + i * out_stride, x + i * C, inv_t, C));
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 int dtkd_log_softmax_forward(float *out, const float *x, float temperature, long N, long C)
@@ -760,7 +902,7 @@ int dtkd_dynamic_temperatures(float *t_student, float *t_teacher, long *n_fallba
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(t_student + i, t_teacher + i, s + i * C, t + i * C, temperature, C));
     *n_fallback = fallbacks;
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 INLINE int cross_entropy_row(float *loss, double *log_z, const float *s, int64_t y, long C)
@@ -769,7 +911,7 @@ INLINE int cross_entropy_row(float *loss, double *log_z, const float *s, int64_t
     float m = range_max(s, 0, C);
     *log_z = (double)m + log(range_sum_exp(s, m, 1.0f, 0, C));
     *loss = (float)(*log_z - s[y]);
-    return 0;
+    return isfinite(*loss) ? 0 : ROW_RANGE; /* s[y] ~ -3e38 below a max ~ 3e38 */
 }
 ISA_VARIANTS(int, cross_entropy_row, (float *loss, double *log_z, const float *s, int64_t y, long C),
              (loss, log_z, s, y, C))
@@ -805,6 +947,7 @@ INLINE int cross_entropy_row_forward_backward(float *loss, float *ds, const floa
         z = range_sum(ds, C);
     }
     *loss = (float)((double)m + log(z) - s[y]);
+    if (!isfinite(*loss)) return ROW_RANGE;
     const float g = (float)(dloss / z);
     if (wide) {
         scale_row_avx512(ds, g, C);
@@ -835,7 +978,7 @@ int dtkd_cross_entropy_forward(float *loss, double *log_z, const float *s, const
     int bad = 0;
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(loss + i, log_z + i, s + i * C, y[i], C));
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 int dtkd_cross_entropy_backward(float *ds, const double *log_z, const float *s, const int64_t *y,
@@ -861,7 +1004,7 @@ int dtkd_cross_entropy_forward_backward(float *loss, float *ds, const float *s, 
     int bad = 0;
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(loss + i, ds + i * C, s + i * C, y[i], dloss, C));
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -896,15 +1039,17 @@ static SIMD_AVX512 void finish_pending_avx512(float *loss, const kl_pending *pd,
 }
 #endif
 
-static void finish_pending(float *loss, const kl_pending *pd, long N)
+/* Returns 0 if a loss is beyond float32's range. */
+static int finish_pending(float *loss, const kl_pending *pd, long N)
 {
 #if X86_SIMD
-    if (dtkd_isa() == DTKD_ISA_AVX512) {
-        finish_pending_avx512(loss, pd, N);
-        return;
-    }
+    if (dtkd_isa() == DTKD_ISA_AVX512) finish_pending_avx512(loss, pd, N);
+    else
 #endif
     for (long i = 0; i < N; i++) loss[i] = (float)(pd[i].base + pd[i].weight * log(pd[i].ratio));
+    int bad = 0;
+    for (long i = 0; i < N; i++) bad |= !isfinite(loss[i]);
+    return !bad;
 }
 
 /* One sample of  w KL(p || q),  p = softmax(t / T_t), q = softmax(s / T_s), w = T_s T_t.
@@ -926,17 +1071,23 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     set_pair(pr, m_s, m_t, a, b);
     pair_moments mo = {0};
     const int temperature_grad = mode == DTKD_KL_DYNAMIC && !fallback;
-    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C, temperature_grad);
+    const int precise = a > DTKD_PRECISE_T || b > DTKD_PRECISE_T;
+    if (!precise) pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C, temperature_grad);
+    if (precise || !moments_finite(&mo)) { /* the precise path (see pair_moments_f64) */
+        pair_moments_f64(&mo, s, t, pr, -1, C);
+        precise_exps(exp_s, exp_t, s, t, pr, &mo, -1, C);
+        pr->precise = 1;
+    }
 
     /* one log per row: KL needs only log zq - log zp, the backward only 1 / zq and 1 / zp;
      * with `pending` and no temperature gradient, that log is left to finish_pending */
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
     const double w = a * b;
     double log_ratio = 0.0, kl = 0.0;
-    if (pending && !temperature_grad) {
+    if (pending && !temperature_grad && !pr->precise) {
         *pending = (kl_pending){mo.zq / mo.zp, w * (e_pu - e_pv), w};
     } else {
-        log_ratio = log(mo.zq / mo.zp);
+        log_ratio = pr->precise ? mo.log_ratio : log(mo.zq / mo.zp);
         kl = e_pu - e_pv + log_ratio;
         if (pending) *pending = (kl_pending){1.0, w * kl, 0.0};
         else *loss = (float)(w * kl);
@@ -946,15 +1097,20 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     pr->zs = mo.zq;
     pr->zt = mo.zp;
     pr->coef_q = pr->coef_p = w / a;
+    if (pr->precise) precise_coefficients(pr);
     sv->dmax = 0.0;
     sv->argmax_s = 0;
     if (temperature_grad) {
+        /* dl/da = b kl + w dKL/da = b (kl + E_p[v] - E_q[v]), with E_p[v] cancelled by hand: at
+         * a tiny T_s both are ~1/T_s while dl/da stays moderate; dl/db = a kl + w dKL/db. */
         const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + log_ratio * e_pu;
-        const double dkl_da = (e_pv - e_qv) / a, dkl_db = -(e_pur - e_pu * kl) / b;
-        const double dl_da = b * kl + w * dkl_da, dl_db = a * kl + w * dkl_db;
+        const double dkl_db = -(e_pur - e_pu * kl) / b;
+        const double dl_da = b * (e_pu - e_qv + log_ratio), dl_db = a * kl + w * dkl_db;
         sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
         sv->argmax_s = first_index_of_w(wide, s, m_s, C);
     }
+    if (!(pending && !temperature_grad && !pr->precise) && !isfinite((float)(w * kl)))
+        return ROW_RANGE;
     return fallback;
 }
 ISA_VARIANTS_WIDE(int, kl_row_forward,
@@ -966,6 +1122,7 @@ ISA_VARIANTS_WIDE(int, kl_row_forward,
 INLINE int kl_row_backward(float *ds, const dtkd_kl_saved *sv, const float *exp_s,
                            const float *exp_t, float dloss, long C, int wide)
 {
+    if (!gradient_in_range(&sv->pair, dloss, sv->dmax)) return ROW_RANGE;
     pair_backward_cached_row(wide, ds, exp_s, exp_t, &sv->pair, dloss, C);
     ds[sv->argmax_s] += (float)(dloss * sv->dmax);
     return 0;
@@ -988,7 +1145,7 @@ int dtkd_kl_forward(float *loss, float *t_student, float *t_teacher, dtkd_kl_sav
     FOR_EACH_ROW(N, C, row(loss + i, t_student + i, t_teacher + i, saved + i, exp_s + i * C,
                            exp_t + i * C, s + i * C, t + i * C, temperature, mode, C));
     *n_fallback = fallbacks;
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
@@ -1000,7 +1157,7 @@ int dtkd_kl_backward(float *ds, const dtkd_kl_saved *saved, const float *exp_s,
     int bad = 0;
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, dloss, C));
-    return DTKD_OK;
+    return rows_status(bad);
 }
 
 /* Both directions row by row: the row's exps are still in L1 when its gradient is written. */
@@ -1012,8 +1169,9 @@ INLINE int kl_row_forward_backward(float *loss, float *t_student, float *t_teach
     dtkd_kl_saved sv;
     const int st = kl_row_forward(loss, t_student, t_teacher, &sv, ds, exp_t, s, t, T, mode,
                                   pending, C, wide);
-    if (st >= 0) kl_row_backward(ds, &sv, ds, exp_t, dloss, C, wide);
-    return st;
+    if (st < 0) return st;
+    const int bst = kl_row_backward(ds, &sv, ds, exp_t, dloss, C, wide);
+    return bst < 0 ? bst : st;
 }
 ISA_VARIANTS_WIDE(int, kl_row_forward_backward,
                   (float *loss, float *t_student, float *t_teacher, float *ds, float *exp_t,
@@ -1041,8 +1199,8 @@ int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, fl
                            s + i * C, t + i * C, temperature, mode, dloss,
                            pending ? pending + i : NULL, C));
     *n_fallback = fallbacks;
-    if (bad) return DTKD_ERR_NONFINITE;
-    if (pending) finish_pending(loss, pending, N);
+    if (bad) return rows_status(bad);
+    if (pending && !finish_pending(loss, pending, N)) return DTKD_ERR_RANGE;
     return DTKD_OK;
 }
 
@@ -1058,7 +1216,7 @@ int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, fl
  *   dNCKD/d(s_j/T_s) = q^_j - p^_j  (q^, p^: softmax over the non-target classes),
  *   dTCKD/d(t/T_t) = rho p_y (1-p_y) (e_y - p^),  rho = dTCKD/dp_y. */
 typedef struct {
-    double tckd, nckd, dtckd_da, dtckd_db, dnckd_da, dnckd_db, qy_minus_py;
+    double tckd, nckd, dtckd_da, dtckd_db, dnckd_da, dnckd_db, qy_minus_py, nckd_plus_a_dnckd_da;
 } dkd_terms;
 
 INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, float *exp_t,
@@ -1068,17 +1226,26 @@ INLINE void dkd_pair_terms(dkd_terms *out, dtkd_softmax_pair *pr, float *exp_s, 
 {
     set_pair(pr, shift_s, shift_t, a, b);
     pair_moments mo = {0};
-    pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, y, C, temperature_grad);
-    const double lzq = log(mo.zq), lzp = log(mo.zp);
+    const int precise = a > DTKD_PRECISE_T || b > DTKD_PRECISE_T;
+    if (!precise) pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, y, C, temperature_grad);
+    if (precise || !moments_finite(&mo)) { /* the precise path (see pair_moments_f64) */
+        pair_moments_f64(&mo, s, t, pr, y, C);
+        if (exp_s) precise_exps(exp_s, exp_t, s, t, pr, &mo, y, C);
+        pr->precise = 1;
+    } else {
+        pair_logs(&mo);
+    }
+    const double lzq = mo.log_zq, lzp = mo.log_zp;
     pr->zs = mo.zq;
     pr->zt = mo.zp;
     pr->log_zs = lzq;
     pr->log_zt = lzp;
     const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
 
-    const double nckd = e_pu - e_pv - lzp + lzq;
-    const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + (lzq - lzp) * e_pu;
+    const double nckd = e_pu - e_pv + mo.log_ratio;
+    const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + mo.log_ratio * e_pu;
     out->nckd = nckd;
+    out->nckd_plus_a_dnckd_da = e_pu - e_qv + mo.log_ratio; /* nckd + a dnckd/da, E_p[v] cancelled */
     out->dnckd_da = (e_pv - e_qv) / a;
     out->dnckd_db = -(e_pur - e_pu * nckd) / b;
 
@@ -1144,6 +1311,8 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
         sv->pair[1].coef_q = g_nc;
         sv->pair[1].coef_p = g_nc;
     }
+    if (sv->pair[0].precise) precise_coefficients(&sv->pair[0]);
+    if (!isfinite(*loss)) return ROW_RANGE;
 
     /* Gradient through the temperatures, for the terms that use them. */
     sv->dmax = 0.0;
@@ -1155,7 +1324,7 @@ INLINE int dkd_row_forward(float *loss, float *tckd, float *nckd, float *t_stude
             dl_db += alpha * (a * tc.tckd + a * b * tc.dtckd_db);
         }
         if (dynamic_nckd) {
-            dl_da += beta * (b * nc.nckd + a * b * nc.dnckd_da);
+            dl_da += beta * b * nc.nckd_plus_a_dnckd_da;
             dl_db += beta * (a * nc.nckd + a * b * nc.dnckd_db);
         }
         sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
@@ -1177,6 +1346,10 @@ INLINE int dkd_row_backward(float *ds, const dtkd_dkd_saved *sv, const float *ex
 {
     /* Pair 0 from the stored exps, a second pair (other temperatures) recomputed; the loops
      * run over all classes for speed and the target entry is then overwritten. */
+    if (!gradient_in_range(&sv->pair[0], dloss, sv->dmax) ||
+        (sv->n_pairs == 2 && !gradient_in_range(&sv->pair[1], dloss, sv->dmax)) ||
+        !(fabs(dloss * sv->grad_target) <= FLT_MAX))
+        return ROW_RANGE;
     pair_backward_cached_row(wide, ds, exp_s, exp_t, &sv->pair[0], dloss, C);
     if (sv->n_pairs == 2) pair_backward_row(ds, s, t, &sv->pair[1], dloss, 1, C);
     ds[y] = (float)(dloss * sv->grad_target);
@@ -1206,7 +1379,7 @@ int dtkd_dkd_forward(float *loss, float *tckd, float *nckd, float *t_student, fl
                            exp_s + i * C, exp_t + i * C, s + i * C, t + i * C, y[i], alpha, beta,
                            temperature, dynamic_tckd, dynamic_nckd, mode, C));
     *n_fallback = fallbacks;
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s,
@@ -1221,7 +1394,7 @@ int dtkd_dkd_backward(float *ds, const dtkd_dkd_saved *saved, const float *exp_s
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(ds + i * C, saved + i, exp_s + i * C, exp_t + i * C, s + i * C,
                            t + i * C, y[i], dloss, C));
-    return DTKD_OK;
+    return rows_status(bad);
 }
 
 INLINE int dkd_row_forward_backward(float *loss, float *tckd, float *nckd, float *t_student,
@@ -1233,8 +1406,9 @@ INLINE int dkd_row_forward_backward(float *loss, float *tckd, float *nckd, float
     dtkd_dkd_saved sv = {0}; /* pair[1] is only read when set (n_pairs == 2) */
     const int st = dkd_row_forward(loss, tckd, nckd, t_student, t_teacher, &sv, ds, exp_t, s, t,
                                    y, alpha, beta, T, dynamic_tckd, dynamic_nckd, mode, C, wide);
-    if (st >= 0) dkd_row_backward(ds, &sv, ds, exp_t, s, t, y, dloss, C, wide);
-    return st;
+    if (st < 0) return st;
+    const int bst = dkd_row_backward(ds, &sv, ds, exp_t, s, t, y, dloss, C, wide);
+    return bst < 0 ? bst : st;
 }
 ISA_VARIANTS_WIDE(int, dkd_row_forward_backward,
                   (float *loss, float *tckd, float *nckd, float *t_student, float *t_teacher,
@@ -1262,7 +1436,7 @@ int dtkd_dkd_forward_backward(float *loss, float *tckd, float *nckd, float *t_st
                            exp_t + i * C, s + i * C, t + i * C, y[i], alpha, beta, temperature,
                            dynamic_tckd, dynamic_nckd, mode, dloss, C));
     *n_fallback = fallbacks;
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1286,10 +1460,12 @@ INLINE int dtkd_objective_row(float *dtkd_loss, float *kd_loss, float *ce_loss, 
     const int st = kl_row_forward_backward(dtkd_loss, t_student, t_teacher, ds, exp_t, s, t, T,
                                            mode, w_dtkd, NULL, C, wide);
     if (st < 0) return st;
-    kl_row_forward_backward(kd_loss, &unused_ts, &unused_tt, g, exp_t, s, t, T, DTKD_KL_FIXED,
-                            w_kd, NULL, C, wide);
+    const int st_kd = kl_row_forward_backward(kd_loss, &unused_ts, &unused_tt, g, exp_t, s, t, T,
+                                              DTKD_KL_FIXED, w_kd, NULL, C, wide);
+    if (st_kd < 0) return st_kd;
     add_row(ds, g, C);
-    cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    const int st_ce = cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    if (st_ce < 0) return st_ce;
     add_row(ds, g, C);
     return st;
 }
@@ -1321,7 +1497,7 @@ int dtkd_dtkd_objective_forward_backward(float *dtkd_loss, float *kd_loss, float
                            ds + i * C, g + i * C, exp_t + i * C, s + i * C, t + i * C, y[i],
                            temperature, mode, w_dtkd, w_kd, w_ce, C));
     *n_fallback = fallbacks;
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }
 
 /* One row of w_dkd (alpha TCKD + beta NCKD) + w_ce CE. */
@@ -1336,7 +1512,8 @@ INLINE int dkd_objective_row(float *dkd_loss, float *tckd, float *nckd, float *c
                                             s, t, y, alpha, beta, T, dynamic_tckd, dynamic_nckd,
                                             mode, w_dkd, C, wide);
     if (st < 0) return st;
-    cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    const int st_ce = cross_entropy_row_forward_backward(ce_loss, g, s, y, w_ce, C, wide);
+    if (st_ce < 0) return st_ce;
     add_row(ds, g, C);
     return st;
 }
@@ -1372,5 +1549,5 @@ int dtkd_dkd_objective_forward_backward(float *dkd_loss, float *tckd, float *nck
                            t + i * C, y[i], alpha, beta, temperature, dynamic_tckd, dynamic_nckd,
                            mode, w_dkd, w_ce, C));
     *n_fallback = fallbacks;
-    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+    return rows_status(bad);
 }

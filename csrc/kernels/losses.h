@@ -11,6 +11,11 @@
  * DTKD semantics follow the official code (Wei & Bai, arXiv 2404.12711):
  *   m_s = max(s), m_t = max(t), T_s = 2 m_s / (m_s + m_t) T, T_t = 2 m_t / (m_s + m_t) T,
  *   loss = T_s T_t KL(softmax(t / T_t) || softmax(s / T_s)).
+ * Logits far below their row's max (masked classes: -1e9, -1e38) get probability exactly 0, as in
+ * float64; an actual -inf (or NaN) is rejected as non-finite input (DTKD_ERR_NONFINITE), a mask
+ * should use a large finite negative. A row whose temperature is large (> DTKD_PRECISE_T, where
+ * float32 exps lose the KL to cancellation) or whose (x - max) / T overflows float32 is computed
+ * in double; a result (loss, gradient) beyond float32's range is DTKD_ERR_RANGE.
  * A sample with m_s + m_t <= DTKD_TEMPERATURE_EPS, or a temperature that is not finite and > 0,
  * falls back to T_s = T_t = T (counted; no gradient through its temperatures). Otherwise the
  * exact gradient flows through m_s into T_s and T_t: max passes it to the arg-max entry of s
@@ -22,6 +27,8 @@
 #include "dtkd.h"
 
 #define DTKD_TEMPERATURE_EPS 1e-6
+/* Above this T_s or T_t a KL row runs in double (see losses.c, "precise path"). */
+#define DTKD_PRECISE_T 16.0
 
 /* How the KL kernel chooses its temperatures. */
 enum dtkd_kl_mode {
@@ -38,6 +45,8 @@ typedef struct {
     double zs, zt;            /* sum exp((x - shift) / T) over the set */
     double log_zs, log_zt;    /* their logs (DKD only: kept for a backward that recomputes exps) */
     double coef_q, coef_p;    /* backward coefficients of q_j and p_j */
+    double temp_s, temp_t;    /* T_s and T_t in double (the precise path's divisors) */
+    int precise;              /* 1: the row took the double-precision path (see losses.c) */
 } dtkd_softmax_pair;
 
 /* What the KL forward keeps per sample for its backward. */

@@ -24,6 +24,16 @@ static const char *dtype_name(int typenum)
     return s;
 }
 
+int dtkd_check_byte_order(PyArrayObject *a, const char *name)
+{
+    if (PyArray_ISNOTSWAPPED(a)) return 0;
+    PyArray_Descr *d = PyArray_DESCR(a);
+    dtkd_raise(PyExc_TypeError, "%s: expected native byte order, got a byte-swapped ('%c%c%d') "
+               "array; convert it with a.astype(a.dtype.newbyteorder('='))", name,
+               d->byteorder, d->kind, (int)PyArray_ITEMSIZE(a));
+    return -1;
+}
+
 PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, int ndim)
 {
     if (!PyArray_Check(obj)) {
@@ -37,6 +47,7 @@ PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, in
                      dtype_name(PyArray_TYPE(a)));
         return NULL;
     }
+    if (dtkd_check_byte_order(a, name) < 0) return NULL; /* '>f4' is NPY_FLOAT32 too */
     if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
         dtkd_raise(PyExc_ValueError, "%s: expected a %d-D array, got %d-D", name, ndim,
                      PyArray_NDIM(a));
@@ -109,7 +120,7 @@ int dtkd_check_finite(PyArrayObject *arr, const char *name)
 }
 
 /* The one map from kernel status to exception (documented in docs/RELIABILITY.md):
- *   DTKD_ERR_SHAPE, _NONFINITE, _LABEL, _VALUE -> ValueError   (the caller's input)
+ *   DTKD_ERR_SHAPE, _NONFINITE, _LABEL, _VALUE, _RANGE -> ValueError (the caller's input)
  *   DTKD_ERR_NOMEM                             -> MemoryError  (an allocation failed)
  *   DTKD_ERR_WORKSPACE, unknown codes          -> RuntimeError (a bug in dtkd, not the input)
  * Bindings that can name the offending argument more precisely raise before calling this. */
@@ -120,6 +131,9 @@ PyObject *dtkd_raise_status(int status, const char *context)
     case DTKD_ERR_NONFINITE: return DTKD_VALUE_ERR("%s: input contains NaN or Inf", context);
     case DTKD_ERR_LABEL: return DTKD_VALUE_ERR("%s: a label is outside [0, num_classes)", context);
     case DTKD_ERR_VALUE: return DTKD_VALUE_ERR("%s: argument out of range", context);
+    case DTKD_ERR_RANGE:
+        return DTKD_VALUE_ERR("%s: finite inputs whose result leaves float32's range (|x| <= "
+                              "3.4e38)", context);
     case DTKD_ERR_NOMEM:
         return dtkd_raise(PyExc_MemoryError, "%s: out of memory (a workspace allocation failed)",
                           context);

@@ -26,6 +26,11 @@
  * is a strict check, not a conversion. */
 PyArrayObject *dtkd_check_array(PyObject *obj, const char *name, int typenum, int ndim);
 
+/* Raise TypeError naming `name` for a byte-swapped array (a '>f4' array has type NPY_FLOAT32
+ * too, and its bytes would be read as native floats); returns -1 if raised, 0 if native.
+ * dtkd_check_array calls it; a binding with its own checks must too. */
+int dtkd_check_byte_order(PyArrayObject *a, const char *name);
+
 /* Like dtkd_check_array, but also require every dim to equal `shape` (entries < 0: any). */
 PyArrayObject *dtkd_check_shape(PyObject *obj, const char *name, int typenum, int ndim,
                                 const npy_intp *shape);

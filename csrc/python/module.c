@@ -27,5 +27,10 @@ PyMODINIT_FUNC PyInit__C(void)
     for (size_t t = 0; t < ntables; t++)
         for (PyMethodDef *m = tables[t]; m->ml_name; m++) joined_methods[k++] = *m;
     dtkd_module.m_methods = joined_methods;
-    return PyModule_Create(&dtkd_module);
+    PyObject *mod = PyModule_Create(&dtkd_module);
+    if (mod && PyModule_AddIntConstant(mod, "MAX_THREADS", DTKD_MAX_THREADS) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

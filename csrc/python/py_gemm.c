@@ -17,6 +17,7 @@ static PyArrayObject *check_matrix(PyObject *obj, const char *name, long *ld)
     if (PyArray_TYPE(a) != NPY_FLOAT32)
         return (PyArrayObject *)DTKD_TYPE_ERR("%s: expected dtype float32, got %s", name,
                                               PyArray_DESCR(a)->typeobj->tp_name);
+    if (dtkd_check_byte_order(a, name) < 0) return NULL;
     if (PyArray_NDIM(a) != 2)
         return (PyArrayObject *)DTKD_VALUE_ERR("%s: expected a 2-D array, got %d-D", name,
                                                PyArray_NDIM(a));

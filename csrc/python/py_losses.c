@@ -10,6 +10,9 @@
 
 #include "kernels/losses.h"
 
+#include <float.h>
+#include <math.h>
+
 /* (N, C) float32 logits with N >= 1 and C >= min_classes. */
 static PyArrayObject *check_logits(PyObject *obj, const char *name, long min_classes)
 {
@@ -70,7 +73,13 @@ static PyObject *raise_for(int status, const char *fn, PyArrayObject *a, const c
                 return DTKD_VALUE_ERR("labels: expected values in [0, %ld), found %lld at index %ld",
                                       C, (long long)y[i], (long)i);
     }
-    if (status == DTKD_ERR_VALUE) return DTKD_VALUE_ERR("%s: temperature must be finite and > 0", fn);
+    if (status == DTKD_ERR_VALUE)
+        return DTKD_VALUE_ERR("%s: temperature must be finite and > 0, within float32's range for a divisor "
+                              "[1.2e-38, 3.4e38]", fn);
+    if (status == DTKD_ERR_RANGE)
+        return DTKD_VALUE_ERR("%s: finite inputs whose loss or gradient (or logits / temperature) "
+                              "leaves float32's range (|x| <= 3.4e38): scale the logits, the "
+                              "temperature or the loss weights", fn);
     return dtkd_raise_status(status, fn);
 }
 
@@ -84,11 +93,16 @@ static int check_nargs(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
     return -1;
 }
 
-/* A float argument as the "f" format converts it (anything with __float__ or __index__). */
+/* A float argument as the "f" format converts it (anything with __float__ or __index__), but
+ * a finite value beyond float32's range is a ValueError rather than a silent inf. */
 static int arg_float(PyObject *obj, float *out)
 {
     double v = PyFloat_AsDouble(obj);
     if (v == -1.0 && PyErr_Occurred()) return -1;
+    if (isfinite(v) && !(fabs(v) <= FLT_MAX)) {
+        DTKD_VALUE_ERR("a float argument, %g, is beyond float32's range (|x| <= 3.4e38)", v);
+        return -1;
+    }
     *out = (float)v;
     return 0;
 }

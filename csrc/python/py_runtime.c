@@ -6,7 +6,8 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args)
 {
     int n;
     if (!PyArg_ParseTuple(args, "i:set_num_threads", &n)) return NULL;
-    if (n < 1) return DTKD_VALUE_ERR("set_num_threads: n must be >= 1, got %d", n);
+    if (n < 1 || n > DTKD_MAX_THREADS)
+        return DTKD_VALUE_ERR("set_num_threads: n must be in [1, %d], got %d", DTKD_MAX_THREADS, n);
     dtkd_set_num_threads(n);
     Py_RETURN_NONE;
 }

@@ -12,6 +12,7 @@ static int num_threads = 0; /* 0: not set yet -> OMP_NUM_THREADS or the core cou
 void dtkd_set_num_threads(int n)
 {
     if (n < 1) n = 1;
+    if (n > DTKD_MAX_THREADS) n = DTKD_MAX_THREADS;
     __atomic_store_n(&num_threads, n, __ATOMIC_RELAXED);
 }
 
@@ -19,6 +20,6 @@ int dtkd_get_num_threads(void)
 {
     int n = __atomic_load_n(&num_threads, __ATOMIC_RELAXED);
     if (n > 0) return n;
-    n = omp_get_max_threads();
-    return n > 0 ? n : 1;
+    n = omp_get_max_threads(); /* OMP_NUM_THREADS may ask for more than the cap too */
+    return n < 1 ? 1 : n > DTKD_MAX_THREADS ? DTKD_MAX_THREADS : n;
 }

@@ -1,0 +1,215 @@
+"""Issue 13's probe findings ("What a probe of ~12,000 bad inputs already found"), one test per
+finding, named after what the fix guarantees. The fuzz harnesses (tests/fuzz) no longer list
+these as KNOWN, so they enforce the same fixes on random inputs."""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import dtkd
+from dtkd import losses
+
+
+# ---- threads -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [10 ** 6, dtkd.MAX_THREADS + 1, 2 ** 31, 10 ** 30, 0, -3])
+def test_set_num_threads_refuses_counts_outside_1_to_max_threads(n):
+    before = dtkd.get_num_threads()
+    with pytest.raises(ValueError, match=r"set_num_threads: n must be in \[1, \d+\]"):
+        dtkd.set_num_threads(n)
+    assert dtkd.get_num_threads() == before
+
+
+def test_the_c_binding_refuses_a_million_threads_too():
+    with pytest.raises(ValueError, match="set_num_threads"):
+        dtkd._C.set_num_threads(10 ** 6)
+
+
+def test_a_parallel_kernel_runs_at_max_threads():
+    # in a child: the probe's segfault would otherwise take the test run down with it
+    code = textwrap.dedent("""
+        import numpy as np, dtkd
+        from dtkd import losses
+        dtkd.set_num_threads(dtkd.MAX_THREADS)
+        s = np.random.default_rng(0).standard_normal((1000, 100)).astype(np.float32)
+        print(float(losses.kd(s, 2 * s).loss))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert np.isfinite(float(out.stdout))
+
+
+# ---- losses: masked logits, temperatures, float32's range ----------------------------------
+
+import losses_reference as ref  # noqa: E402
+from kernel_testing import available_isas  # noqa: E402
+
+
+@pytest.fixture(params=available_isas())
+def isa(request):
+    """Each SIMD path the CPU runs (the exp and moment primitives exist once per ISA)."""
+    from dtkd import _C
+    best = _C.cpu_features()["avx512"] and "avx512" or _C.cpu_features()["avx2_fma"] and "avx2" \
+        or "scalar"
+    _C.set_isa(request.param)
+    yield request.param
+    _C.set_isa(best)
+
+
+S4 = np.array([[2, 1, .5, -1], [0.5, 3, -2, 1]], np.float32)
+Y4 = np.array([0, 1])
+
+
+def _masked_teacher(value):
+    return np.array([[3, 1, 0, value], [value, 2, 1, -1]], np.float32)
+
+
+def _f64(*arrays):
+    return tuple(a.astype(np.float64) for a in arrays)
+
+
+@pytest.mark.parametrize("mask", [-1e9, -1e20, -1e38, -3.4e38])
+def test_masked_teacher_logits_give_the_float64_loss_and_gradient(isa, mask):
+    """The probe: t = [3, 1, 0, -1e20] gave a DTKD grad of 10.38 (reference 0.38), and -1e38 a
+    KD loss of -0.160 (reference 3.006): exp clamped at exp(-87) instead of 0."""
+    t = _masked_teacher(mask)
+    s64, t64 = _f64(S4, t)
+    kd = losses.kd(S4, t, reduction="sum")
+    np.testing.assert_allclose(kd.loss, ref.kd(s64, t64, 4.0).sum(), rtol=1e-5)
+    np.testing.assert_allclose(kd.grad, 4.0 * (ref.softmax(s64 / 4) - ref.softmax(t64 / 4)),
+                               atol=1e-6)
+    dt = losses.dtkd(S4, t, reduction="sum")
+    np.testing.assert_allclose(dt.loss, ref.dtkd(s64, t64, 4.0).sum(), rtol=1e-5)
+    fd = ref.finite_difference_grad(lambda x: ref.dtkd(x, t64, 4.0), s64)
+    np.testing.assert_allclose(dt.grad, fd, rtol=1e-4, atol=1e-5)
+    dkd = losses.dkd(S4, t, Y4, reduction="sum")
+    np.testing.assert_allclose(dkd.loss, ref.dkd(s64, t64, Y4, 1.0, 8.0, 4.0)[0].sum(), rtol=1e-5)
+    fd = ref.finite_difference_grad(lambda x: ref.dkd(x, t64, Y4, 1.0, 8.0, 4.0)[0], s64)
+    np.testing.assert_allclose(dkd.grad, fd, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", [-1e9, -1e38])
+def test_masked_student_logits_are_exact_in_the_softmax_family_and_cross_entropy(isa, mask):
+    x = np.array([[1, 2, mask, 0.5]], np.float32)
+    x64, = _f64(x)
+    np.testing.assert_allclose(losses.softmax(x), ref.softmax(x64), atol=1e-7)
+    assert losses.softmax(x)[0, 2] == 0.0
+    np.testing.assert_allclose(losses.logsumexp(x), ref.logsumexp(x64), rtol=1e-6)
+    ce = losses.cross_entropy(x, np.array([1]), reduction="sum")
+    np.testing.assert_allclose(ce.loss, ref.cross_entropy(x64, np.array([1])).sum(), rtol=1e-6)
+
+
+def test_an_actual_minus_inf_is_rejected_naming_the_argument():
+    """Decided and documented (losses.h): -inf is not a mask value; a large finite negative
+    such as -1e9 or numpy.finfo(numpy.float32).min is handled exactly."""
+    t = _masked_teacher(-np.inf)
+    with pytest.raises(ValueError, match="teacher: contains NaN or Inf"):
+        losses.kd(S4, t)
+
+
+@pytest.mark.parametrize("T", [32.0, 1e3, 1e4, 1e6])
+def test_large_temperatures_keep_the_loss(isa, T):
+    """The probe: dtkd at T=1e4 was 16% off, kd at T=1e6 was -32225 (a KL is never negative)."""
+    rng = np.random.default_rng(1)
+    s, t = ref.random_logits(rng, 6, 10), ref.random_logits(rng, 6, 10)
+    # float64 references lose ~1e-16 T of the KL's relative digits (1e-4 at T = 1e6): use x87
+    # extended precision where the platform has it (longdouble is float64 elsewhere)
+    s64, t64 = (a.astype(np.longdouble) for a in (s, t))
+    kd = losses.kd(s, t, temperature=T, reduction="none")
+    assert np.all(kd.loss >= 0)
+    np.testing.assert_allclose(kd.loss, ref.kd(s64, t64, T), rtol=1e-4)
+    np.testing.assert_allclose(kd.grad, T * (ref.softmax(s64 / T) - ref.softmax(t64 / T)),
+                               rtol=1e-4, atol=1e-7 * np.abs(kd.grad).max())
+    dt = losses.dtkd(s, t, temperature=T, reduction="none")
+    np.testing.assert_allclose(dt.loss, ref.dtkd(s64, t64, T), rtol=1e-4)
+    dk = losses.dkd(s, t, np.arange(6) % 10, temperature=T, reduction="none")
+    np.testing.assert_allclose(dk.loss, ref.dkd(s64, t64, np.arange(6) % 10, 1.0, 8.0, T)[0],
+                               rtol=1e-4)
+
+
+def test_kd_tends_to_half_the_variance_of_the_logit_gap_as_t_grows():
+    """T^2 KL(softmax(t/T) || softmax(s/T)) -> Var_uniform(t - s) / 2 as T -> infinity: an
+    answer independent of float64 references, which lose digits at T = 1e6 themselves."""
+    rng = np.random.default_rng(2)
+    s, t = ref.random_logits(rng, 3, 7), ref.random_logits(rng, 3, 7)
+    gap = (t - s).astype(np.float64)
+    limit = 0.5 * ((gap - gap.mean(1, keepdims=True)) ** 2).mean(1)
+    np.testing.assert_allclose(losses.kd(s, t, temperature=1e7, reduction="none").loss, limit,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("tiny", [1e-12, 1e-30, 1e-38])
+def test_a_tiny_positive_max_logit_gives_a_finite_loss_and_gradient(isa, tiny):
+    """The probe: a student max logit of 1e-38 gave loss inf and a NaN gradient. T_s -> 0 is a
+    limit the loss and gradient approach continuously: compare with m_s = 1e-6, whose float64
+    finite differences work."""
+    t = np.array([[3, 1, 0, -1]], np.float32)
+    r = losses.dtkd(np.array([[tiny, -1, -2, -3]], np.float32), t)
+    near = losses.dtkd(np.array([[1e-6, -1, -2, -3]], np.float32), t)
+    assert np.isfinite(r.loss) and np.all(np.isfinite(r.grad))
+    np.testing.assert_allclose(r.loss, near.loss, rtol=1e-5)
+    np.testing.assert_allclose(r.grad, near.grad, rtol=1e-5, atol=1e-5)
+    s64 = np.array([[1e-6, -1, -2, -3]])
+    fd = ref.finite_difference_grad(lambda x: ref.dtkd(x, t.astype(np.float64), 4.0), s64, h=1e-9)
+    np.testing.assert_allclose(near.grad, fd, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta", "gamma"])
+@pytest.mark.parametrize("value", [1e39, 1e300, -1e300])
+def test_weights_beyond_float32_are_refused_naming_them(name, value):
+    """The probe: alpha=1e300 gave a finite loss and an all-NaN gradient."""
+    with pytest.raises(ValueError, match=f"{name}: .* beyond float32's range"):
+        losses.dtkd_objective(S4, _masked_teacher(-1.0), Y4, **{name: value})
+    if name != "gamma":
+        with pytest.raises(ValueError, match=f"{name}: .* beyond float32's range"):
+            losses.dkd(S4, _masked_teacher(-1.0), Y4, **{name: value})
+
+
+def test_a_gradient_that_overflows_float32_is_a_range_error_not_nan():
+    t = _masked_teacher(-1.0)
+    with pytest.raises(ValueError, match="float32's range"):
+        losses.dkd(S4 * 1e37, t * 1e37, Y4, alpha=3e38, beta=3e38, temperature=1.0)
+
+
+@pytest.mark.parametrize("T", [1e-50, 1e39, 1e-39])
+def test_temperatures_outside_float32_name_its_range(T):
+    with pytest.raises(ValueError, match=r"temperature: .* outside float32's range"):
+        losses.dtkd(S4, _masked_teacher(-1.0), temperature=T)
+
+
+@pytest.mark.parametrize("fn", [losses.logsumexp, losses.sharpness, losses.log_softmax])
+def test_logits_over_t_beyond_float32_raise_naming_the_range(isa, fn):
+    """Found by atheris (losses harness): sharpness/logsumexp returned inf for finite logits
+    (3.4e38 at T=0.5)."""
+    x = np.array([[3.4e38, 0.0, -3.4e38]], np.float32)
+    with pytest.raises(ValueError, match="float32's range"):
+        fn(x, temperature=0.5)
+    assert np.all(np.isfinite(fn(x[:, :2], temperature=1.0)))  # in range: a result
+
+
+# ---- big-endian arrays: '>f4' has type NPY_FLOAT32 too; its bytes must not be read as native --
+
+def _swapped(a):
+    return a.astype(a.dtype.newbyteorder(">" if np.little_endian else "<"))
+
+
+def _linear_output(w):
+    layer = dtkd.nn.Linear(3, 4)
+    layer.load_state_dict({"weight": w, "bias": np.zeros(4, np.float32)})
+    return layer(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("call, arg", [
+    (_linear_output, None),  # Python front ends convert to native order: same result
+    (lambda w: losses.kd(w, np.ones((4, 3), np.float32)).loss, None),
+    (lambda w: dtkd._C.sgemm(w, np.ones((3, 2), np.float32)), "a"),  # the C boundary refuses
+])
+def test_byte_swapped_arrays_are_refused_or_read_in_their_byte_order(call, arg):
+    native = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+    if arg is None:
+        np.testing.assert_array_equal(call(_swapped(native)), call(native))
+    else:
+        with pytest.raises(TypeError, match=f"{arg}: expected native byte order"):
+            call(_swapped(native))
