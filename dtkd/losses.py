@@ -21,6 +21,20 @@ T_s and T_t, and max passes it to the arg-max entry of s (the first index on tie
 m_s + m_t <= ``FALLBACK_EPS`` or a temperature that is not finite and > 0 uses T_s = T_t = T
 (and no gradient through the temperatures); ``n_fallback`` counts such samples.
 
+The exact sharpness-matching rule (``rule='exact'`` in :func:`dtkd`, :func:`dtkd_objective`):
+the paper matches the sharpness logsumexp of the two scaled logit vectors, and the official
+rule is its max-logit approximation (max(s)/T_s = max(t)/T_t). The exact rule solves, per
+sample, for delta in (-T, T)::
+
+    logsumexp(s / (T + delta)) = logsumexp(t / (T - delta)),   T_s = T + delta, T_t = T - delta
+
+by Newton's method safeguarded by bisection (in C). Positive max logits guarantee a root
+(the two sides tend to +inf at opposite ends), and it is unique when the rows' means are >= 0
+(always after logit standardization). The gradient includes the root's dependence on s
+(implicit differentiation: d delta / d s_j = softmax(s/T_s)_j / (T_s D),
+D = E_q[s]/T_s^2 + E_p[t]/T_t^2). A sample without a root falls back to the official rule
+(then to T) and is counted in ``n_fallback``.
+
 Example::
 
     import numpy as np, dtkd
@@ -39,7 +53,7 @@ from . import _C
 from ._validate import as_float, as_float32, as_labels, as_positive_float
 
 __all__ = [
-    "LossResult", "FALLBACK_EPS",
+    "LossResult", "FALLBACK_EPS", "RULES",
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
     "logsumexp_backward", "sharpness", "dynamic_temperatures",
     "cross_entropy", "kd", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
@@ -49,7 +63,10 @@ __all__ = [
 #: (mirrors DTKD_TEMPERATURE_EPS in csrc/kernels/losses.h; a test checks they agree).
 FALLBACK_EPS = 1e-6
 
-_KL_FIXED, _KL_DYNAMIC, _KL_DYNAMIC_DETACHED = 0, 1, 2
+_KL_FIXED, _KL_DYNAMIC, _KL_DYNAMIC_DETACHED, _KL_EXACT, _KL_EXACT_DETACHED = 0, 1, 2, 3, 4
+#: The DTKD temperature rules (``rule=``): the official max-logit rule, or the exact
+#: sharpness-matching root (see the module docstring).
+RULES = ("official", "exact")
 _DYNAMIC_TERMS = {None: (False, False), "tckd": (True, False), "nckd": (False, True),
                   "both": (True, True)}
 
@@ -198,6 +215,16 @@ def _dynamic_terms(dynamic_temperature):
                          f"got {dynamic_temperature!r}") from None
 
 
+def _kl_mode(rule, detach_temperature):
+    """The KL kernel's mode for a DTKD rule and the detach flag."""
+    detach = _check_bool(detach_temperature, "detach_temperature")
+    if rule == "official":
+        return _KL_DYNAMIC_DETACHED if detach else _KL_DYNAMIC
+    if rule == "exact":
+        return _KL_EXACT_DETACHED if detach else _KL_EXACT
+    raise ValueError(f"rule: expected 'official' or 'exact', got {rule!r}")
+
+
 def _check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
@@ -295,16 +322,21 @@ def kd(student, teacher, temperature=4.0, reduction="mean"):
     return LossResult(loss, grad, kd=loss)
 
 
-def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction="mean"):
-    """DTKD: ``T_s T_t KL(softmax(t/T_t) || softmax(s/T_s))`` per sample (official rule).
+def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction="mean",
+         rule="official"):
+    """DTKD: ``T_s T_t KL(softmax(t/T_t) || softmax(s/T_s))`` per sample.
 
-    The default gradient is the exact one of the official code (through T_s, T_t via the
-    arg-max of s); ``detach_temperature=True`` treats the temperatures as constants.
+    ``rule='official'`` (default): the official code's temperatures from the max logits; the
+    default gradient is the exact one of the official code (through T_s, T_t via the arg-max
+    of s). ``rule='exact'``: the temperatures solve logsumexp(s/T_s) = logsumexp(t/T_t) with
+    T_s + T_t = 2T (see the module docstring); the gradient flows through the root by implicit
+    differentiation; ``n_fallback`` counts the samples without a root (official rule used).
+    ``detach_temperature=True`` treats the temperatures as constants under either rule.
     -> LossResult(loss, grad, t_student, t_teacher, n_fallback, dtkd).
     """
     s, t = _check_pair(student, teacher)
     n = s.shape[0]
-    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    mode = _kl_mode(rule, detach_temperature)
     total, per_sample, ts, tt, n_fallback, grad = _C.kl(s, t, _temperature(temperature), mode,
                                                         _dloss(reduction, n or 1))
     loss = _reduce(total, per_sample, reduction, n)
@@ -353,9 +385,11 @@ def _warmup_factor(epoch, warmup):
 
 
 def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, temperature=4.0,
-                   epoch=1, warmup=20, detach_temperature=False):
+                   epoch=1, warmup=20, detach_temperature=False, rule="official"):
     """The official DTKD trainer's loss (batch means):
     ``min(epoch / warmup, 1) (alpha L_DTKD + beta L_KD) + gamma L_CE``.
+
+    ``rule`` and ``detach_temperature`` as in :func:`dtkd` (for the L_DTKD term).
 
     -> LossResult(loss, grad, dtkd, kd, ce, t_student, t_teacher, n_fallback, warmup_factor).
     """
@@ -365,7 +399,7 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     alpha, beta, gamma = _real(alpha, "alpha"), _real(beta, "beta"), _real(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
-    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    mode = _kl_mode(rule, detach_temperature)
     inv_n = 1.0 / (n or 1)
     dt_total, kd_total, ce_total, ts, tt, n_fallback, grad = _C.dtkd_objective(
         s, t, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, gamma * inv_n)

@@ -15,6 +15,14 @@
  * falls back to T_s = T_t = T (counted; no gradient through its temperatures). Otherwise the
  * exact gradient flows through m_s into T_s and T_t: max passes it to the arg-max entry of s
  * (the first index on ties), unless the temperatures are detached.
+ *
+ * The exact rule (DTKD_KL_EXACT*, KL kernels only) solves logsumexp(s / T_s) =
+ * logsumexp(t / T_t) with T_s + T_t = 2T per sample (safeguarded Newton / bisection, losses.c);
+ * the gradient flows through the root by implicit differentiation (dense: d T_s / d s_j is
+ * proportional to softmax(s / T_s)_j). A sample without a root (no sign change of the bracket,
+ * typically a max logit <= 0) uses the official rule, with its gradient, and is counted in
+ * n_fallback (which then counts the samples the exact rule did not set, including those where
+ * the official rule falls back to T as well).
  */
 #ifndef DTKD_LOSSES_H
 #define DTKD_LOSSES_H
@@ -28,6 +36,8 @@ enum dtkd_kl_mode {
     DTKD_KL_FIXED = 0,        /* vanilla KD: T_s = T_t = T, weight T^2 */
     DTKD_KL_DYNAMIC = 1,      /* DTKD, exact gradient through T_s, T_t */
     DTKD_KL_DYNAMIC_DETACHED = 2, /* DTKD, temperatures treated as constants */
+    DTKD_KL_EXACT = 3,        /* DTKD, exact sharpness-matching rule, gradient through its root */
+    DTKD_KL_EXACT_DETACHED = 4, /* DTKD, exact rule, temperatures treated as constants */
 };
 
 /* One softmax pair (student s / T_s, teacher t / T_t) over a set of classes, as the forward

@@ -373,8 +373,8 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         arg_int(args[3], &mode) < 0 || arg_float(args[4], &dloss) < 0)
         return NULL;
     PyObject *so = args[0], *to = args[1];
-    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
-        return DTKD_VALUE_ERR("kl: mode must be 0, 1 or 2, got %d", mode);
+    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_EXACT_DETACHED)
+        return DTKD_VALUE_ERR("kl: mode must be 0, 1, 2, 3 or 4, got %d", mode);
     PyArrayObject *s = check_logits(so, "student", 2);
     if (!s) return NULL;
     PyArrayObject *t = check_like(to, "teacher", s, "student");
@@ -499,8 +499,8 @@ static PyObject *py_dtkd_objective(PyObject *self, PyObject *const *args, Py_ssi
         arg_int(args[4], &mode) < 0 || arg_float(args[5], &w_dtkd) < 0 ||
         arg_float(args[6], &w_kd) < 0 || arg_float(args[7], &w_ce) < 0)
         return NULL;
-    if (mode != DTKD_KL_DYNAMIC && mode != DTKD_KL_DYNAMIC_DETACHED)
-        return DTKD_VALUE_ERR("dtkd_objective: mode must be 1 or 2, got %d", mode);
+    if (mode < DTKD_KL_DYNAMIC || mode > DTKD_KL_EXACT_DETACHED)
+        return DTKD_VALUE_ERR("dtkd_objective: mode must be 1, 2, 3 or 4, got %d", mode);
     PyArrayObject *s, *t, *y;
     if (check_student_teacher_labels(args, &s, &t, &y) < 0) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
@@ -607,14 +607,15 @@ PyMethodDef dtkd_losses_methods[] = {
     {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
      "cross_entropy(logits, labels, dloss) -> (sum, losses, grad of dloss*sum)."},
     {"kl", (PyCFunction)(void (*)(void))py_kl, METH_FASTCALL,
-     "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached, dloss)"
+     "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached 3=DTKD exact rule"
+     " 4=exact rule detached, dloss)"
      " -> (sum, losses, t_student, t_teacher (None for KD), n_fallback, grad of dloss*sum)."},
     {"dkd", (PyCFunction)(void (*)(void))py_dkd, METH_FASTCALL,
      "dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode,"
      " dloss) -> (sum, losses, tckd, nckd, sum of tckd, sum of nckd, t_student, t_teacher,"
      " n_fallback, grad)."},
     {"dtkd_objective", (PyCFunction)(void (*)(void))py_dtkd_objective, METH_FASTCALL,
-     "dtkd_objective(student, teacher, labels, temperature, mode 1|2, w_dtkd, w_kd, w_ce)"
+     "dtkd_objective(student, teacher, labels, temperature, mode 1-4 (as kl's), w_dtkd, w_kd, w_ce)"
      " -> (sum dtkd, sum kd, sum ce, t_student, t_teacher, n_fallback, grad of the weighted sum)."},
     {"dkd_objective", (PyCFunction)(void (*)(void))py_dkd_objective, METH_FASTCALL,
      "dkd_objective(student, teacher, labels, alpha, beta, temperature, dynamic_tckd,"
