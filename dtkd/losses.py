@@ -35,6 +35,13 @@ by Newton's method safeguarded by bisection (in C). Positive max logits guarante
 D = E_q[s]/T_s^2 + E_p[t]/T_t^2). A sample without a root falls back to the official rule
 (then to T) and is counted in ``n_fallback``.
 
+Logit standardization (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR
+2024; ``logit_stand=True`` in :func:`kd`, :func:`dtkd`, :func:`dkd` and the objectives): each
+sample's student and teacher logits are z-scored, ``(x - mean(x)) / (std(x) + 1e-7)`` with the
+unbiased std as in their code, before the temperature is applied; the distillation terms see
+the standardized logits, cross-entropy the raw ones, and the gradient flows back through the
+student's standardization (:func:`logit_standardize_backward`). C >= 2.
+
 Example::
 
     import numpy as np, dtkd
@@ -55,7 +62,8 @@ from ._validate import as_float, as_float32, as_labels, as_positive_float
 __all__ = [
     "LossResult", "FALLBACK_EPS", "RULES",
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-    "logsumexp_backward", "sharpness", "dynamic_temperatures",
+    "logsumexp_backward", "sharpness", "dynamic_temperatures", "logit_standardize",
+    "logit_standardize_backward",
     "cross_entropy", "kd", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
 ]
 
@@ -287,6 +295,34 @@ def sharpness(logits, temperature=1.0, approximation=False):
     return (x.max(axis=1) / np.float32(T)).astype(np.float32)
 
 
+def logit_standardize(logits):
+    """Per-row z-score ``(x - mean(x)) / (std(x) + 1e-7)`` (unbiased std) of (N, C) logits,
+    C >= 2 -> (N, C) float32 (Sun et al., CVPR 2024)."""
+    return _C.logit_standardize(_logits(logits, "logits"))
+
+
+def logit_standardize_backward(grad_output, logits, output):
+    """Gradient w.r.t. the logits of ``sum(grad_output * logit_standardize(logits))``;
+    ``output`` is that standardization. -> (N, C) float32."""
+    x = _logits(logits, "logits")
+    return _C.logit_standardize_backward(_logits(grad_output, "grad_output"), x,
+                                         _logits(output, "output"))
+
+
+def _standardized(s, t, logit_stand):
+    """(s, t) as the distillation terms see them: z-scored when logit_stand."""
+    if not _check_bool(logit_stand, "logit_stand"):
+        return s, t
+    if s.shape[1] < 2:
+        raise ValueError(f"student: logit_stand needs at least 2 classes (C >= 2), got shape {s.shape}")
+    return _C.logit_standardize(s), _C.logit_standardize(t)
+
+
+def _through_standardization(grad, s, zs):
+    """d/ds of a gradient taken w.r.t. zs = logit_standardize(s) (zs is s when not standardized)."""
+    return grad if zs is s else _C.logit_standardize_backward(grad, s, zs)
+
+
 def dynamic_temperatures(student, teacher, temperature=4.0):
     """The DTKD temperatures per sample -> ``(t_student, t_teacher, n_fallback)``.
 
@@ -309,21 +345,23 @@ def cross_entropy(logits, labels, reduction="mean"):
     return LossResult(loss, grad, ce=loss)
 
 
-def kd(student, teacher, temperature=4.0, reduction="mean"):
+def kd(student, teacher, temperature=4.0, reduction="mean", logit_stand=False):
     """Vanilla KD (Hinton et al.): ``T^2 KL(softmax(t/T) || softmax(s/T))`` per sample.
 
-    -> LossResult(loss, grad, kd).
+    ``logit_stand=True``: on the z-scored logits (module docstring). -> LossResult(loss, grad, kd).
     """
     s, t = _check_pair(student, teacher)
     n = s.shape[0]
-    total, per_sample, _, _, _, grad = _C.kl(s, t, _temperature(temperature), _KL_FIXED,
+    zs, zt = _standardized(s, t, logit_stand)
+    total, per_sample, _, _, _, grad = _C.kl(zs, zt, _temperature(temperature), _KL_FIXED,
                                              _dloss(reduction, n or 1))
+    grad = _through_standardization(grad, s, zs)
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, kd=loss)
 
 
 def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction="mean",
-         rule="official"):
+         rule="official", logit_stand=False):
     """DTKD: ``T_s T_t KL(softmax(t/T_t) || softmax(s/T_s))`` per sample.
 
     ``rule='official'`` (default): the official code's temperatures from the max logits; the
@@ -332,19 +370,23 @@ def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction=
     T_s + T_t = 2T (see the module docstring); the gradient flows through the root by implicit
     differentiation; ``n_fallback`` counts the samples without a root (official rule used).
     ``detach_temperature=True`` treats the temperatures as constants under either rule.
+    ``logit_stand=True``: on the z-scored logits (module docstring; the rules then see the
+    standardized maxima).
     -> LossResult(loss, grad, t_student, t_teacher, n_fallback, dtkd).
     """
     s, t = _check_pair(student, teacher)
     n = s.shape[0]
     mode = _kl_mode(rule, detach_temperature)
-    total, per_sample, ts, tt, n_fallback, grad = _C.kl(s, t, _temperature(temperature), mode,
+    zs, zt = _standardized(s, t, logit_stand)
+    total, per_sample, ts, tt, n_fallback, grad = _C.kl(zs, zt, _temperature(temperature), mode,
                                                         _dloss(reduction, n or 1))
+    grad = _through_standardization(grad, s, zs)
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, t_student=ts, t_teacher=tt, n_fallback=n_fallback, dtkd=loss)
 
 
 def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reduction="mean",
-        dynamic_temperature=None, detach_temperature=False):
+        dynamic_temperature=None, detach_temperature=False, logit_stand=False):
     """DKD (Zhao et al., CVPR 2022): ``alpha TCKD + beta NCKD``, each times T^2.
 
     TCKD is the KL between the binary (target, non-target) distributions of teacher and
@@ -353,7 +395,8 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
 
     ``dynamic_temperature`` in ``'tckd'``, ``'nckd'``, ``'both'`` computes that term with the
     DTKD temperatures (T_s, T_t) and weight T_s T_t instead of T and T^2 (the paper's
-    "DTKD in TCKD / NCKD" experiments); ``detach_temperature`` as in :func:`dtkd`.
+    "DTKD in TCKD / NCKD" experiments); ``detach_temperature`` as in :func:`dtkd`;
+    ``logit_stand=True``: on the z-scored logits (module docstring).
     -> LossResult(loss, grad, tckd, nckd, t_student, t_teacher, n_fallback); ``tckd`` and
     ``nckd`` are unweighted by alpha and beta.
     """
@@ -362,9 +405,11 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
     y = _labels(labels, n, c)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    zs, zt = _standardized(s, t, logit_stand)
     total, per_sample, tckd, nckd, tckd_total, nckd_total, ts, tt, n_fallback, grad = _C.dkd(
-        s, t, y, _real(alpha, "alpha"), _real(beta, "beta"), _temperature(temperature),
+        zs, zt, y, _real(alpha, "alpha"), _real(beta, "beta"), _temperature(temperature),
         dyn_tc, dyn_nc, mode, _dloss(reduction, n or 1))
+    grad = _through_standardization(grad, s, zs)
     loss = _reduce(total, per_sample, reduction, n)
     tckd = _reduce(tckd_total, tckd, reduction, n)
     nckd = _reduce(nckd_total, nckd, reduction, n)
@@ -385,11 +430,13 @@ def _warmup_factor(epoch, warmup):
 
 
 def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, temperature=4.0,
-                   epoch=1, warmup=20, detach_temperature=False, rule="official"):
+                   epoch=1, warmup=20, detach_temperature=False, rule="official",
+                   logit_stand=False):
     """The official DTKD trainer's loss (batch means):
     ``min(epoch / warmup, 1) (alpha L_DTKD + beta L_KD) + gamma L_CE``.
 
-    ``rule`` and ``detach_temperature`` as in :func:`dtkd` (for the L_DTKD term).
+    ``rule`` and ``detach_temperature`` as in :func:`dtkd` (for the L_DTKD term);
+    ``logit_stand=True``: L_DTKD and L_KD on the z-scored logits, L_CE on the raw ones.
 
     -> LossResult(loss, grad, dtkd, kd, ce, t_student, t_teacher, n_fallback, warmup_factor).
     """
@@ -401,8 +448,16 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     wf = _warmup_factor(epoch, warmup)
     mode = _kl_mode(rule, detach_temperature)
     inv_n = 1.0 / (n or 1)
-    dt_total, kd_total, ce_total, ts, tt, n_fallback, grad = _C.dtkd_objective(
-        s, t, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, gamma * inv_n)
+    zs, zt = _standardized(s, t, logit_stand)
+    if zs is s:
+        dt_total, kd_total, ce_total, ts, tt, n_fallback, grad = _C.dtkd_objective(
+            s, t, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, gamma * inv_n)
+    else:
+        dt_total, kd_total, _, ts, tt, n_fallback, grad = _C.dtkd_objective(
+            zs, zt, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, 0.0)
+        grad = _through_standardization(grad, s, zs)
+        ce_total, _, grad_ce = _C.cross_entropy(s, y, gamma * inv_n)
+        grad += grad_ce
     l_dtkd, l_kd, l_ce = dt_total * inv_n, kd_total * inv_n, ce_total * inv_n
     loss = wf * (alpha * l_dtkd + beta * l_kd) + gamma * l_ce
     return LossResult(loss, grad, dtkd=l_dtkd, kd=l_kd, ce=l_ce, t_student=ts, t_teacher=tt,
@@ -410,11 +465,13 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
 
 
 def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temperature=4.0,
-                  epoch=1, warmup=20, dynamic_temperature=None, detach_temperature=False):
+                  epoch=1, warmup=20, dynamic_temperature=None, detach_temperature=False,
+                  logit_stand=False):
     """mdistiller's DKD trainer loss (batch means):
     ``gamma L_CE + min(epoch / warmup, 1) (alpha TCKD + beta NCKD)``.
 
-    ``dynamic_temperature`` / ``detach_temperature`` as in :func:`dkd`.
+    ``dynamic_temperature`` / ``detach_temperature`` as in :func:`dkd`; ``logit_stand=True``:
+    TCKD and NCKD on the z-scored logits, CE on the raw ones.
     -> LossResult(loss, grad, tckd, nckd, ce, warmup_factor, and the temperatures when dynamic).
     """
     s, t = _check_pair(student, teacher)
@@ -426,8 +483,16 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     inv_n = 1.0 / (n or 1)
-    dkd_total, tckd_total, nckd_total, ce_total, ts, tt, n_fallback, grad = _C.dkd_objective(
-        s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, gamma * inv_n)
+    zs, zt = _standardized(s, t, logit_stand)
+    if zs is s:
+        dkd_total, tckd_total, nckd_total, ce_total, ts, tt, n_fallback, grad = _C.dkd_objective(
+            s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, gamma * inv_n)
+    else:
+        dkd_total, tckd_total, nckd_total, _, ts, tt, n_fallback, grad = _C.dkd_objective(
+            zs, zt, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, 0.0)
+        grad = _through_standardization(grad, s, zs)
+        ce_total, _, grad_ce = _C.cross_entropy(s, y, gamma * inv_n)
+        grad += grad_ce
     l_ce = ce_total * inv_n
     loss = gamma * l_ce + wf * dkd_total * inv_n
     fields = dict(tckd=tckd_total * inv_n, nckd=nckd_total * inv_n, ce=l_ce, warmup_factor=wf)

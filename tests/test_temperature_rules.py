@@ -199,3 +199,142 @@ def test_unknown_rule_is_an_error_naming_the_argument(batch):
         losses.dtkd(s, t, rule="max")
     with pytest.raises(ValueError, match="rule"):
         losses.dtkd_objective(s, t, y, rule=None)
+
+
+# ---- logit standardization (Sun et al., CVPR 2024) ----
+
+def standardize(x):
+    """Reference z-score as their code: (x - mean) / (1e-7 + std), std unbiased (torch.std)."""
+    x = f64(x)
+    return (x - x.mean(axis=1, keepdims=True)) / (1e-7 + x.std(axis=1, ddof=1, keepdims=True))
+
+
+def test_logit_standardize_matches_reference_and_finite_differences(rng):
+    x = ref.random_logits(rng, 5, 11, scale=3.0, shift=2.0)
+    z = losses.logit_standardize(x)
+    np.testing.assert_allclose(z, standardize(x), rtol=1e-5, atol=1e-6)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    dx = losses.logit_standardize_backward(g, x, z)
+    fd = ref.finite_difference_grad(lambda v: (f64(g) * standardize(v)).sum(axis=1), x)
+    assert_grad_close(dx, fd)
+
+
+def test_logit_standardize_of_a_constant_row_is_zero_with_a_finite_gradient(rng):
+    x = np.full((2, 6), 3.5, dtype=np.float32)
+    z = losses.logit_standardize(x)
+    assert np.all(z == 0)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    dx = losses.logit_standardize_backward(g, x, z)
+    # only the mean removal remains (sigma = 0: z does not move with the spread)
+    assert_grad_close(dx, (f64(g) - f64(g).mean(axis=1, keepdims=True)) / 1e-7)
+
+
+def test_kd_with_logit_standardization_matches_reference_and_finite_differences(batch):
+    s, t, _ = batch
+    r = losses.kd(s, t, temperature=2.0, logit_stand=True)
+    np.testing.assert_allclose(r.loss, ref.kd(standardize(s), standardize(t), 2.0).mean(),
+                               rtol=1e-5)
+    fd = ref.finite_difference_grad(lambda x: ref.kd(standardize(x), standardize(t), 2.0), s)
+    assert_grad_close(r.grad, fd / len(s))
+
+
+def test_logit_standardized_kd_ignores_the_scale_and_shift_of_student_logits(batch):
+    # the paper's point: the student need not match the teacher's logit range
+    s, t, _ = batch
+    a = losses.kd(s, t, logit_stand=True)
+    b = losses.kd(3.0 * s + 7.0, t, logit_stand=True)
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-5)
+    assert not np.isclose(losses.kd(s, t).loss, losses.kd(3.0 * s + 7.0, t).loss, rtol=1e-2)
+
+
+@pytest.mark.parametrize("rule", ["official", "exact"])
+@pytest.mark.parametrize("detach", [False, True])
+def test_dtkd_with_logit_standardization_gradient_through_both(batch, rule, detach):
+    s, t, _ = batch
+    r = losses.dtkd(s, t, temperature=T, rule=rule, detach_temperature=detach, logit_stand=True)
+    zs, zt = standardize(s), standardize(t)
+    if rule == "exact":
+        ts, tt, _ = exact_temperatures(zs, zt, T)
+        np.testing.assert_allclose(r.t_student, ts, rtol=2e-6)
+
+        def per_sample(x):
+            return exact_dtkd(standardize(x), zt, T)
+    else:
+        ts, tt, _ = ref.temperatures(zs, zt, T)
+
+        def per_sample(x):
+            return ref.dtkd(standardize(x), zt, T)
+    np.testing.assert_allclose(r.loss, per_sample(f64(s)).mean(), rtol=2e-5)
+    if detach:
+        def per_sample(x):  # noqa: F811 (the temperatures held at their values)
+            return ref.dtkd(standardize(x), zt, T, fixed_temperatures=(ts, tt))
+    fd = ref.finite_difference_grad(per_sample, s) / len(s)
+    assert_grad_close(r.grad, fd)
+
+
+@pytest.mark.parametrize("dynamic", [None, "both"])
+def test_dkd_with_logit_standardization(batch, dynamic):
+    s, t, y = batch
+    r = losses.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=T, dynamic_temperature=dynamic,
+                   logit_stand=True)
+    zt = standardize(t)
+    np.testing.assert_allclose(r.loss, ref.dkd(standardize(s), zt, y, 1.0, 8.0, T, dynamic)[0].mean(),
+                               rtol=2e-5)
+    fd = ref.finite_difference_grad(
+        lambda x: ref.dkd(standardize(x), zt, y, 1.0, 8.0, T, dynamic)[0], s) / len(s)
+    assert_grad_close(r.grad, fd)
+
+
+def test_objectives_with_logit_standardization_keep_cross_entropy_on_raw_logits(batch):
+    s, t, y = batch
+    zs, zt = standardize(s), standardize(t)
+    r = losses.dtkd_objective(s, t, y, alpha=3.0, beta=1.0, gamma=0.5, temperature=T, epoch=20,
+                              logit_stand=True)
+    d, k = ref.dtkd(zs, zt, T).mean(), ref.kd(zs, zt, T).mean()
+    c = ref.cross_entropy(f64(s), y).mean()
+    np.testing.assert_allclose([r.dtkd, r.kd, r.ce], [d, k, c], rtol=2e-5)
+    fd = ref.finite_difference_grad(
+        lambda x: 3.0 * ref.dtkd(standardize(x), zt, T) + ref.kd(standardize(x), zt, T)
+        + 0.5 * ref.cross_entropy(x, y), s) / len(s)
+    assert_grad_close(r.grad, fd)
+
+    r = losses.dkd_objective(s, t, y, alpha=1.0, beta=8.0, gamma=1.0, temperature=T, epoch=20,
+                             logit_stand=True)
+    np.testing.assert_allclose(r.ce, c, rtol=2e-5)
+    np.testing.assert_allclose(r.loss, ref.dkd(zs, zt, y, 1.0, 8.0, T)[0].mean() + c, rtol=2e-5)
+    fd = ref.finite_difference_grad(
+        lambda x: ref.dkd(standardize(x), zt, y, 1.0, 8.0, T)[0] + ref.cross_entropy(x, y),
+        s) / len(s)
+    assert_grad_close(r.grad, fd)
+
+
+def test_logit_standardized_kd_matches_torch():
+    torch = pytest.importorskip("torch", reason="torch parity of the standardized KD loss")
+    rng = np.random.default_rng(7)
+    s = ref.random_logits(rng, 8, 10, scale=2.0)
+    t = ref.random_logits(rng, 8, 10, scale=5.0)
+
+    def normalize(x):  # Sun et al.'s code
+        return (x - x.mean(dim=-1, keepdim=True)) / (1e-7 + x.std(dim=-1, keepdim=True))
+    st = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+    tt = torch.tensor(t, dtype=torch.float64)
+    T2 = 2.0
+    log_q = torch.log_softmax(normalize(st) / T2, dim=1)
+    p = torch.softmax(normalize(tt) / T2, dim=1)
+    loss = (torch.nn.functional.kl_div(log_q, p, reduction="none").sum(1).mean()) * T2 ** 2
+    loss.backward()
+    r = losses.kd(s, t, temperature=T2, logit_stand=True)
+    np.testing.assert_allclose(r.loss, loss.item(), rtol=1e-5)
+    assert_grad_close(r.grad, st.grad.numpy())
+
+
+def test_logit_stand_must_be_a_bool(batch):
+    s, t, _ = batch
+    with pytest.raises(TypeError, match="logit_stand"):
+        losses.kd(s, t, logit_stand="yes")
+
+
+def test_logit_stand_needs_two_classes():
+    s = np.ones((3, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="student: logit_stand needs at least 2 classes"):
+        losses.kd(s, s, logit_stand=True)

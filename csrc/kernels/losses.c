@@ -825,6 +825,80 @@ int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const 
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Logit standardization (Sun et al., CVPR 2024)                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* mean and (sigma + eps) of a row, sigma the unbiased (C - 1) standard deviation; in double,
+ * two passes (no cancellation). */
+INLINE void row_mean_scale(const float *x, long C, double *mean, double *sigma)
+{
+    double m = 0.0, v = 0.0;
+    for (long j = 0; j < C; j++) m += x[j];
+    m /= (double)C;
+    for (long j = 0; j < C; j++) v += ((double)x[j] - m) * ((double)x[j] - m);
+    *mean = m;
+    *sigma = sqrt(v / (double)(C - 1));
+}
+
+/* z_j = (x_j - mean) / (sigma + eps). */
+INLINE int logit_standardize_row(float *z, const float *x, long C)
+{
+    if (!row_finite(x, C)) return -1;
+    double m, sigma;
+    row_mean_scale(x, C, &m, &sigma);
+    const double inv = 1.0 / (sigma + DTKD_LOGIT_STAND_EPS);
+    for (long j = 0; j < C; j++) z[j] = (float)(((double)x[j] - m) * inv);
+    return 0;
+}
+ISA_VARIANTS(int, logit_standardize_row, (float *z, const float *x, long C), (z, x, C))
+
+/* With c = x - mean, r = sigma + eps, z = c / r and d sigma / d x_k = c_k / ((C - 1) sigma):
+ *   dx_k = (g_k - mean(g)) / r - (sum_j g_j c_j) c_k / (r^2 (C - 1) sigma)
+ *        = [g_k - mean(g) - (sum_j g_j z_j) z_k r / ((C - 1) sigma)] / r.
+ * A constant row (sigma = 0) has z = 0: its second term is 0. */
+INLINE int logit_standardize_backward_row(float *dx, const float *dz, const float *x,
+                                          const float *z, long C)
+{
+    double m, sigma;
+    row_mean_scale(x, C, &m, &sigma);
+    const double r = sigma + DTKD_LOGIT_STAND_EPS;
+    double g_mean = 0.0, gz = 0.0;
+    for (long j = 0; j < C; j++) {
+        g_mean += dz[j];
+        gz += (double)dz[j] * z[j];
+    }
+    g_mean /= (double)C;
+    const double k = sigma > 0.0 ? gz * r / ((double)(C - 1) * sigma) : 0.0;
+    for (long j = 0; j < C; j++) dx[j] = (float)((dz[j] - g_mean - k * z[j]) / r);
+    return 0;
+}
+ISA_VARIANTS(int, logit_standardize_backward_row,
+             (float *dx, const float *dz, const float *x, const float *z, long C),
+             (dx, dz, x, z, C))
+
+int dtkd_logit_standardize_forward(float *z, const float *x, long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    int (*row)(float *, const float *, long) = ISA_PICK(logit_standardize_row);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(z + i * C, x + i * C, C));
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+int dtkd_logit_standardize_backward(float *dx, const float *dz, const float *x, const float *z,
+                                    long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    int (*row)(float *, const float *, const float *, const float *, long) =
+        ISA_PICK(logit_standardize_backward_row);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dx + i * C, dz + i * C, x + i * C, z + i * C, C));
+    return DTKD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* DTKD temperatures and cross-entropy                                                        */
 /* ------------------------------------------------------------------------------------------ */
 

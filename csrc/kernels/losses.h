@@ -87,6 +87,18 @@ int dtkd_logsumexp_forward(float *out, const float *x, float temperature, long N
 int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const float *out,
                             float temperature, long N, long C);
 
+/* ---- logit standardization (Sun et al., "Logit Standardization in Knowledge Distillation",
+ * CVPR 2024): z = (x - mean(x)) / (std(x) + DTKD_LOGIT_STAND_EPS) per row, std the unbiased
+ * (C - 1) standard deviation as in their code (torch.std); C >= 2 ---- */
+
+#define DTKD_LOGIT_STAND_EPS 1e-7
+
+/* z (N,C) from x (N,C). */
+int dtkd_logit_standardize_forward(float *z, const float *x, long N, long C);
+/* dx (N,C) = the gradient of sum(dz * z) w.r.t. x; x, z (N,C) as the forward saw them. */
+int dtkd_logit_standardize_backward(float *dx, const float *dz, const float *x, const float *z,
+                                    long N, long C);
+
 /* ---- DTKD temperatures ---- */
 
 /* t_student, t_teacher (N) and the number of fallback samples, from s, t (N,C). */

@@ -288,6 +288,59 @@ static PyObject *py_logsumexp_backward(PyObject *self, PyObject *args)
     return dx;
 }
 
+/* ---- logit standardization ---- */
+
+/* logit_standardize(x) -> z (N,C) float32. */
+static PyObject *py_logit_standardize(PyObject *self, PyObject *xo)
+{
+    PyArrayObject *x = check_logits(xo, "x", 2);
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0), c = PyArray_DIM(x, 1);
+    PyObject *z = new_array(2, n, c);
+    if (!z) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_logit_standardize_forward((float *)PyArray_DATA((PyArrayObject *)z),
+                                        (const float *)PyArray_DATA(x), n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(z);
+        return raise_for(st, "logit_standardize(x)", x, "x", NULL, NULL, NULL, c);
+    }
+    return z;
+}
+
+/* logit_standardize_backward(grad_output, x, output) -> dx (N,C). */
+static PyObject *py_logit_standardize_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dzo, *xo, *zo;
+    if (!PyArg_ParseTuple(args, "OOO:logit_standardize_backward", &dzo, &xo, &zo)) return NULL;
+    PyArrayObject *x = check_logits(xo, "x", 2);
+    if (!x) return NULL;
+    PyArrayObject *dz = check_like(dzo, "grad_output", x, "x");
+    if (!dz) return NULL;
+    PyArrayObject *z = check_like(zo, "output", x, "x");
+    if (!z) return NULL;
+    if (dtkd_check_finite(dz, "grad_output") < 0 || dtkd_check_finite(x, "x") < 0 ||
+        dtkd_check_finite(z, "output") < 0)
+        return NULL;
+    npy_intp n = PyArray_DIM(x, 0), c = PyArray_DIM(x, 1);
+    PyObject *dx = new_array(2, n, c);
+    if (!dx) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_logit_standardize_backward((float *)PyArray_DATA((PyArrayObject *)dx),
+                                         (const float *)PyArray_DATA(dz),
+                                         (const float *)PyArray_DATA(x),
+                                         (const float *)PyArray_DATA(z), n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(dx);
+        return raise_for(st, "logit_standardize_backward", NULL, NULL, NULL, NULL, NULL, c);
+    }
+    return dx;
+}
+
 /* ---- DTKD temperatures ---- */
 
 static PyObject *py_dynamic_temperatures(PyObject *self, PyObject *args)
@@ -602,6 +655,10 @@ PyMethodDef dtkd_losses_methods[] = {
      "logsumexp_forward(x, temperature) -> logsumexp(x / T) per row, (N,) float32."},
     {"logsumexp_backward", py_logsumexp_backward, METH_VARARGS,
      "logsumexp_backward(grad_output, x, output, temperature) -> grad of x."},
+    {"logit_standardize", py_logit_standardize, METH_O,
+     "logit_standardize(x) -> (x - mean) / (std + 1e-7) per row (unbiased std), (N,C) float32."},
+    {"logit_standardize_backward", py_logit_standardize_backward, METH_VARARGS,
+     "logit_standardize_backward(grad_output, x, output) -> grad of x."},
     {"dynamic_temperatures", py_dynamic_temperatures, METH_VARARGS,
      "dynamic_temperatures(student, teacher, temperature) -> (t_student, t_teacher, n_fallback)."},
     {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
