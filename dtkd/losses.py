@@ -64,7 +64,7 @@ __all__ = [
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
     "logsumexp_backward", "sharpness", "dynamic_temperatures", "logit_standardize",
     "logit_standardize_backward",
-    "cross_entropy", "kd", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
+    "cross_entropy", "kd", "kd_temperature", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
 ]
 
 #: A sample whose max logits sum to at most this falls back to T_s = T_t = T
@@ -91,17 +91,19 @@ class LossResult:
     ce, kd, dtkd, tckd, nckd : the terms, reduced like ``loss`` (where they apply; unweighted
         by alpha/beta/gamma, but including the temperature factor T^2 or T_s T_t)
     warmup_factor : float, min(epoch / warmup, 1) (objectives)
+    grad_temperature : (N,) float32 array, d loss / d T_i (:func:`kd_temperature`)
     """
 
     _FIELDS = ("loss", "grad", "t_student", "t_teacher", "n_fallback", "ce", "kd", "dtkd",
-               "tckd", "nckd", "warmup_factor")
+               "tckd", "nckd", "warmup_factor", "grad_temperature")
     __slots__ = ("_values",)
 
     def __init__(self, loss, grad, t_student=None, t_teacher=None, n_fallback=None, ce=None,
-                 kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None):
+                 kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None,
+                 grad_temperature=None):
         # One tuple behind read-only properties (as namedtuple does): cheap to build.
         _set_values(self, (loss, grad, t_student, t_teacher, n_fallback, ce, kd, dtkd, tckd, nckd,
-                           warmup_factor))
+                           warmup_factor, grad_temperature))
 
     def __setattr__(self, name, value):
         raise AttributeError("LossResult is read-only")
@@ -358,6 +360,31 @@ def kd(student, teacher, temperature=4.0, reduction="mean", logit_stand=False):
     grad = _through_standardization(grad, s, zs)
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, kd=loss)
+
+
+def kd_temperature(student, teacher, temperature, reduction="mean"):
+    """KD at a temperature per sample, with the gradient w.r.t. the temperatures (what CTKD's
+    learnable temperature trains on): ``T_i^2 KL(softmax(t_i/T_i) || softmax(s_i/T_i))``.
+
+    ``temperature``: a positive number or an (N,) array of them.
+    -> LossResult(loss, grad, kd, t_student = t_teacher = the temperatures, grad_temperature
+    (N,) = d loss / d T_i, for the reduced loss). For one global T, d loss / d T is
+    ``grad_temperature.sum()``.
+    """
+    s, t = _check_pair(student, teacher)
+    n = s.shape[0]
+    if np.ndim(temperature) == 0:
+        temps = np.full(n, _temperature(temperature), dtype=np.float32)
+    else:
+        temps = as_float32(temperature, "temperature", ndim=1)
+        if temps.shape != (n,):
+            raise ValueError(f"temperature: expected a number or shape ({n},), got {temps.shape}")
+        if not (temps > 0).all():
+            raise ValueError("temperature: every entry must be finite and > 0")
+    total, per_sample, dtemp, grad = _C.kd_temperature(s, t, temps, _dloss(reduction, n or 1))
+    loss = _reduce(total, per_sample, reduction, n)
+    return LossResult(loss, grad, kd=loss, t_student=temps, t_teacher=temps,
+                      grad_temperature=dtemp)
 
 
 def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction="mean",

@@ -1229,6 +1229,52 @@ int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, fl
     return DTKD_OK;
 }
 
+/* ---- KD at a per-sample temperature, with its derivative (CTKD's learnable temperature) ----
+ * loss_i = T_i^2 KL(softmax(t / T_i) || softmax(s / T_i)); with a = b = T_i in the KL row's
+ * notation, d loss_i / d T_i = 2 T_i KL + T_i^2 (dKL/dT_s + dKL/dT_t). */
+INLINE int kd_temperature_row(float *loss, float *dtemp, float *ds, float *exp_t, const float *s,
+                              const float *t, float T, float dloss, long C, int wide)
+{
+    float m_s, m_t;
+    if (!pair_max_finite_w(wide, s, t, C, &m_s, &m_t)) return -1;
+    dtkd_softmax_pair pr;
+    set_pair(&pr, m_s, m_t, T, T);
+    pair_moments mo = {0};
+    pair_moments_row_w(wide, &mo, ds, exp_t, s, t, &pr, -1, C, 1);
+    const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
+    const double log_ratio = log(mo.zq / mo.zp);
+    const double kl = e_pu - e_pv + log_ratio, w = (double)T * T;
+    const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + log_ratio * e_pu;
+    const double dkl_da = (e_pv - e_qv) / T, dkl_db = -(e_pur - e_pu * kl) / T;
+    *loss = (float)(w * kl);
+    *dtemp = (float)(dloss * (2.0 * T * kl + w * (dkl_da + dkl_db)));
+    pr.zs = mo.zq;
+    pr.zt = mo.zp;
+    pr.coef_q = pr.coef_p = T; /* w / T */
+    pair_backward_cached_row(wide, ds, ds, exp_t, &pr, dloss, C);
+    return 0;
+}
+ISA_VARIANTS_WIDE(int, kd_temperature_row,
+                  (float *loss, float *dtemp, float *ds, float *exp_t, const float *s,
+                   const float *t, float T, float dloss, long C),
+                  loss, dtemp, ds, exp_t, s, t, T, dloss, C)
+
+int dtkd_kd_temperature_forward_backward(float *loss, float *dtemp, float *ds, float *exp_t,
+                                         const float *s, const float *t, const float *temperature,
+                                         float dloss, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    for (long i = 0; i < N; i++)
+        if (!usable_temperature(temperature[i])) return DTKD_ERR_VALUE;
+    int (*row)(float *, float *, float *, float *, const float *, const float *, float, float,
+               long) = ISA_PICK(kd_temperature_row);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, dtemp + i, ds + i * C, exp_t + i * C, s + i * C, t + i * C,
+                           temperature[i], dloss, C));
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* DKD                                                                                        */
 /* ------------------------------------------------------------------------------------------ */

@@ -142,6 +142,14 @@ int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, fl
                              float temperature, enum dtkd_kl_mode mode, float dloss, long N,
                              long C);
 
+/* KD at a per-sample temperature T_i (CTKD's learnable temperature):
+ * loss (N) = T_i^2 KL(softmax(t_i / T_i) || softmax(s_i / T_i)), dtemp (N) = dloss d loss_i / d T_i,
+ * ds (N,C) = d(dloss sum_i loss_i)/ds; exp_t (N,C) scratch; temperature (N), each finite > 0
+ * (else DTKD_ERR_VALUE). Forward and backward in one sweep. */
+int dtkd_kd_temperature_forward_backward(float *loss, float *dtemp, float *ds, float *exp_t,
+                                         const float *s, const float *t, const float *temperature,
+                                         float dloss, long N, long C);
+
 /* ---- DKD: alpha TCKD + beta NCKD (C >= 2) ----
  * TCKD = KL over (target, rest), NCKD = KL over the non-target classes (the target excluded
  * exactly), each times T^2. With dynamic_tckd / dynamic_nckd the term uses the DTKD

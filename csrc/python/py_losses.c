@@ -474,6 +474,50 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("dNNNlN", total, loss, ts, tt, n_fallback, grad);
 }
 
+/* kd_temperature(student, teacher, temperature (N,), dloss)
+ *   -> (sum of losses, losses (N,), d loss / d temperature (N,), grad (N,C)). */
+static PyObject *py_kd_temperature(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    float dloss;
+    if (check_nargs("kd_temperature", nargs, 4) < 0 || arg_float(args[3], &dloss) < 0) return NULL;
+    PyArrayObject *s = check_logits(args[0], "student", 1);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1), shape[1] = {n};
+    PyArrayObject *temp = dtkd_check_shape(args[2], "temperature", NPY_FLOAT32, 1, shape);
+    if (!temp) return NULL;
+    PyObject *loss = new_array(1, n, 0), *dtemp = new_array(1, n, 0), *grad = new_array(2, n, c);
+    float *exp_t = dtkd_malloc_array(n * c, sizeof(float));
+    if (!loss || !dtemp || !grad || !exp_t) {
+        Py_XDECREF(loss);
+        Py_XDECREF(dtemp);
+        Py_XDECREF(grad);
+        dtkd_free(exp_t);
+        return PyErr_Occurred() ? NULL : dtkd_raise_status(DTKD_ERR_NOMEM, "kd_temperature: scratch");
+    }
+    float *lp = PyArray_DATA((PyArrayObject *)loss);
+    double total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_kd_temperature_forward_backward(lp, PyArray_DATA((PyArrayObject *)dtemp),
+                                              PyArray_DATA((PyArrayObject *)grad), exp_t,
+                                              PyArray_DATA(s), PyArray_DATA(t), PyArray_DATA(temp),
+                                              dloss, n, c);
+    if (st == DTKD_OK) total = sum_f32(lp, n);
+    DTKD_END_NOGIL
+    dtkd_free(exp_t);
+    if (st != DTKD_OK) {
+        Py_DECREF(loss);
+        Py_DECREF(dtemp);
+        Py_DECREF(grad);
+        if (st == DTKD_ERR_VALUE)
+            return DTKD_VALUE_ERR("temperature: every entry must be finite and > 0");
+        return raise_for(st, "kd_temperature(student, teacher)", s, "student", t, "teacher", NULL, c);
+    }
+    return Py_BuildValue("dNNN", total, loss, dtemp, grad);
+}
+
 /* ---- DKD ---- */
 
 /* dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode, dloss)
@@ -667,6 +711,9 @@ PyMethodDef dtkd_losses_methods[] = {
      "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached 3=DTKD exact rule"
      " 4=exact rule detached, dloss)"
      " -> (sum, losses, t_student, t_teacher (None for KD), n_fallback, grad of dloss*sum)."},
+    {"kd_temperature", (PyCFunction)(void (*)(void))py_kd_temperature, METH_FASTCALL,
+     "kd_temperature(student, teacher, temperature (N,), dloss) -> (sum, losses,"
+     " d(dloss*loss_i)/d temperature_i, grad of dloss*sum)."},
     {"dkd", (PyCFunction)(void (*)(void))py_dkd, METH_FASTCALL,
      "dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode,"
      " dloss) -> (sum, losses, tckd, nckd, sum of tckd, sum of nckd, t_student, t_teacher,"
