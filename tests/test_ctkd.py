@@ -227,3 +227,11 @@ def test_ctkd_trains_its_temperature_and_checkpoints_it(tmp_path):
     t2 = Trainer(cfg, d2, loader, loader, tmp_path / "run", progress=False)
     t2.load_state_dict(state)
     assert float(d2.temperature_module.global_T.data[0]) == moved
+
+
+def test_shipped_ctkd_config_carries_ctkd_script_values():
+    cfg = load_config("cifar100/ctkd/res56_res20.yaml")
+    assert (cfg.DISTILLER.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == ("CTKD", "resnet56", "resnet20")
+    c = cfg.CTKD
+    assert (c.MLP, c.T_START, c.T_END, c.DECAY_MAX, c.DECAY_MIN, c.DECAY_LOOPS) == ("global", 1, 20, 0, -1, 10)
+    assert (c.CE_WEIGHT, c.KD_WEIGHT, cfg.SOLVER.LR) == (0.1, 0.9, 0.05)
