@@ -646,9 +646,9 @@ INLINE int exact_temperature_pair(const float *s, const float *t, float m_s, flo
         settled = fabs(next - delta) < tol || hi - lo < tol;
         delta = next;
     }
-    if (!settled) return 0;
-    (void)exact_rule_f(s, t, m_s, m_t, T, delta, C, &slope);
-    if (slope == 0.0 || !isfinite(slope)) return 0;
+    /* slope: -f' at the last evaluated point, within EXACT_TOL T of the root (the gradient
+     * recomputes D at the root from the loss's own moments) */
+    if (!settled || slope == 0.0 || !isfinite(slope)) return 0;
     *t_s = T + delta;
     *t_t = T - delta;
     return 1;
@@ -828,14 +828,20 @@ int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const 
 /* Logit standardization (Sun et al., CVPR 2024)                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-/* mean and (sigma + eps) of a row, sigma the unbiased (C - 1) standard deviation; in double,
- * two passes (no cancellation). */
-INLINE void row_mean_scale(const float *x, long C, double *mean, double *sigma)
+/* mean and sigma of a row, sigma the unbiased (C - 1) standard deviation: two passes (no
+ * cancellation), float lanes within SUM_BLOCK blocks and double across them, as range_sum. */
+INLINE void row_mean_sigma(const float *x, long C, double *mean, double *sigma)
 {
-    double m = 0.0, v = 0.0;
-    for (long j = 0; j < C; j++) m += x[j];
-    m /= (double)C;
-    for (long j = 0; j < C; j++) v += ((double)x[j] - m) * ((double)x[j] - m);
+    const double m = range_sum(x, C) / (double)C;
+    const float mf = (float)m;
+    double v = 0.0;
+    for (long j0 = 0; j0 < C; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < C ? j0 + SUM_BLOCK : C;
+        float vb = 0.0f;
+#pragma omp simd reduction(+ : vb)
+        for (long j = j0; j < j1; j++) vb += (x[j] - mf) * (x[j] - mf);
+        v += vb;
+    }
     *mean = m;
     *sigma = sqrt(v / (double)(C - 1));
 }
@@ -845,9 +851,10 @@ INLINE int logit_standardize_row(float *z, const float *x, long C)
 {
     if (!row_finite(x, C)) return -1;
     double m, sigma;
-    row_mean_scale(x, C, &m, &sigma);
-    const double inv = 1.0 / (sigma + DTKD_LOGIT_STAND_EPS);
-    for (long j = 0; j < C; j++) z[j] = (float)(((double)x[j] - m) * inv);
+    row_mean_sigma(x, C, &m, &sigma);
+    const float mf = (float)m, inv = (float)(1.0 / (sigma + DTKD_LOGIT_STAND_EPS));
+#pragma omp simd
+    for (long j = 0; j < C; j++) z[j] = (x[j] - mf) * inv;
     return 0;
 }
 ISA_VARIANTS(int, logit_standardize_row, (float *z, const float *x, long C), (z, x, C))
@@ -860,16 +867,13 @@ INLINE int logit_standardize_backward_row(float *dx, const float *dz, const floa
                                           const float *z, long C)
 {
     double m, sigma;
-    row_mean_scale(x, C, &m, &sigma);
+    row_mean_sigma(x, C, &m, &sigma);
     const double r = sigma + DTKD_LOGIT_STAND_EPS;
-    double g_mean = 0.0, gz = 0.0;
-    for (long j = 0; j < C; j++) {
-        g_mean += dz[j];
-        gz += (double)dz[j] * z[j];
-    }
-    g_mean /= (double)C;
-    const double k = sigma > 0.0 ? gz * r / ((double)(C - 1) * sigma) : 0.0;
-    for (long j = 0; j < C; j++) dx[j] = (float)((dz[j] - g_mean - k * z[j]) / r);
+    const double g_mean = range_sum(dz, C) / (double)C, gz = range_dot(dz, z, C);
+    const float k = (float)(sigma > 0.0 ? gz * r / ((double)(C - 1) * sigma) : 0.0);
+    const float gm = (float)g_mean, inv_r = (float)(1.0 / r);
+#pragma omp simd
+    for (long j = 0; j < C; j++) dx[j] = (dz[j] - gm - k * z[j]) * inv_r;
     return 0;
 }
 ISA_VARIANTS(int, logit_standardize_backward_row,
