@@ -7,6 +7,8 @@ the same thread count for dtkd and PyTorch, and prints the ratios. Times are the
     python benchmarks/bench_losses.py [--threads 2] [--repeats 5] [--seconds 0.2] [--clock wall]
     python benchmarks/bench_losses.py --threshold-sweep   # 1 vs N threads by batch size
     python benchmarks/bench_losses.py --shapes 64x100 --losses KD DTKD   # a subset
+    python benchmarks/bench_losses.py --rules   # DTKD's exact rule / logit standardization
+                                                # vs the official rule (issue 12)
 """
 import argparse
 import time
@@ -127,6 +129,9 @@ def main():
                     help="batch shapes NxC (default: %(default)s)")
     ap.add_argument("--losses", nargs="+", default=["KD", "DTKD", "DKD"],
                     choices=["KD", "DTKD", "DKD"])
+    ap.add_argument("--rules", action="store_true",
+                    help="time DTKD with the exact temperature rule and with logit "
+                         "standardization against the official rule, and CTKD's per-sample KD")
     ap.add_argument("--threshold-sweep", action="store_true",
                     help="time DTKD on 1 thread vs --threads threads for growing N*C")
     args = ap.parse_args()
@@ -153,6 +158,10 @@ def main():
                 times.append(best_time(fn, args.repeats, args.seconds))
             print(f"  N*C={n * 100:7d}: 1 thread {times[0] * 1e6:8.1f} us, {args.threads} threads "
                   f"{times[1] * 1e6:8.1f} us, speed-up {times[0] / times[1]:.2f}x")
+        return
+
+    if args.rules:
+        rule_costs(args, rng)
         return
 
     print(f"dtkd {dtkd.__version__}, isa={dtkd.cpu_features()['isa']}, threads={args.threads}, "
@@ -199,6 +208,32 @@ def main():
                 t_torch = best_time(torch_cases[name], args.repeats, args.seconds)
                 line += f" {t_torch * 1e6:9.1f} {t_torch / t_ours:7.1f}x"
             print(line, flush=True)
+
+
+def rule_costs(args, rng):
+    """DTKD forward + backward under each temperature option, as a multiple of the official
+    rule's time at the same shape (one process, interleaved, best of --repeats)."""
+    print(f"dtkd {dtkd.__version__}, isa={dtkd.cpu_features()['isa']}, threads={args.threads}, "
+          f"clock={args.clock}; DTKD fwd+bwd, best of {args.repeats}; x = time / official rule's")
+    print(f"{'variant':28s} {'shape':>11s} {'us':>9s} {'x official':>10s}")
+    for n, c in (tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes):
+        s = rng.normal(size=(n, c)).astype(np.float32) * 2
+        t = (rng.normal(size=(n, c)) * 4 + 1).astype(np.float32)
+        temps = np.full(n, T, dtype=np.float32)
+        variants = {
+            "official rule": lambda: losses.dtkd(s, t),
+            "exact rule": lambda: losses.dtkd(s, t, rule="exact"),
+            "exact rule, detached": lambda: losses.dtkd(s, t, rule="exact", detach_temperature=True),
+            "official + logit stand.": lambda: losses.dtkd(s, t, logit_stand=True),
+            "exact + logit stand.": lambda: losses.dtkd(s, t, rule="exact", logit_stand=True),
+            "KD at per-sample T (CTKD)": lambda: losses.kd_temperature(s, t, temps),
+        }
+        fallbacks = losses.dtkd(s, t, rule="exact").n_fallback
+        times = {name: best_time(fn, args.repeats, args.seconds) for name, fn in variants.items()}
+        for name, sec in times.items():
+            print(f"{name:28s} {f'({n},{c})':>11s} {sec * 1e6:9.1f} "
+                  f"{sec / times['official rule']:9.2f}x", flush=True)
+        print(f"  (exact rule: {fallbacks} of {n} samples without a root, official rule used)")
 
 
 if __name__ == "__main__":

@@ -253,4 +253,6 @@ def _cmd_configs(args):
     for name in shipped_configs():
         print(name)
     print(f"(under {CONFIG_DIR}; pass one to --cfg)", file=sys.stderr)
+    from .distill import names as distiller_names  # the registry, dtkd.distill.DISTILLERS
+    print(f"(DISTILLER.TYPE: {', '.join(distiller_names())})", file=sys.stderr)
     return 0

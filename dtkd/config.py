@@ -48,12 +48,15 @@ PATH_KEYS = ("DATASET.ROOT", "DISTILLER.TEACHER_CHECKPOINT", "DISTILLER.TEACHER_
 
 # Keys whose value must be one of a fixed set; checked after every merge.
 _CHOICES = {
-    "DISTILLER.TYPE": ("NONE", "KD", "DKD", "DTKD"),
+    "DISTILLER.TYPE": None,  # the distiller registry's names (dtkd.distill.names()), read when checked
     "SOLVER.TYPE": ("SGD",),
     "SOLVER.SCHEDULE": ("step", "cosine"),
     # official: alpha*L_DTKD + beta*L_KD + CE (the paper's method); tckd / nckd: dynamic
     # temperatures applied to DKD's TCKD or NCKD term only; dkd: DTKD combined with DKD.
     "DTKD.VARIANT": ("official", "tckd", "nckd", "dkd"),
+    # official: temperatures from the max logits; exact: the sharpness-matching root (dtkd.losses)
+    "DTKD.RULE": ("official", "exact"),
+    "CTKD.MLP": ("global", "instance"),
 }
 
 
@@ -282,6 +285,9 @@ def _unknown_key_message(key, node, prefix, source="config"):
 
 def _check_choices(cfg, source):
     for key, allowed in _CHOICES.items():
+        if allowed is None:
+            from . import distill  # the registry; imported here (distill sits below config)
+            allowed = tuple(distill.names())
         node = cfg
         for part in key.split("."):
             node = node[part]
@@ -343,8 +349,10 @@ _DEFAULTS = {
     "KD": {
         "TEMPERATURE": 4.0,
         "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9},
+        "LOGIT_STAND": False,   # dtkd: z-score the logits of the KD term (Sun et al., CVPR 2024)
     },
-    "DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 20},
+    "DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 20,
+            "LOGIT_STAND": False},  # dtkd: z-scored logits in TCKD and NCKD
     # Official DTKD repository defaults (JinYu1998/DTKD, mdistiller/engine/cfg.py).
     "DTKD": {
         "ALPHA": 3.0,           # weight of L_DTKD
@@ -354,6 +362,24 @@ _DEFAULTS = {
         "WARMUP": 20,           # epochs of linear ramp of the distillation terms
         "VARIANT": "official",  # dtkd: see _CHOICES
         "DETACH_TEMPERATURE": False,  # dtkd: treat T_s, T_t as constants in the gradient
+        "RULE": "official",     # dtkd: see _CHOICES (exact: VARIANT official only)
+        "LOGIT_STAND": False,   # dtkd: z-scored logits in L_DTKD and L_KD (CE on raw logits)
+    },
+    # dtkd: CTKD (Li et al., AAAI 2023), keys after its train_student.py options; defaults are its
+    # CIFAR script's (scripts/run_cifar_distill.sh: -r 0.1 -a 0.9 --t_start 1 --t_end 20
+    # --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10).
+    "CTKD": {
+        "MLP": "global",        # global: one learnable temperature; instance: one per sample (MLP)
+        "T_START": 1.0,         # T = T_START + T_END * sigmoid(module output)
+        "T_END": 20.0,
+        "INIT": 1.0,            # global: the initial raw parameter (T = 1 + 20 sigmoid(1) = 15.6)
+        "HIDDEN": 256,          # instance: hidden units of the temperature MLP
+        "COSINE_DECAY": True,   # lambda schedule: cosine (else linear) from DECAY_MAX to DECAY_MIN
+        "DECAY_MAX": 0.0,
+        "DECAY_MIN": -1.0,
+        "DECAY_LOOPS": 10,      # epochs over which lambda moves from DECAY_MAX to DECAY_MIN
+        "CE_WEIGHT": 0.1,
+        "KD_WEIGHT": 0.9,
     },
     "SEED": 0,                  # dtkd: model init and data order
     "NUM_THREADS": 0,           # dtkd: kernel threads; 0 = library default

@@ -21,6 +21,27 @@ T_s and T_t, and max passes it to the arg-max entry of s (the first index on tie
 m_s + m_t <= ``FALLBACK_EPS`` or a temperature that is not finite and > 0 uses T_s = T_t = T
 (and no gradient through the temperatures); ``n_fallback`` counts such samples.
 
+The exact sharpness-matching rule (``rule='exact'`` in :func:`dtkd`, :func:`dtkd_objective`):
+the paper matches the sharpness logsumexp of the two scaled logit vectors, and the official
+rule is its max-logit approximation (max(s)/T_s = max(t)/T_t). The exact rule solves, per
+sample, for delta in (-T, T)::
+
+    logsumexp(s / (T + delta)) = logsumexp(t / (T - delta)),   T_s = T + delta, T_t = T - delta
+
+by Newton's method safeguarded by bisection (in C). Positive max logits guarantee a root
+(the two sides tend to +inf at opposite ends), and it is unique when the rows' means are >= 0
+(always after logit standardization). The gradient includes the root's dependence on s
+(implicit differentiation: d delta / d s_j = softmax(s/T_s)_j / (T_s D),
+D = E_q[s]/T_s^2 + E_p[t]/T_t^2). A sample without a root falls back to the official rule
+(then to T) and is counted in ``n_fallback``.
+
+Logit standardization (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR
+2024; ``logit_stand=True`` in :func:`kd`, :func:`dtkd`, :func:`dkd` and the objectives): each
+sample's student and teacher logits are z-scored, ``(x - mean(x)) / (std(x) + 1e-7)`` with the
+unbiased std as in their code, before the temperature is applied; the distillation terms see
+the standardized logits, cross-entropy the raw ones, and the gradient flows back through the
+student's standardization (:func:`logit_standardize_backward`). C >= 2.
+
 Example::
 
     import numpy as np, dtkd
@@ -40,17 +61,21 @@ from ._validate import (FLOAT32_MAX, FLOAT32_TINY, as_float, as_float32, as_floa
                         as_float32_weight, as_labels)
 
 __all__ = [
-    "LossResult", "FALLBACK_EPS",
+    "LossResult", "FALLBACK_EPS", "RULES",
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-    "logsumexp_backward", "sharpness", "dynamic_temperatures",
-    "cross_entropy", "kd", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
+    "logsumexp_backward", "sharpness", "dynamic_temperatures", "logit_standardize",
+    "logit_standardize_backward",
+    "cross_entropy", "kd", "kd_temperature", "dtkd", "dkd", "dtkd_objective", "dkd_objective",
 ]
 
 #: A sample whose max logits sum to at most this falls back to T_s = T_t = T
 #: (mirrors DTKD_TEMPERATURE_EPS in csrc/kernels/losses.h; a test checks they agree).
 FALLBACK_EPS = 1e-6
 
-_KL_FIXED, _KL_DYNAMIC, _KL_DYNAMIC_DETACHED = 0, 1, 2
+_KL_FIXED, _KL_DYNAMIC, _KL_DYNAMIC_DETACHED, _KL_EXACT, _KL_EXACT_DETACHED = 0, 1, 2, 3, 4
+#: The DTKD temperature rules (``rule=``): the official max-logit rule, or the exact
+#: sharpness-matching root (see the module docstring).
+RULES = ("official", "exact")
 _DYNAMIC_TERMS = {None: (False, False), "tckd": (True, False), "nckd": (False, True),
                   "both": (True, True)}
 
@@ -67,17 +92,19 @@ class LossResult:
     ce, kd, dtkd, tckd, nckd : the terms, reduced like ``loss`` (where they apply; unweighted
         by alpha/beta/gamma, but including the temperature factor T^2 or T_s T_t)
     warmup_factor : float, min(epoch / warmup, 1) (objectives)
+    grad_temperature : (N,) float32 array, d loss / d T_i (:func:`kd_temperature`)
     """
 
     _FIELDS = ("loss", "grad", "t_student", "t_teacher", "n_fallback", "ce", "kd", "dtkd",
-               "tckd", "nckd", "warmup_factor")
+               "tckd", "nckd", "warmup_factor", "grad_temperature")
     __slots__ = ("_values",)
 
     def __init__(self, loss, grad, t_student=None, t_teacher=None, n_fallback=None, ce=None,
-                 kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None):
+                 kd=None, dtkd=None, tckd=None, nckd=None, warmup_factor=None,
+                 grad_temperature=None):
         # One tuple behind read-only properties (as namedtuple does): cheap to build.
         _set_values(self, (loss, grad, t_student, t_teacher, n_fallback, ce, kd, dtkd, tckd, nckd,
-                           warmup_factor))
+                           warmup_factor, grad_temperature))
 
     def __setattr__(self, name, value):
         raise AttributeError("LossResult is read-only")
@@ -205,6 +232,16 @@ def _dynamic_terms(dynamic_temperature):
                          f"got {dynamic_temperature!r}") from None
 
 
+def _kl_mode(rule, detach_temperature):
+    """The KL kernel's mode for a DTKD rule and the detach flag."""
+    detach = _check_bool(detach_temperature, "detach_temperature")
+    if rule == "official":
+        return _KL_DYNAMIC_DETACHED if detach else _KL_DYNAMIC
+    if rule == "exact":
+        return _KL_EXACT_DETACHED if detach else _KL_EXACT
+    raise ValueError(f"rule: expected 'official' or 'exact', got {rule!r}")
+
+
 def _check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
@@ -267,6 +304,34 @@ def sharpness(logits, temperature=1.0, approximation=False):
     return (x.max(axis=1) / np.float32(T)).astype(np.float32)
 
 
+def logit_standardize(logits):
+    """Per-row z-score ``(x - mean(x)) / (std(x) + 1e-7)`` (unbiased std) of (N, C) logits,
+    C >= 2 -> (N, C) float32 (Sun et al., CVPR 2024)."""
+    return _C.logit_standardize(_logits(logits, "logits"))
+
+
+def logit_standardize_backward(grad_output, logits, output):
+    """Gradient w.r.t. the logits of ``sum(grad_output * logit_standardize(logits))``;
+    ``output`` is that standardization. -> (N, C) float32."""
+    x = _logits(logits, "logits")
+    return _C.logit_standardize_backward(_logits(grad_output, "grad_output"), x,
+                                         _logits(output, "output"))
+
+
+def _standardized(s, t, logit_stand):
+    """(s, t) as the distillation terms see them: z-scored when logit_stand."""
+    if not _check_bool(logit_stand, "logit_stand"):
+        return s, t
+    if s.shape[1] < 2:
+        raise ValueError(f"student: logit_stand needs at least 2 classes (C >= 2), got shape {s.shape}")
+    return _C.logit_standardize(s), _C.logit_standardize(t)
+
+
+def _through_standardization(grad, s, zs):
+    """d/ds of a gradient taken w.r.t. zs = logit_standardize(s) (zs is s when not standardized)."""
+    return grad if zs is s else _C.logit_standardize_backward(grad, s, zs)
+
+
 def dynamic_temperatures(student, teacher, temperature=4.0):
     """The DTKD temperatures per sample -> ``(t_student, t_teacher, n_fallback)``.
 
@@ -289,37 +354,73 @@ def cross_entropy(logits, labels, reduction="mean"):
     return LossResult(loss, grad, ce=loss)
 
 
-def kd(student, teacher, temperature=4.0, reduction="mean"):
+def kd(student, teacher, temperature=4.0, reduction="mean", logit_stand=False):
     """Vanilla KD (Hinton et al.): ``T^2 KL(softmax(t/T) || softmax(s/T))`` per sample.
 
-    -> LossResult(loss, grad, kd).
+    ``logit_stand=True``: on the z-scored logits (module docstring). -> LossResult(loss, grad, kd).
     """
     s, t = _check_pair(student, teacher)
     n = s.shape[0]
-    total, per_sample, _, _, _, grad = _C.kl(s, t, _temperature(temperature), _KL_FIXED,
+    zs, zt = _standardized(s, t, logit_stand)
+    total, per_sample, _, _, _, grad = _C.kl(zs, zt, _temperature(temperature), _KL_FIXED,
                                              _dloss(reduction, n or 1))
+    grad = _through_standardization(grad, s, zs)
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, kd=loss)
 
 
-def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction="mean"):
-    """DTKD: ``T_s T_t KL(softmax(t/T_t) || softmax(s/T_s))`` per sample (official rule).
+def kd_temperature(student, teacher, temperature, reduction="mean"):
+    """KD at a temperature per sample, with the gradient w.r.t. the temperatures (what CTKD's
+    learnable temperature trains on): ``T_i^2 KL(softmax(t_i/T_i) || softmax(s_i/T_i))``.
 
-    The default gradient is the exact one of the official code (through T_s, T_t via the
-    arg-max of s); ``detach_temperature=True`` treats the temperatures as constants.
+    ``temperature``: a positive number or an (N,) array of them.
+    -> LossResult(loss, grad, kd, t_student = t_teacher = the temperatures, grad_temperature
+    (N,) = d loss / d T_i, for the reduced loss). For one global T, d loss / d T is
+    ``grad_temperature.sum()``.
+    """
+    s, t = _check_pair(student, teacher)
+    n = s.shape[0]
+    if np.ndim(temperature) == 0:
+        temps = np.full(n, _temperature(temperature), dtype=np.float32)
+    else:
+        temps = as_float32(temperature, "temperature", ndim=1)
+        if temps.shape != (n,):
+            raise ValueError(f"temperature: expected a number or shape ({n},), got {temps.shape}")
+        if not (temps > 0).all():
+            raise ValueError("temperature: every entry must be finite and > 0")
+    total, per_sample, dtemp, grad = _C.kd_temperature(s, t, temps, _dloss(reduction, n or 1))
+    loss = _reduce(total, per_sample, reduction, n)
+    return LossResult(loss, grad, kd=loss, t_student=temps, t_teacher=temps,
+                      grad_temperature=dtemp)
+
+
+def dtkd(student, teacher, temperature=4.0, detach_temperature=False, reduction="mean",
+         rule="official", logit_stand=False):
+    """DTKD: ``T_s T_t KL(softmax(t/T_t) || softmax(s/T_s))`` per sample.
+
+    ``rule='official'`` (default): the official code's temperatures from the max logits; the
+    default gradient is the exact one of the official code (through T_s, T_t via the arg-max
+    of s). ``rule='exact'``: the temperatures solve logsumexp(s/T_s) = logsumexp(t/T_t) with
+    T_s + T_t = 2T (see the module docstring); the gradient flows through the root by implicit
+    differentiation; ``n_fallback`` counts the samples without a root (official rule used).
+    ``detach_temperature=True`` treats the temperatures as constants under either rule.
+    ``logit_stand=True``: on the z-scored logits (module docstring; the rules then see the
+    standardized maxima).
     -> LossResult(loss, grad, t_student, t_teacher, n_fallback, dtkd).
     """
     s, t = _check_pair(student, teacher)
     n = s.shape[0]
-    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
-    total, per_sample, ts, tt, n_fallback, grad = _C.kl(s, t, _temperature(temperature), mode,
+    mode = _kl_mode(rule, detach_temperature)
+    zs, zt = _standardized(s, t, logit_stand)
+    total, per_sample, ts, tt, n_fallback, grad = _C.kl(zs, zt, _temperature(temperature), mode,
                                                         _dloss(reduction, n or 1))
+    grad = _through_standardization(grad, s, zs)
     loss = _reduce(total, per_sample, reduction, n)
     return LossResult(loss, grad, t_student=ts, t_teacher=tt, n_fallback=n_fallback, dtkd=loss)
 
 
 def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reduction="mean",
-        dynamic_temperature=None, detach_temperature=False):
+        dynamic_temperature=None, detach_temperature=False, logit_stand=False):
     """DKD (Zhao et al., CVPR 2022): ``alpha TCKD + beta NCKD``, each times T^2.
 
     TCKD is the KL between the binary (target, non-target) distributions of teacher and
@@ -328,7 +429,8 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
 
     ``dynamic_temperature`` in ``'tckd'``, ``'nckd'``, ``'both'`` computes that term with the
     DTKD temperatures (T_s, T_t) and weight T_s T_t instead of T and T^2 (the paper's
-    "DTKD in TCKD / NCKD" experiments); ``detach_temperature`` as in :func:`dtkd`.
+    "DTKD in TCKD / NCKD" experiments); ``detach_temperature`` as in :func:`dtkd`;
+    ``logit_stand=True``: on the z-scored logits (module docstring).
     -> LossResult(loss, grad, tckd, nckd, t_student, t_teacher, n_fallback); ``tckd`` and
     ``nckd`` are unweighted by alpha and beta.
     """
@@ -337,9 +439,11 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0, reductio
     y = _labels(labels, n, c)
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    zs, zt = _standardized(s, t, logit_stand)
     total, per_sample, tckd, nckd, tckd_total, nckd_total, ts, tt, n_fallback, grad = _C.dkd(
-        s, t, y, _weight(alpha, "alpha"), _weight(beta, "beta"), _temperature(temperature),
+        zs, zt, y, _weight(alpha, "alpha"), _weight(beta, "beta"), _temperature(temperature),
         dyn_tc, dyn_nc, mode, _dloss(reduction, n or 1))
+    grad = _through_standardization(grad, s, zs)
     loss = _reduce(total, per_sample, reduction, n)
     tckd = _reduce(tckd_total, tckd, reduction, n)
     nckd = _reduce(nckd_total, nckd, reduction, n)
@@ -360,9 +464,13 @@ def _warmup_factor(epoch, warmup):
 
 
 def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, temperature=4.0,
-                   epoch=1, warmup=20, detach_temperature=False):
+                   epoch=1, warmup=20, detach_temperature=False, rule="official",
+                   logit_stand=False):
     """The official DTKD trainer's loss (batch means):
     ``min(epoch / warmup, 1) (alpha L_DTKD + beta L_KD) + gamma L_CE``.
+
+    ``rule`` and ``detach_temperature`` as in :func:`dtkd` (for the L_DTKD term);
+    ``logit_stand=True``: L_DTKD and L_KD on the z-scored logits, L_CE on the raw ones.
 
     -> LossResult(loss, grad, dtkd, kd, ce, t_student, t_teacher, n_fallback, warmup_factor).
     """
@@ -372,10 +480,18 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
     alpha, beta, gamma = _weight(alpha, "alpha"), _weight(beta, "beta"), _weight(gamma, "gamma")
     T = _temperature(temperature)
     wf = _warmup_factor(epoch, warmup)
-    mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
+    mode = _kl_mode(rule, detach_temperature)
     inv_n = 1.0 / (n or 1)
-    dt_total, kd_total, ce_total, ts, tt, n_fallback, grad = _C.dtkd_objective(
-        s, t, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, gamma * inv_n)
+    zs, zt = _standardized(s, t, logit_stand)
+    if zs is s:
+        dt_total, kd_total, ce_total, ts, tt, n_fallback, grad = _C.dtkd_objective(
+            s, t, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, gamma * inv_n)
+    else:
+        dt_total, kd_total, _, ts, tt, n_fallback, grad = _C.dtkd_objective(
+            zs, zt, y, T, mode, wf * alpha * inv_n, wf * beta * inv_n, 0.0)
+        grad = _through_standardization(grad, s, zs)
+        ce_total, _, grad_ce = _C.cross_entropy(s, y, gamma * inv_n)
+        grad += grad_ce
     l_dtkd, l_kd, l_ce = dt_total * inv_n, kd_total * inv_n, ce_total * inv_n
     loss = wf * (alpha * l_dtkd + beta * l_kd) + gamma * l_ce
     return LossResult(loss, grad, dtkd=l_dtkd, kd=l_kd, ce=l_ce, t_student=ts, t_teacher=tt,
@@ -383,11 +499,13 @@ def dtkd_objective(student, teacher, labels, alpha=3.0, beta=1.0, gamma=1.0, tem
 
 
 def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temperature=4.0,
-                  epoch=1, warmup=20, dynamic_temperature=None, detach_temperature=False):
+                  epoch=1, warmup=20, dynamic_temperature=None, detach_temperature=False,
+                  logit_stand=False):
     """mdistiller's DKD trainer loss (batch means):
     ``gamma L_CE + min(epoch / warmup, 1) (alpha TCKD + beta NCKD)``.
 
-    ``dynamic_temperature`` / ``detach_temperature`` as in :func:`dkd`.
+    ``dynamic_temperature`` / ``detach_temperature`` as in :func:`dkd`; ``logit_stand=True``:
+    TCKD and NCKD on the z-scored logits, CE on the raw ones.
     -> LossResult(loss, grad, tckd, nckd, ce, warmup_factor, and the temperatures when dynamic).
     """
     s, t = _check_pair(student, teacher)
@@ -399,8 +517,16 @@ def dkd_objective(student, teacher, labels, alpha=1.0, beta=8.0, gamma=1.0, temp
     dyn_tc, dyn_nc = _dynamic_terms(dynamic_temperature)
     mode = _KL_DYNAMIC_DETACHED if _check_bool(detach_temperature, "detach_temperature") else _KL_DYNAMIC
     inv_n = 1.0 / (n or 1)
-    dkd_total, tckd_total, nckd_total, ce_total, ts, tt, n_fallback, grad = _C.dkd_objective(
-        s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, gamma * inv_n)
+    zs, zt = _standardized(s, t, logit_stand)
+    if zs is s:
+        dkd_total, tckd_total, nckd_total, ce_total, ts, tt, n_fallback, grad = _C.dkd_objective(
+            s, t, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, gamma * inv_n)
+    else:
+        dkd_total, tckd_total, nckd_total, _, ts, tt, n_fallback, grad = _C.dkd_objective(
+            zs, zt, y, alpha, beta, T, dyn_tc, dyn_nc, mode, wf * inv_n, 0.0)
+        grad = _through_standardization(grad, s, zs)
+        ce_total, _, grad_ce = _C.cross_entropy(s, y, gamma * inv_n)
+        grad += grad_ce
     l_ce = ce_total * inv_n
     loss = gamma * l_ce + wf * dkd_total * inv_n
     fields = dict(tckd=tckd_total * inv_n, nckd=nckd_total * inv_n, ce=l_ce, warmup_factor=wf)

@@ -38,6 +38,13 @@ def test_configs_lists_the_shipped_configs(capsys):
     assert "cifar100/dtkd/res32x4_res8x4.yaml" in listed and "fashion_mnist/dtkd.yaml" in listed
 
 
+def test_configs_names_the_distillers_of_the_registry(capsys):
+    from dtkd import distill
+    assert main(["configs"]) == 0
+    err = capsys.readouterr().err
+    assert f"DISTILLER.TYPE: {', '.join(distill.names())}" in err and "CTKD" in err
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "--cfg", "fashion_mnist/dtkd.yaml", "SOLVER.EPOCH", "3"], ["unknown config key", "SOLVER.EPOCHS"]),
     (["train", "--cfg", "fashion_mnist/dtkd.yaml", "SOLVER.EPOCHS", "2.5"], ["SOLVER.EPOCHS", "integer"]),

@@ -144,3 +144,58 @@ def test_distillers_need_a_teacher():
         distill.DTKD(RecordingModel(s), None)
     with pytest.raises(ValueError, match="variant"):
         distill.DTKDVariant(RecordingModel(s), RecordingModel(s), "both-ways")
+
+
+def test_registry_a_new_method_is_one_class_and_one_line(monkeypatch):
+    # the registry drives from_config, names() and the config's DISTILLER.TYPE choices
+    class Twice(distill.KD):
+        name = "TWICE"
+
+        @classmethod
+        def from_config(cls, cfg, student, teacher=None):
+            return cls(student, teacher, temperature=2 * cfg.KD.TEMPERATURE)
+
+    monkeypatch.setitem(distill.DISTILLERS, "TWICE", Twice)
+    assert "TWICE" in distill.names()
+    cfg = load_config("fashion_mnist/kd.yaml", ["DISTILLER.TYPE", "TWICE"])
+    _, s, t, _ = batch()
+    d = distill.from_config(cfg, RecordingModel(s), RecordingModel(t))
+    assert isinstance(d, Twice) and d.temperature == 2 * cfg.KD.TEMPERATURE
+    monkeypatch.delitem(distill.DISTILLERS, "TWICE")
+    with pytest.raises(Exception, match="DISTILLER.TYPE"):
+        load_config("fashion_mnist/kd.yaml", ["DISTILLER.TYPE", "TWICE"])
+
+
+def test_registry_builds_every_sweep_method_with_its_options():
+    from dtkd.testing import METHODS
+    from dtkd.testing.sweep import as_override_list
+    from dtkd.models import create
+    _, s, t, _ = batch()
+    for name, method in METHODS.items():
+        cfg = load_config(method.config, as_override_list(method.overrides))
+        d = distill.from_config(cfg, create("resnet8", num_classes=10),
+                                None if cfg.DISTILLER.TYPE == "NONE" else RecordingModel(t))
+        # the DTKD variants are DKD with dynamic terms
+        variant = cfg.DISTILLER.TYPE == "DTKD" and cfg.DTKD.VARIANT != "official"
+        assert isinstance(d, distill.DKD if variant else distill.DISTILLERS[cfg.DISTILLER.TYPE])
+    cfg = load_config(METHODS["DTKD-exact"].config, as_override_list(METHODS["DTKD-exact"].overrides))
+    assert distill.from_config(cfg, RecordingModel(s), RecordingModel(t)).rule == "exact"
+    for name in ("KD+LS", "DKD+LS", "DTKD+LS"):
+        m = METHODS[name]
+        d = distill.from_config(load_config(m.config, as_override_list(m.overrides)),
+                                RecordingModel(s), RecordingModel(t))
+        assert d.logit_stand
+
+
+@pytest.mark.parametrize("rule, stand", [("exact", False), ("official", True), ("exact", True)])
+def test_dtkd_distiller_passes_rule_and_logit_standardization(rule, stand):
+    x, s, t, y = batch()
+    d = distill.DTKD(RecordingModel(s), RecordingModel(t), rule=rule, logit_stand=stand)
+    stats, grad = run(d, x, y, 5)
+    r = losses.dtkd_objective(s, t, y, epoch=5, rule=rule, logit_stand=stand)
+    assert stats["loss"] == pytest.approx(r.loss, rel=1e-6)
+    np.testing.assert_allclose(grad, r.grad, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="DTKD.RULE"):
+        distill.from_config(load_config("fashion_mnist/dtkd.yaml", ["DTKD.VARIANT", "nckd",
+                                                                     "DTKD.RULE", "exact"]),
+                            RecordingModel(s), RecordingModel(t))

@@ -688,6 +688,100 @@ INLINE double temperature_slope(double m_s, double m_t, double T)
     return 2.0 * T * m_t / (sum * sum);
 }
 
+/* ---- the exact sharpness-matching rule ----
+ * The paper derives T_s, T_t from matching the sharpness logsumexp(s / T_s) = logsumexp(t / T_t)
+ * with T_s + T_t = 2T; the official rule replaces logsumexp(x / T) by max(x) / T. The exact rule
+ * solves, per sample, for delta in (-T, T) with T_s = T + delta, T_t = T - delta:
+ *   f(delta) = logsumexp(s / (T + delta)) - logsumexp(t / (T - delta)) = 0,
+ *   f'(delta) = -E_q[s] / T_s^2 - E_p[t] / T_t^2     (q = softmax(s / T_s), p = softmax(t / T_t)).
+ * As delta -> -T, logsumexp(s / T_s) -> max(s) / T_s -> +inf when max(s) > 0; as delta -> T,
+ * logsumexp(t / T_t) -> +inf when max(t) > 0; so positive maxima bracket a root. The root is
+ * unique when E_q[s], E_p[t] > 0 for all delta (e.g. rows of mean >= 0, since E_q[x] >= mean(x):
+ * always true after logit standardization). */
+
+/* Solver bounds: delta in [-(1 - EXACT_EDGE) T, (1 - EXACT_EDGE) T]; stop when a step or the
+ * bracket is below EXACT_TOL T, after at most EXACT_MAX_ITER evaluations of f. */
+#define EXACT_EDGE 1e-6
+#define EXACT_TOL 1e-7
+#define EXACT_MAX_ITER 60
+
+/* logsumexp(x / T) and E_softmax(x / T)[x] of a row with max m, from one pass of exps;
+ * inv = 1 / T. */
+INLINE void lse_and_mean(const float *x, float m, double inv, long C, double *lse, double *mean)
+{
+    const float invf = (float)inv;
+    double z = 0.0, zv = 0.0;
+    for (long j0 = 0; j0 < C; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < C ? j0 + SUM_BLOCK : C;
+        float zb = 0.0f, zvb = 0.0f;
+#pragma omp simd reduction(+ : zb, zvb)
+        for (long j = j0; j < j1; j++) {
+            const float v = (x[j] - m) * invf;
+            const float e = exp_nonpos(v);
+            zb += e;
+            zvb += e * v;
+        }
+        z += zb;
+        zv += zvb;
+    }
+    *lse = (double)m * invf + log(z);
+    *mean = (double)m + zv / z / invf;
+}
+
+/* f(delta) and -f'(delta) (> 0 where f decreases) of the exact rule. */
+INLINE double exact_rule_f(const float *s, const float *t, float m_s, float m_t, double T,
+                           double delta, long C, double *minus_slope)
+{
+    const double a = T + delta, b = T - delta;
+    double lse_s, lse_t, mean_s, mean_t;
+    lse_and_mean(s, m_s, 1.0 / a, C, &lse_s, &mean_s);
+    lse_and_mean(t, m_t, 1.0 / b, C, &lse_t, &mean_t);
+    *minus_slope = mean_s / (a * a) + mean_t / (b * b);
+    return lse_s - lse_t;
+}
+
+/* T_s = T + delta, T_t = T - delta at the root of f, by Newton's method safeguarded by
+ * bisection on a sign-changing bracket. Returns 1 with the temperatures set, or 0 (t_s, t_t
+ * untouched) when the bracket's ends do not change sign, the iteration does not settle, or
+ * f' = 0 at the root (no implicit derivative). */
+INLINE int exact_temperature_pair(const float *s, const float *t, float m_s, float m_t, double T,
+                                  long C, double *t_s, double *t_t)
+{
+    double lo = -(1.0 - EXACT_EDGE) * T, hi = (1.0 - EXACT_EDGE) * T, slope;
+    const double f_lo = exact_rule_f(s, t, m_s, m_t, T, lo, C, &slope);
+    const double f_hi = exact_rule_f(s, t, m_s, m_t, T, hi, C, &slope);
+    if (!isfinite(f_lo) || !isfinite(f_hi) || f_lo == 0.0 || f_hi == 0.0 ||
+        (f_lo > 0) == (f_hi > 0))
+        return 0;
+    const int lo_positive = f_lo > 0;
+    /* start from the official rule's delta (the max-logit approximation of the same root) */
+    const double sum = (double)m_s + m_t;
+    double delta = sum > DTKD_TEMPERATURE_EPS ? T * ((double)m_s - m_t) / sum : 0.0;
+    if (!(delta > lo && delta < hi)) delta = 0.5 * (lo + hi);
+    const double tol = EXACT_TOL * T;
+    int settled = 0;
+    for (int it = 0; it < EXACT_MAX_ITER && !settled; it++) {
+        const double f = exact_rule_f(s, t, m_s, m_t, T, delta, C, &slope);
+        if (!isfinite(f)) return 0;
+        if (f == 0.0) {
+            settled = 1;
+            break;
+        }
+        if ((f > 0) == lo_positive) lo = delta;
+        else hi = delta;
+        double next = slope != 0.0 ? delta + f / slope : NAN; /* Newton: delta - f / f' */
+        if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+        settled = fabs(next - delta) < tol || hi - lo < tol;
+        delta = next;
+    }
+    /* slope: -f' at the last evaluated point, within EXACT_TOL T of the root (the gradient
+     * recomputes D at the root from the loss's own moments) */
+    if (!settled || slope == 0.0 || !isfinite(slope)) return 0;
+    *t_s = T + delta;
+    *t_t = T - delta;
+    return 1;
+}
+
 INLINE void set_pair(dtkd_softmax_pair *pr, float shift_s, float shift_t, double t_s, double t_t)
 {
     pr->shift_s = shift_s;
@@ -869,6 +963,84 @@ int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const 
     int bad = 0;
     long fallbacks = 0;
     FOR_EACH_ROW(N, C, row(dx + i * C, dout[i], x + i * C, out[i], inv_t, C));
+    return DTKD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Logit standardization (Sun et al., CVPR 2024)                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* mean and sigma of a row, sigma the unbiased (C - 1) standard deviation: two passes (no
+ * cancellation), float lanes within SUM_BLOCK blocks and double across them, as range_sum. */
+INLINE void row_mean_sigma(const float *x, long C, double *mean, double *sigma)
+{
+    const double m = range_sum(x, C) / (double)C;
+    const float mf = (float)m;
+    double v = 0.0;
+    for (long j0 = 0; j0 < C; j0 += SUM_BLOCK) {
+        const long j1 = j0 + SUM_BLOCK < C ? j0 + SUM_BLOCK : C;
+        float vb = 0.0f;
+#pragma omp simd reduction(+ : vb)
+        for (long j = j0; j < j1; j++) vb += (x[j] - mf) * (x[j] - mf);
+        v += vb;
+    }
+    *mean = m;
+    *sigma = sqrt(v / (double)(C - 1));
+}
+
+/* z_j = (x_j - mean) / (sigma + eps). */
+INLINE int logit_standardize_row(float *z, const float *x, long C)
+{
+    if (!row_finite(x, C)) return -1;
+    double m, sigma;
+    row_mean_sigma(x, C, &m, &sigma);
+    const float mf = (float)m, inv = (float)(1.0 / (sigma + DTKD_LOGIT_STAND_EPS));
+#pragma omp simd
+    for (long j = 0; j < C; j++) z[j] = (x[j] - mf) * inv;
+    return 0;
+}
+ISA_VARIANTS(int, logit_standardize_row, (float *z, const float *x, long C), (z, x, C))
+
+/* With c = x - mean, r = sigma + eps, z = c / r and d sigma / d x_k = c_k / ((C - 1) sigma):
+ *   dx_k = (g_k - mean(g)) / r - (sum_j g_j c_j) c_k / (r^2 (C - 1) sigma)
+ *        = [g_k - mean(g) - (sum_j g_j z_j) z_k r / ((C - 1) sigma)] / r.
+ * A constant row (sigma = 0) has z = 0: its second term is 0. */
+INLINE int logit_standardize_backward_row(float *dx, const float *dz, const float *x,
+                                          const float *z, long C)
+{
+    double m, sigma;
+    row_mean_sigma(x, C, &m, &sigma);
+    const double r = sigma + DTKD_LOGIT_STAND_EPS;
+    const double g_mean = range_sum(dz, C) / (double)C, gz = range_dot(dz, z, C);
+    const float k = (float)(sigma > 0.0 ? gz * r / ((double)(C - 1) * sigma) : 0.0);
+    const float gm = (float)g_mean, inv_r = (float)(1.0 / r);
+#pragma omp simd
+    for (long j = 0; j < C; j++) dx[j] = (dz[j] - gm - k * z[j]) * inv_r;
+    return 0;
+}
+ISA_VARIANTS(int, logit_standardize_backward_row,
+             (float *dx, const float *dz, const float *x, const float *z, long C),
+             (dx, dz, x, z, C))
+
+int dtkd_logit_standardize_forward(float *z, const float *x, long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    int (*row)(float *, const float *, long) = ISA_PICK(logit_standardize_row);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(z + i * C, x + i * C, C));
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+int dtkd_logit_standardize_backward(float *dx, const float *dz, const float *x, const float *z,
+                                    long N, long C)
+{
+    if (N <= 0 || C < 2) return DTKD_ERR_SHAPE;
+    int (*row)(float *, const float *, const float *, const float *, long) =
+        ISA_PICK(logit_standardize_backward_row);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(dx + i * C, dz + i * C, x + i * C, z + i * C, C));
     return DTKD_OK;
 }
 
@@ -1065,12 +1237,17 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
     float m_s, m_t;
     if (!pair_max_finite_w(wide, s, t, C, &m_s, &m_t)) return -1;
     double a = T, b = T;
-    int fallback = 0;
-    if (mode != DTKD_KL_FIXED) fallback = dynamic_temperature_pair(m_s, m_t, T, &a, &b);
+    /* the rule that set the temperatures: the exact one, else the official one, else T */
+    const int exact_mode = mode == DTKD_KL_EXACT || mode == DTKD_KL_EXACT_DETACHED;
+    int exact = 0, official = 0;
+    if (exact_mode) exact = exact_temperature_pair(s, t, m_s, m_t, T, C, &a, &b);
+    if (mode != DTKD_KL_FIXED && !exact) official = !dynamic_temperature_pair(m_s, m_t, T, &a, &b);
+    const int fallback = exact_mode ? !exact : mode != DTKD_KL_FIXED && !official;
     dtkd_softmax_pair *pr = &sv->pair;
     set_pair(pr, m_s, m_t, a, b);
     pair_moments mo = {0};
-    const int temperature_grad = mode == DTKD_KL_DYNAMIC && !fallback;
+    const int temperature_grad =
+        (mode == DTKD_KL_DYNAMIC || mode == DTKD_KL_EXACT) && (exact || official);
     const int precise = a > DTKD_PRECISE_T || b > DTKD_PRECISE_T;
     if (!precise) pair_moments_row_w(wide, &mo, exp_s, exp_t, s, t, pr, -1, C, temperature_grad);
     if (precise || !moments_finite(&mo)) { /* the precise path (see pair_moments_f64) */
@@ -1106,8 +1283,19 @@ INLINE int kl_row_forward(float *loss, float *t_student, float *t_teacher, dtkd_
         const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + log_ratio * e_pu;
         const double dkl_db = -(e_pur - e_pu * kl) / b;
         const double dl_da = b * (e_pu - e_qv + log_ratio), dl_db = a * kl + w * dkl_db;
-        sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
-        sv->argmax_s = first_index_of_w(wide, s, m_s, C);
+        if (exact) {
+            /* implicit differentiation through the root of f(delta; s) = 0:
+             * d delta / d s_j = -(df/ds_j) / f'(delta) = q_j / (T_s D), D = -f'(delta)
+             * = E_q[s] / T_s^2 + E_p[t] / T_t^2; T_s, T_t move by +-d delta, so the term is
+             * (dl_da - dl_db) q_j / (T_s D): dense, and proportional to q like the KL's own
+             * (adding to coef_q is right before and after precise_coefficients) */
+            const double mean_s = m_s + a * e_qv, mean_t = m_t + b * e_pu;
+            const double D = mean_s / (a * a) + mean_t / (b * b);
+            if (D != 0.0 && isfinite(D)) pr->coef_q += (dl_da - dl_db) / (a * D);
+        } else {
+            sv->dmax = temperature_slope(m_s, m_t, T) * (dl_da - dl_db);
+            sv->argmax_s = first_index_of_w(wide, s, m_s, C);
+        }
     }
     if (!(pending && !temperature_grad && !pr->precise) && !isfinite((float)(w * kl)))
         return ROW_RANGE;
@@ -1190,7 +1378,7 @@ int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, fl
                enum dtkd_kl_mode, float, kl_pending *, long) = ISA_PICK(kl_row_forward_backward);
     float *exp_t = scratch;
     /* DTKD's exact gradient needs each row's log at once: only KD and detached DTKD defer it */
-    kl_pending *pending = mode == DTKD_KL_DYNAMIC
+    kl_pending *pending = mode == DTKD_KL_DYNAMIC || mode == DTKD_KL_EXACT
                               ? NULL
                               : (kl_pending *)(scratch + DTKD_KL_PENDING_OFFSET(N, C));
     int bad = 0;
@@ -1202,6 +1390,52 @@ int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, fl
     if (bad) return rows_status(bad);
     if (pending && !finish_pending(loss, pending, N)) return DTKD_ERR_RANGE;
     return DTKD_OK;
+}
+
+/* ---- KD at a per-sample temperature, with its derivative (CTKD's learnable temperature) ----
+ * loss_i = T_i^2 KL(softmax(t / T_i) || softmax(s / T_i)); with a = b = T_i in the KL row's
+ * notation, d loss_i / d T_i = 2 T_i KL + T_i^2 (dKL/dT_s + dKL/dT_t). */
+INLINE int kd_temperature_row(float *loss, float *dtemp, float *ds, float *exp_t, const float *s,
+                              const float *t, float T, float dloss, long C, int wide)
+{
+    float m_s, m_t;
+    if (!pair_max_finite_w(wide, s, t, C, &m_s, &m_t)) return -1;
+    dtkd_softmax_pair pr;
+    set_pair(&pr, m_s, m_t, T, T);
+    pair_moments mo = {0};
+    pair_moments_row_w(wide, &mo, ds, exp_t, s, t, &pr, -1, C, 1);
+    const double e_pu = mo.p_u / mo.zp, e_pv = mo.p_v / mo.zp, e_qv = mo.q_v / mo.zq;
+    const double log_ratio = log(mo.zq / mo.zp);
+    const double kl = e_pu - e_pv + log_ratio, w = (double)T * T;
+    const double e_pur = mo.p_uu / mo.zp - mo.p_uv / mo.zp + log_ratio * e_pu;
+    const double dkl_da = (e_pv - e_qv) / T, dkl_db = -(e_pur - e_pu * kl) / T;
+    *loss = (float)(w * kl);
+    *dtemp = (float)(dloss * (2.0 * T * kl + w * (dkl_da + dkl_db)));
+    pr.zs = mo.zq;
+    pr.zt = mo.zp;
+    pr.coef_q = pr.coef_p = T; /* w / T */
+    pair_backward_cached_row(wide, ds, ds, exp_t, &pr, dloss, C);
+    return 0;
+}
+ISA_VARIANTS_WIDE(int, kd_temperature_row,
+                  (float *loss, float *dtemp, float *ds, float *exp_t, const float *s,
+                   const float *t, float T, float dloss, long C),
+                  loss, dtemp, ds, exp_t, s, t, T, dloss, C)
+
+int dtkd_kd_temperature_forward_backward(float *loss, float *dtemp, float *ds, float *exp_t,
+                                         const float *s, const float *t, const float *temperature,
+                                         float dloss, long N, long C)
+{
+    if (N <= 0 || C <= 0) return DTKD_ERR_SHAPE;
+    for (long i = 0; i < N; i++)
+        if (!usable_temperature(temperature[i])) return DTKD_ERR_VALUE;
+    int (*row)(float *, float *, float *, float *, const float *, const float *, float, float,
+               long) = ISA_PICK(kd_temperature_row);
+    int bad = 0;
+    long fallbacks = 0;
+    FOR_EACH_ROW(N, C, row(loss + i, dtemp + i, ds + i * C, exp_t + i * C, s + i * C, t + i * C,
+                           temperature[i], dloss, C));
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -20,6 +20,14 @@
  * falls back to T_s = T_t = T (counted; no gradient through its temperatures). Otherwise the
  * exact gradient flows through m_s into T_s and T_t: max passes it to the arg-max entry of s
  * (the first index on ties), unless the temperatures are detached.
+ *
+ * The exact rule (DTKD_KL_EXACT*, KL kernels only) solves logsumexp(s / T_s) =
+ * logsumexp(t / T_t) with T_s + T_t = 2T per sample (safeguarded Newton / bisection, losses.c);
+ * the gradient flows through the root by implicit differentiation (dense: d T_s / d s_j is
+ * proportional to softmax(s / T_s)_j). A sample without a root (no sign change of the bracket,
+ * typically a max logit <= 0) uses the official rule, with its gradient, and is counted in
+ * n_fallback (which then counts the samples the exact rule did not set, including those where
+ * the official rule falls back to T as well).
  */
 #ifndef DTKD_LOSSES_H
 #define DTKD_LOSSES_H
@@ -35,6 +43,8 @@ enum dtkd_kl_mode {
     DTKD_KL_FIXED = 0,        /* vanilla KD: T_s = T_t = T, weight T^2 */
     DTKD_KL_DYNAMIC = 1,      /* DTKD, exact gradient through T_s, T_t */
     DTKD_KL_DYNAMIC_DETACHED = 2, /* DTKD, temperatures treated as constants */
+    DTKD_KL_EXACT = 3,        /* DTKD, exact sharpness-matching rule, gradient through its root */
+    DTKD_KL_EXACT_DETACHED = 4, /* DTKD, exact rule, temperatures treated as constants */
 };
 
 /* One softmax pair (student s / T_s, teacher t / T_t) over a set of classes, as the forward
@@ -86,6 +96,18 @@ int dtkd_logsumexp_forward(float *out, const float *x, float temperature, long N
 int dtkd_logsumexp_backward(float *dx, const float *dout, const float *x, const float *out,
                             float temperature, long N, long C);
 
+/* ---- logit standardization (Sun et al., "Logit Standardization in Knowledge Distillation",
+ * CVPR 2024): z = (x - mean(x)) / (std(x) + DTKD_LOGIT_STAND_EPS) per row, std the unbiased
+ * (C - 1) standard deviation as in their code (torch.std); C >= 2 ---- */
+
+#define DTKD_LOGIT_STAND_EPS 1e-7
+
+/* z (N,C) from x (N,C). */
+int dtkd_logit_standardize_forward(float *z, const float *x, long N, long C);
+/* dx (N,C) = the gradient of sum(dz * z) w.r.t. x; x, z (N,C) as the forward saw them. */
+int dtkd_logit_standardize_backward(float *dx, const float *dz, const float *x, const float *z,
+                                    long N, long C);
+
 /* ---- DTKD temperatures ---- */
 
 /* t_student, t_teacher (N) and the number of fallback samples, from s, t (N,C). */
@@ -128,6 +150,14 @@ int dtkd_kl_forward_backward(float *loss, float *t_student, float *t_teacher, fl
                              float *scratch, long *n_fallback, const float *s, const float *t,
                              float temperature, enum dtkd_kl_mode mode, float dloss, long N,
                              long C);
+
+/* KD at a per-sample temperature T_i (CTKD's learnable temperature):
+ * loss (N) = T_i^2 KL(softmax(t_i / T_i) || softmax(s_i / T_i)), dtemp (N) = dloss d loss_i / d T_i,
+ * ds (N,C) = d(dloss sum_i loss_i)/ds; exp_t (N,C) scratch; temperature (N), each finite > 0
+ * (else DTKD_ERR_VALUE). Forward and backward in one sweep. */
+int dtkd_kd_temperature_forward_backward(float *loss, float *dtemp, float *ds, float *exp_t,
+                                         const float *s, const float *t, const float *temperature,
+                                         float dloss, long N, long C);
 
 /* ---- DKD: alpha TCKD + beta NCKD (C >= 2) ----
  * TCKD = KL over (target, rest), NCKD = KL over the non-target classes (the target excluded

@@ -302,6 +302,59 @@ static PyObject *py_logsumexp_backward(PyObject *self, PyObject *args)
     return dx;
 }
 
+/* ---- logit standardization ---- */
+
+/* logit_standardize(x) -> z (N,C) float32. */
+static PyObject *py_logit_standardize(PyObject *self, PyObject *xo)
+{
+    PyArrayObject *x = check_logits(xo, "x", 2);
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0), c = PyArray_DIM(x, 1);
+    PyObject *z = new_array(2, n, c);
+    if (!z) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_logit_standardize_forward((float *)PyArray_DATA((PyArrayObject *)z),
+                                        (const float *)PyArray_DATA(x), n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(z);
+        return raise_for(st, "logit_standardize(x)", x, "x", NULL, NULL, NULL, c);
+    }
+    return z;
+}
+
+/* logit_standardize_backward(grad_output, x, output) -> dx (N,C). */
+static PyObject *py_logit_standardize_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dzo, *xo, *zo;
+    if (!PyArg_ParseTuple(args, "OOO:logit_standardize_backward", &dzo, &xo, &zo)) return NULL;
+    PyArrayObject *x = check_logits(xo, "x", 2);
+    if (!x) return NULL;
+    PyArrayObject *dz = check_like(dzo, "grad_output", x, "x");
+    if (!dz) return NULL;
+    PyArrayObject *z = check_like(zo, "output", x, "x");
+    if (!z) return NULL;
+    if (dtkd_check_finite(dz, "grad_output") < 0 || dtkd_check_finite(x, "x") < 0 ||
+        dtkd_check_finite(z, "output") < 0)
+        return NULL;
+    npy_intp n = PyArray_DIM(x, 0), c = PyArray_DIM(x, 1);
+    PyObject *dx = new_array(2, n, c);
+    if (!dx) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_logit_standardize_backward((float *)PyArray_DATA((PyArrayObject *)dx),
+                                         (const float *)PyArray_DATA(dz),
+                                         (const float *)PyArray_DATA(x),
+                                         (const float *)PyArray_DATA(z), n, c);
+    DTKD_END_NOGIL
+    if (st != DTKD_OK) {
+        Py_DECREF(dx);
+        return raise_for(st, "logit_standardize_backward", NULL, NULL, NULL, NULL, NULL, c);
+    }
+    return dx;
+}
+
 /* ---- DTKD temperatures ---- */
 
 static PyObject *py_dynamic_temperatures(PyObject *self, PyObject *args)
@@ -387,8 +440,8 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         arg_int(args[3], &mode) < 0 || arg_float(args[4], &dloss) < 0)
         return NULL;
     PyObject *so = args[0], *to = args[1];
-    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_DYNAMIC_DETACHED)
-        return DTKD_VALUE_ERR("kl: mode must be 0, 1 or 2, got %d", mode);
+    if (mode < DTKD_KL_FIXED || mode > DTKD_KL_EXACT_DETACHED)
+        return DTKD_VALUE_ERR("kl: mode must be 0, 1, 2, 3 or 4, got %d", mode);
     PyArrayObject *s = check_logits(so, "student", 2);
     if (!s) return NULL;
     PyArrayObject *t = check_like(to, "teacher", s, "student");
@@ -433,6 +486,50 @@ static PyObject *py_kl(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                          "student", t, "teacher", NULL, c);
     }
     return Py_BuildValue("dNNNlN", total, loss, ts, tt, n_fallback, grad);
+}
+
+/* kd_temperature(student, teacher, temperature (N,), dloss)
+ *   -> (sum of losses, losses (N,), d loss / d temperature (N,), grad (N,C)). */
+static PyObject *py_kd_temperature(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    float dloss;
+    if (check_nargs("kd_temperature", nargs, 4) < 0 || arg_float(args[3], &dloss) < 0) return NULL;
+    PyArrayObject *s = check_logits(args[0], "student", 1);
+    if (!s) return NULL;
+    PyArrayObject *t = check_like(args[1], "teacher", s, "student");
+    if (!t) return NULL;
+    npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1), shape[1] = {n};
+    PyArrayObject *temp = dtkd_check_shape(args[2], "temperature", NPY_FLOAT32, 1, shape);
+    if (!temp) return NULL;
+    PyObject *loss = new_array(1, n, 0), *dtemp = new_array(1, n, 0), *grad = new_array(2, n, c);
+    float *exp_t = dtkd_malloc_array(n * c, sizeof(float));
+    if (!loss || !dtemp || !grad || !exp_t) {
+        Py_XDECREF(loss);
+        Py_XDECREF(dtemp);
+        Py_XDECREF(grad);
+        dtkd_free(exp_t);
+        return PyErr_Occurred() ? NULL : dtkd_raise_status(DTKD_ERR_NOMEM, "kd_temperature: scratch");
+    }
+    float *lp = PyArray_DATA((PyArrayObject *)loss);
+    double total = 0.0;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_kd_temperature_forward_backward(lp, PyArray_DATA((PyArrayObject *)dtemp),
+                                              PyArray_DATA((PyArrayObject *)grad), exp_t,
+                                              PyArray_DATA(s), PyArray_DATA(t), PyArray_DATA(temp),
+                                              dloss, n, c);
+    if (st == DTKD_OK) total = sum_f32(lp, n);
+    DTKD_END_NOGIL
+    dtkd_free(exp_t);
+    if (st != DTKD_OK) {
+        Py_DECREF(loss);
+        Py_DECREF(dtemp);
+        Py_DECREF(grad);
+        if (st == DTKD_ERR_VALUE)
+            return DTKD_VALUE_ERR("temperature: every entry must be finite and > 0");
+        return raise_for(st, "kd_temperature(student, teacher)", s, "student", t, "teacher", NULL, c);
+    }
+    return Py_BuildValue("dNNN", total, loss, dtemp, grad);
 }
 
 /* ---- DKD ---- */
@@ -513,8 +610,8 @@ static PyObject *py_dtkd_objective(PyObject *self, PyObject *const *args, Py_ssi
         arg_int(args[4], &mode) < 0 || arg_float(args[5], &w_dtkd) < 0 ||
         arg_float(args[6], &w_kd) < 0 || arg_float(args[7], &w_ce) < 0)
         return NULL;
-    if (mode != DTKD_KL_DYNAMIC && mode != DTKD_KL_DYNAMIC_DETACHED)
-        return DTKD_VALUE_ERR("dtkd_objective: mode must be 1 or 2, got %d", mode);
+    if (mode < DTKD_KL_DYNAMIC || mode > DTKD_KL_EXACT_DETACHED)
+        return DTKD_VALUE_ERR("dtkd_objective: mode must be 1, 2, 3 or 4, got %d", mode);
     PyArrayObject *s, *t, *y;
     if (check_student_teacher_labels(args, &s, &t, &y) < 0) return NULL;
     npy_intp n = PyArray_DIM(s, 0), c = PyArray_DIM(s, 1);
@@ -616,19 +713,27 @@ PyMethodDef dtkd_losses_methods[] = {
      "logsumexp_forward(x, temperature) -> logsumexp(x / T) per row, (N,) float32."},
     {"logsumexp_backward", py_logsumexp_backward, METH_VARARGS,
      "logsumexp_backward(grad_output, x, output, temperature) -> grad of x."},
+    {"logit_standardize", py_logit_standardize, METH_O,
+     "logit_standardize(x) -> (x - mean) / (std + 1e-7) per row (unbiased std), (N,C) float32."},
+    {"logit_standardize_backward", py_logit_standardize_backward, METH_VARARGS,
+     "logit_standardize_backward(grad_output, x, output) -> grad of x."},
     {"dynamic_temperatures", py_dynamic_temperatures, METH_VARARGS,
      "dynamic_temperatures(student, teacher, temperature) -> (t_student, t_teacher, n_fallback)."},
     {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
      "cross_entropy(logits, labels, dloss) -> (sum, losses, grad of dloss*sum)."},
     {"kl", (PyCFunction)(void (*)(void))py_kl, METH_FASTCALL,
-     "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached, dloss)"
+     "kl(student, teacher, temperature, mode 0=KD 1=DTKD 2=DTKD detached 3=DTKD exact rule"
+     " 4=exact rule detached, dloss)"
      " -> (sum, losses, t_student, t_teacher (None for KD), n_fallback, grad of dloss*sum)."},
+    {"kd_temperature", (PyCFunction)(void (*)(void))py_kd_temperature, METH_FASTCALL,
+     "kd_temperature(student, teacher, temperature (N,), dloss) -> (sum, losses,"
+     " d(dloss*loss_i)/d temperature_i, grad of dloss*sum)."},
     {"dkd", (PyCFunction)(void (*)(void))py_dkd, METH_FASTCALL,
      "dkd(student, teacher, labels, alpha, beta, temperature, dynamic_tckd, dynamic_nckd, mode,"
      " dloss) -> (sum, losses, tckd, nckd, sum of tckd, sum of nckd, t_student, t_teacher,"
      " n_fallback, grad)."},
     {"dtkd_objective", (PyCFunction)(void (*)(void))py_dtkd_objective, METH_FASTCALL,
-     "dtkd_objective(student, teacher, labels, temperature, mode 1|2, w_dtkd, w_kd, w_ce)"
+     "dtkd_objective(student, teacher, labels, temperature, mode 1-4 (as kl's), w_dtkd, w_kd, w_ce)"
      " -> (sum dtkd, sum kd, sum ce, t_student, t_teacher, n_fallback, grad of the weighted sum)."},
     {"dkd_objective", (PyCFunction)(void (*)(void))py_dkd_objective, METH_FASTCALL,
      "dkd_objective(student, teacher, labels, alpha, beta, temperature, dynamic_tckd,"

@@ -1,46 +1,44 @@
 """Distillers by mdistiller name: a batch in, the student's gradients accumulated, stats out.
 
-``NONE`` (vanilla CE), ``KD``, ``DKD``, ``DTKD`` (official objective), and the DTKD variants
-(``DTKD.VARIANT``: ``tckd`` / ``nckd`` / ``dkd``). ``from_config(cfg, student, teacher)`` builds
-the one a config names.
+One registry, :data:`DISTILLERS`, maps each ``DISTILLER.TYPE`` to its class (as mdistiller's
+``distiller_dict``); each class builds itself from a config (``from_config(cfg, student,
+teacher)``), so a new method is one file plus one line here. ``names()`` (the config's choices
+for DISTILLER.TYPE, ``python -m dtkd configs``) and :func:`from_config` read it.
+
+``NONE`` (vanilla CE), ``KD``, ``DKD``, ``DTKD`` (official objective; ``DTKD.VARIANT`` ``tckd`` /
+``nckd`` / ``dkd`` for the paper's variants, ``DTKD.RULE`` official / exact), ``CTKD``
+(learnable temperature, Li et al. AAAI 2023).
 """
 from .base import Distiller, temperature_stats
+from .ctkd import CTKD
 from .dkd import DKD
 from .dtkd import DTKD, VARIANTS, DTKDVariant
 from .kd import KD
 from .vanilla import Vanilla
 
-__all__ = ["Distiller", "Vanilla", "KD", "DKD", "DTKD", "DTKDVariant", "VARIANTS",
-           "from_config", "names", "temperature_stats"]
+__all__ = ["Distiller", "Vanilla", "KD", "DKD", "DTKD", "DTKDVariant", "CTKD", "VARIANTS",
+           "DISTILLERS", "from_config", "names", "temperature_stats"]
 
-_TYPES = ("NONE", "KD", "DKD", "DTKD")
+#: DISTILLER.TYPE -> distiller class (each has ``from_config(cfg, student, teacher)``).
+DISTILLERS = {
+    "NONE": Vanilla,
+    "KD": KD,
+    "DKD": DKD,
+    "DTKD": DTKD,
+    "CTKD": CTKD,
+}
 
 
 def names():
-    """The DISTILLER.TYPE values this package trains."""
-    return list(_TYPES)
+    """The DISTILLER.TYPE values this package trains (the registry's keys)."""
+    return list(DISTILLERS)
 
 
 def from_config(cfg, student, teacher=None):
     """The distiller ``cfg.DISTILLER.TYPE`` names, with its weights from the config."""
     kind = cfg.DISTILLER.TYPE
-    if kind == "NONE":
-        # mdistiller's vanilla trainer uses plain CE (weight 1)
-        return Vanilla(student)
-    if kind == "KD":
-        return KD(student, teacher, temperature=cfg.KD.TEMPERATURE,
-                  ce_weight=cfg.KD.LOSS.CE_WEIGHT, kd_weight=cfg.KD.LOSS.KD_WEIGHT)
-    if kind == "DKD":
-        return DKD(student, teacher, alpha=cfg.DKD.ALPHA, beta=cfg.DKD.BETA,
-                   temperature=cfg.DKD.T, ce_weight=cfg.DKD.CE_WEIGHT, warmup=cfg.DKD.WARMUP)
-    if kind == "DTKD":
-        c = cfg.DTKD
-        if c.VARIANT == "official":
-            return DTKD(student, teacher, alpha=c.ALPHA, beta=c.BETA, temperature=c.T,
-                        ce_weight=c.CE_WEIGHT, warmup=c.WARMUP,
-                        detach_temperature=c.DETACH_TEMPERATURE)
-        # the variants weigh DKD's terms with DKD.ALPHA / DKD.BETA, temperatures from DTKD.T
-        return DTKDVariant(student, teacher, c.VARIANT, alpha=cfg.DKD.ALPHA, beta=cfg.DKD.BETA,
-                           temperature=c.T, ce_weight=c.CE_WEIGHT, warmup=c.WARMUP,
-                           detach_temperature=c.DETACH_TEMPERATURE)
-    raise ValueError(f"DISTILLER.TYPE: expected one of {_TYPES}, got {kind!r}")
+    try:
+        cls = DISTILLERS[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"DISTILLER.TYPE: expected one of {tuple(DISTILLERS)}, got {kind!r}") from None
+    return cls.from_config(cfg, student, teacher)

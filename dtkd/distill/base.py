@@ -25,9 +25,27 @@ class Distiller:
         self.student = student
         self.teacher = teacher
 
+    @classmethod
+    def from_config(cls, cfg, student, teacher=None):
+        """The distiller with its settings from ``cfg`` (the registry in dtkd.distill calls it)."""
+        raise NotImplementedError
+
     def loss_and_grad(self, logits_student, logits_teacher, labels, epoch):
         """Return (loss: float, grad: (N, C) float32 dL/dlogits_student, stats: dict)."""
         raise NotImplementedError
+
+    def parameters(self):
+        """What the optimizer updates: the student's parameters (and a distiller's own, e.g.
+        CTKD's temperature module)."""
+        return self.student.parameters()
+
+    def extra_state_dict(self):
+        """The distiller's own trainable state (checkpointed beside the student); {} for most."""
+        return {}
+
+    def load_extra_state_dict(self, state):
+        if state:
+            raise ValueError(f"{type(self).__name__}: has no state of its own, got keys {sorted(state)}")
 
     def teacher_logits(self, x):
         """Teacher forward in eval mode (running BN statistics, no gradient kept)."""

@@ -13,6 +13,11 @@ class Vanilla(Distiller):
         super().__init__(student, None)
         self.ce_weight = float(ce_weight)
 
+    @classmethod
+    def from_config(cls, cfg, student, teacher=None):
+        # mdistiller's vanilla trainer uses plain CE (weight 1)
+        return cls(student)
+
     def loss_and_grad(self, logits_student, logits_teacher, labels, epoch):
         ce = losses.cross_entropy(logits_student, labels)
         grad = ce.grad * self.ce_weight if self.ce_weight != 1.0 else ce.grad

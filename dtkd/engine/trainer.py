@@ -74,7 +74,8 @@ class Trainer:
     progress : True: tqdm bars on epochs and steps (and a line per epoch); None (default): bars
         when stderr is a terminal, otherwise plain lines on stdout for a log file — one per epoch
         and, within an epoch, one every ``heartbeat_s`` seconds; False: nothing printed.
-    optimizer : defaults to ``dtkd.optim.SGD`` over the student's parameters with
+    optimizer : defaults to ``dtkd.optim.SGD`` over ``distiller.parameters()`` (the student's,
+        plus a distiller's own such as CTKD's temperature) with
         SOLVER.MOMENTUM / WEIGHT_DECAY / NESTEROV. Any object with ``lr`` (settable), ``step()``,
         ``zero_grad()``, ``state_dict()``, ``load_state_dict()`` works.
 
@@ -99,7 +100,8 @@ class Trainer:
         # no bars because the output is not a terminal (a log file, a pipe): plain lines instead
         self.log_lines = progress is None and not self.progress
         self.heartbeat_s = heartbeat_s
-        self.optimizer = optimizer if optimizer is not None else _default_optimizer(cfg, self.student)
+        self.optimizer = (optimizer if optimizer is not None
+                          else _default_optimizer(cfg, _trainable_parameters(distiller)))
         self.epoch = 0            # last completed epoch
         self.best_acc = None      # best test top-1 so far (percent)
         self.best_epoch = None
@@ -207,13 +209,19 @@ class Trainer:
         """Everything needed to continue this run (a tree ``dtkd.io.save`` can write)."""
         loader_state = (self.train_loader.state_dict()
                         if hasattr(self.train_loader, "state_dict") else None)
-        return {"kind": "trainer", "epoch": self.epoch, "model": self.student.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": {"train_loader": loader_state},
-                "best_acc": self.best_acc, "best_epoch": self.best_epoch,
-                "history": self.history, "config": self.cfg.dump()}
+        state = {"kind": "trainer", "epoch": self.epoch, "model": self.student.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "rng": {"train_loader": loader_state},
+                 "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                 "history": self.history, "config": self.cfg.dump()}
+        extra = getattr(self.distiller, "extra_state_dict", dict)()
+        if extra:  # a distiller's own trainable state (CTKD's temperature module)
+            state["distiller"] = extra
+        return state
 
     def load_state_dict(self, state):
         self.student.load_state_dict(state["model"])
+        if "distiller" in state or getattr(self.distiller, "extra_state_dict", dict)():
+            self.distiller.load_extra_state_dict(state.get("distiller", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         loader_state = state["rng"]["train_loader"]
         if loader_state is not None:
@@ -480,9 +488,16 @@ def _len_or_none(loader):
         return None
 
 
-def _default_optimizer(cfg, student):
+def _trainable_parameters(distiller):
+    """What the default optimizer updates: ``distiller.parameters()`` when the distiller has it
+    (the student's, plus e.g. CTKD's temperature module), else the student's."""
+    params = getattr(distiller, "parameters", None)
+    return params() if params is not None else distiller.student.parameters()
+
+
+def _default_optimizer(cfg, parameters):
     if cfg.SOLVER.TYPE != "SGD":
         raise ValueError(f"SOLVER.TYPE: only 'SGD' is implemented, got {cfg.SOLVER.TYPE!r}")
     from ..optim import SGD  # imported here: the optimizer module is optional for custom ones
-    return SGD(student.parameters(), lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM,
+    return SGD(parameters, lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM,
                weight_decay=cfg.SOLVER.WEIGHT_DECAY, nesterov=cfg.SOLVER.NESTEROV)

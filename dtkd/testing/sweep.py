@@ -40,6 +40,13 @@ METHODS = {
     "DTKD-TCKD": _m("fashion_mnist/dtkd.yaml", DTKD__VARIANT="tckd"),  # dynamic T in TCKD only
     "DTKD-NCKD": _m("fashion_mnist/dtkd.yaml", DTKD__VARIANT="nckd"),  # dynamic T in NCKD only
     "DTKD+DKD": _m("fashion_mnist/dtkd.yaml", DTKD__VARIANT="dkd"),    # dynamic T in both terms
+    "DTKD-exact": _m("fashion_mnist/dtkd.yaml", DTKD__RULE="exact"),   # exact sharpness match
+    # logit standardization (Sun et al., CVPR 2024) on each method
+    "KD+LS": _m("fashion_mnist/kd.yaml", KD__LOGIT_STAND=True),
+    "DKD+LS": _m("fashion_mnist/dkd.yaml", DKD__LOGIT_STAND=True),
+    "DTKD+LS": _m("fashion_mnist/dtkd.yaml", DTKD__LOGIT_STAND=True),
+    # CTKD (Li et al., AAAI 2023) on KD's budget; its lambda ramp (10 of 240 epochs) scaled to 2 of 5
+    "CTKD": _m("fashion_mnist/kd.yaml", DISTILLER__TYPE="CTKD", CTKD__DECAY_LOOPS=2),
 }
 
 # The config that trains a dataset's teachers (DISTILLER.STUDENT is set to the teacher's name).
