@@ -60,5 +60,6 @@ extern PyMethodDef dtkd_nn_methods[];
 extern PyMethodDef dtkd_optim_methods[];
 extern PyMethodDef dtkd_data_methods[];
 extern PyMethodDef dtkd_winograd_methods[];
+extern PyMethodDef dtkd_logit_cache_methods[];
 
 #endif
