@@ -336,8 +336,14 @@ def test_config_auto_is_disk_where_safe_off_otherwise(tmp_path):
     cfg.DISTILLER.TEACHER_CACHE = "disk"
     with pytest.raises(ValueError, match="TEACHER_CACHE disk: unsafe here"):
         teacher_cache_from_config(cfg, kd, [(None, None)])
-    kd.teacher_is_frozen = False
+    class OwnStep(distill.KD):  # a distiller whose train_step cannot pass keys on
+        def train_step(self, x, y, epoch):
+            return super().train_step(x, y, epoch)
+
     cfg.DISTILLER.TEACHER_CACHE = "auto"
+    cache, why = teacher_cache_from_config(cfg, OwnStep(kd.student, teacher), loader)
+    assert cache is None and "train_step takes no keys" in why
+    kd.teacher_is_frozen = False
     assert teacher_cache_from_config(cfg, kd, loader)[0] is None
     cfg.DISTILLER.TEACHER_CACHE = "off"
     assert teacher_cache_from_config(cfg, kd, loader)[0] is None

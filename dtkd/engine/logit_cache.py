@@ -36,7 +36,9 @@ nothing ever collides. Otherwise it is 8-way set-associative over ``max_bytes`` 
 to the first free way of its set; when all 8 ways are taken the key is not stored (a miss every
 time it comes back). Entries are never evicted or overwritten: "first come, first kept". That
 suits a sweep, whose runs ask for the same keys in the same order: what the first run could
-store, the later runs hit. The file is sparse and grows only as slots are written. The first run
+store, the later runs hit. The file is created sparse, but keys spread over all of it (a page
+holds ~10 float32 CIFAR-100 slots), so most pages are written within an epoch or two: plan for
+the full size (CIFAR-100: 50,000 x 162 keys x 408 bytes = 3.3 GB float32, 1.7 GB float16). The first run
 that creates a file fixes its geometry; later runs use the file as it is. Delete the file (when
 no run uses it) to reclaim the space; a writer killed between claim and publish leaves one slot
 claimed for good, which is a miss, never a wrong value.
@@ -45,6 +47,7 @@ Memory mode (``DISTILLER.TEACHER_CACHE memory``) keeps the same table in an anon
 shared by the runs of one process (e.g. a :class:`dtkd.testing.Sweep`) until it exits.
 """
 import hashlib
+import inspect
 import json
 import mmap
 import os
@@ -164,7 +167,7 @@ class LogitCache:
             if os.fstat(fd).st_size < size:
                 raise ValueError(f"{path}: truncated teacher-logit cache ({os.fstat(fd).st_size}"
                                  f" bytes, its header says {size}); delete the file")
-            buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            buffer = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)  # shared, read-write
         finally:
             os.close(fd)  # the mapping keeps the file
         return cls(buffer, header, path)
@@ -267,7 +270,8 @@ def _create(path, header):
 
 
 def _read_header(fd, path):
-    blob = os.pread(fd, HEADER_BYTES, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    blob = os.read(fd, HEADER_BYTES)
     if len(blob) < 12 or blob[:8] != MAGIC:
         raise ValueError(f"{path}: not a dtkd teacher-logit cache (bad magic); delete the file")
     n = int.from_bytes(blob[8:12], "little")
@@ -306,8 +310,9 @@ def teacher_cache_from_config(cfg, distiller, loader):
     """The cache ``cfg.DISTILLER.TEACHER_CACHE`` asks for, or None, with the reason (a string).
 
     'auto' (default) is 'disk' where it is safe: the distiller has a frozen teacher (its
-    ``teacher_is_frozen``; it runs in eval mode under no_grad), and the loader names its samples
-    (a DataLoader: keys and a fingerprint); otherwise off. 'disk' / 'memory' insist: an unsafe
+    ``teacher_is_frozen``; it runs in eval mode under no_grad) and a ``train_step`` that takes
+    the batch keys, and the loader names its samples (a DataLoader: keys and a fingerprint);
+    otherwise off. 'disk' / 'memory' insist: an unsafe
     setting is an error. 'off' never caches.
     """
     c = cfg.DISTILLER
@@ -319,6 +324,8 @@ def teacher_cache_from_config(cfg, distiller, loader):
     problems = []
     if not getattr(distiller, "teacher_is_frozen", False):
         problems.append(f"{type(distiller).__name__} does not keep its teacher frozen")
+    if "keys" not in inspect.signature(distiller.train_step).parameters:
+        problems.append(f"{type(distiller).__name__}.train_step takes no keys")
     if not (hasattr(loader, "fingerprint") and hasattr(loader, "key_space")):
         problems.append(f"the training loader ({type(loader).__name__}) does not name its "
                         "samples (use dtkd.data.DataLoader)")
