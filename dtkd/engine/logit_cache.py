@@ -279,10 +279,38 @@ def _read_header(fd, path):
         header = json.loads(blob[12:12 + n])
     except ValueError:
         raise ValueError(f"{path}: corrupt teacher-logit cache header; delete the file") from None
-    if header.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: teacher-logit cache format {header.get('format')!r}, this "
-                         f"dtkd reads {FORMAT_VERSION}; delete the file")
+    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        found = header.get("format") if isinstance(header, dict) else header
+        raise ValueError(f"{path}: teacher-logit cache format {found!r:.40}, this dtkd reads "
+                         f"{FORMAT_VERSION}; delete the file")
+    _check_header(header, path)
     return header
+
+
+_HEADER_TYPES = {"format": int, "dataset": str, "teacher": str, "keys": int, "classes": int,
+                 "dtype": str, "nsets": int, "ways": int, "slot_bytes": int, "direct": bool}
+
+
+def _check_header(header, path):
+    """A header read from a file describes a table the kernels can use (else ValueError)."""
+    def bad(what):
+        return ValueError(f"{path}: corrupt teacher-logit cache header ({what}); delete the file")
+    if set(header) != set(_HEADER_TYPES):
+        raise bad(f"fields {sorted(header)!r:.200}")
+    for field, kind in _HEADER_TYPES.items():
+        value = header[field]
+        if type(value) is not kind:  # bool is not int here, nor int bool
+            raise bad(f"{field} {value!r:.40}")
+    if header["dtype"] not in DTYPES or min(header[f] for f in ("keys", "classes", "nsets",
+                                                                 "ways")) < 1:
+        raise bad("dtype or sizes")
+    if header["keys"] >= 1 << 61 or header["classes"] > 1 << 24 or header["ways"] > 1 << 10:
+        raise bad("sizes")
+    need = _C.logit_cache_slot_bytes(header["classes"], header["dtype"] == "float16")
+    if header["slot_bytes"] < need or header["slot_bytes"] % 8 or header["slot_bytes"] > 1 << 30:
+        raise bad(f"slot_bytes {header['slot_bytes']}")
+    if header["direct"] and (header["ways"] != 1 or header["nsets"] < header["keys"]):
+        raise bad("direct table smaller than its keys")
 
 
 def open_teacher_cache(loader, teacher, num_classes, mode="disk", dtype="float32",
