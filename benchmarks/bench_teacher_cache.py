@@ -12,8 +12,9 @@ random crop 32 pad 4 + flip, the CIFAR training augmentation):
 
 Every run is its own process (as `python -m dtkd train` runs of a sweep would be), timed end to
 end from the parent (interpreter start, model build, cache open, training, evaluation each epoch,
-checkpoints); the sweeps' runs alternate without / with cache, so load from other processes falls
-on both alike. The teacher is randomly initialised (its cost does not depend on its weights);
+checkpoints); the sweeps' runs alternate without / with cache (which one goes first alternates
+too), so load from other processes falls on both alike. The teacher is randomly initialised (its
+cost does not depend on its weights);
 LOG.PROBE_SAMPLES is 0 (the per-run probe's teacher forward on test images is not cached). Each
 run also reports its final test accuracy and a digest of the student's weights, so the table
 shows whether the cached runs trained exactly as the uncached ones.
@@ -127,7 +128,10 @@ def main():
         base = {"threads": args.threads, "images": args.images, "epochs": args.epochs}
         sweep = {"off": [], "disk": []}
         for i, alpha in enumerate(args.alphas):
-            for cache in ("off", "disk"):
+            # without / with alternate, and which goes first alternates too, so a load that
+            # drifts during the sweep falls on both (the cached sweep's order is kept: its first
+            # run fills the file)
+            for cache in (("off", "disk") if i % 2 == 0 else ("disk", "off")):
                 spec = dict(base, alpha=alpha, cache=cache, cache_dir=os.path.join(work, "sweep"),
                             out_dir=os.path.join(work, f"{cache}-{i}"))
                 sweep[cache].append(run(spec))
