@@ -57,6 +57,9 @@ _CHOICES = {
     # official: temperatures from the max logits; exact: the sharpness-matching root (dtkd.losses)
     "DTKD.RULE": ("official", "exact"),
     "CTKD.MLP": ("global", "instance"),
+    # teacher-logit cache (dtkd/engine/logit_cache.py): auto = disk where safe, else off
+    "DISTILLER.TEACHER_CACHE": ("auto", "disk", "memory", "off"),
+    "DISTILLER.TEACHER_CACHE_DTYPE": ("float32", "float16"),
 }
 
 
@@ -324,6 +327,13 @@ _DEFAULTS = {
         #      <TEACHER>_vanilla/ckpt_epoch_240.pth, mdistiller's layout
         "TEACHER_CHECKPOINT": "",
         "TEACHER_DIR": "",      # dtkd: teachers directory searched first (mdistiller's layout)
+        # dtkd: teacher-logit cache (dtkd/engine/logit_cache.py), keyed by dataset, teacher,
+        # sample and (crop, flip): "auto" = a shared file where the teacher is frozen and the
+        # loader names its samples, else off; "disk", "memory" (this process), "off"
+        "TEACHER_CACHE": "auto",
+        "TEACHER_CACHE_DTYPE": "float32",  # dtkd: "float16" halves the size (logits rounded)
+        "TEACHER_CACHE_DIR": "",    # dtkd: "" = $XDG_CACHE_HOME/dtkd/teacher_logits
+        "TEACHER_CACHE_MAX_MB": 2048,  # dtkd: file size cap; beyond it first come, first kept
     },
     "SOLVER": {
         "TRAINER": "base",

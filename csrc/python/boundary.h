@@ -66,5 +66,6 @@ extern PyMethodDef dtkd_optim_methods[];
 extern PyMethodDef dtkd_data_methods[];
 extern PyMethodDef dtkd_winograd_methods[];
 extern PyMethodDef dtkd_channels_methods[];
+extern PyMethodDef dtkd_logit_cache_methods[];
 
 #endif

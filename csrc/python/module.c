@@ -17,7 +17,8 @@ PyMODINIT_FUNC PyInit__C(void)
     dtkd_fail_alloc_from_env();
     PyMethodDef *tables[] = {dtkd_runtime_methods, dtkd_losses_methods, dtkd_gemm_methods,
                              dtkd_nn_methods, dtkd_optim_methods, dtkd_data_methods,
-                             dtkd_winograd_methods, dtkd_channels_methods};
+                             dtkd_winograd_methods, dtkd_channels_methods,
+                             dtkd_logit_cache_methods};
     size_t ntables = sizeof tables / sizeof tables[0], total = 0;
     for (size_t t = 0; t < ntables; t++)
         for (PyMethodDef *m = tables[t]; m->ml_name; m++) total++;

@@ -15,9 +15,9 @@ else $DTKD_DATA, else the user cache directory (~/.cache/dtkd), and, for Fashion
 from .cifar import load_cifar10, load_cifar100
 from .dataset import Dataset, cache_dir
 from .fashion_mnist import load_fashion_mnist, read_idx
-from .loader import DataLoader
+from .loader import Batch, DataLoader
 
-__all__ = ["Dataset", "DataLoader", "load_dataset", "load_cifar10", "load_cifar100",
+__all__ = ["Dataset", "DataLoader", "Batch", "load_dataset", "load_cifar10", "load_cifar100",
            "load_fashion_mnist", "read_idx", "cache_dir", "DATASETS"]
 
 DATASETS = ("cifar100", "cifar10", "fashion_mnist")

@@ -5,11 +5,39 @@ NumPy Generator when the epoch starts; the C kernel `dtkd._C.augment_batch` then
 crops, flips and normalizes each whole batch (csrc/kernels/augment.c). `state_dict()` holds the
 generator state at the start of the current epoch and how many batches were already yielded,
 so a resumed run replays the same batches exactly.
+
+Each batch is a :class:`Batch`: it unpacks as ``x, y`` and also says what produced each sample
+(dataset row, crop offset, flip) and a per-sample ``key`` in ``[0, loader.key_space)``. Together
+with :meth:`DataLoader.fingerprint` (the images, normalization and crop geometry) a key
+determines the sample's pixels exactly, which is what the teacher-logit cache
+(``dtkd.engine.logit_cache``) indexes by.
 """
+import hashlib
+
 import numpy as np
 
 from .. import _C
 from .dataset import Dataset
+
+
+class Batch(tuple):
+    """One batch, ``(x, y)`` as a tuple (``x, y = batch`` works), plus per-sample provenance:
+
+    index : int64 (B,) rows of the dataset
+    offset : int64 (B, 2) crop offsets (row, column) in ``[-padding, padding]`` (0 unaugmented)
+    flip : uint8 (B,) 1 where the crop was mirrored
+    key : int64 (B,) ``index * variants + variant``, the variant numbering the (offset, flip)
+        pairs: ``((row + p) * (2p + 1) + (column + p)) * 2 + flip`` with augmentation (``p`` the
+        padding, ``2 (2p + 1)^2`` variants: 162 for CIFAR's p = 4), 0 without (1 variant).
+    """
+
+    def __new__(cls, x, y, index, offset, flip, key):
+        batch = super().__new__(cls, (x, y))
+        batch.index, batch.offset, batch.flip, batch.key = index, offset, flip, key
+        return batch
+
+    def __reduce__(self):
+        return (Batch, (self[0], self[1], self.index, self.offset, self.flip, self.key))
 
 
 class DataLoader:
@@ -57,6 +85,42 @@ class DataLoader:
         self._batches_done = 0          # batches of the running epoch already yielded
         self._skip_batches = 0          # set by load_state_dict for a mid-epoch resume
 
+    @property
+    def variants(self):
+        """How many distinct (crop offset, flip) pairs a sample can come in: 2 (2 padding + 1)^2
+        with augmentation, 1 without."""
+        return 2 * (2 * self.padding + 1) ** 2 if self.augment else 1
+
+    @property
+    def key_space(self):
+        """Batch keys lie in ``[0, key_space)``: dataset size x :attr:`variants`."""
+        return len(self.dataset) * self.variants
+
+    def fingerprint(self):
+        """Hex digest of everything that, with a batch key, determines a sample's pixels: the
+        dataset's images, the normalization constants, the output size, padding and whether
+        augmentation is on (labels, order and seed do not enter: they choose keys, not pixels).
+        Computed once per loader (the images are hashed: ~0.2 s for CIFAR's 150 MB); the
+        dataset's arrays are assumed not to change afterwards."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.blake2b(digest_size=20)
+            images = self.dataset.images
+            h.update(repr(("dtkd-loader-v1", images.shape, str(images.dtype), self.augment,
+                           self.padding, self._mean.tolist(), self._std.tolist())).encode())
+            h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def batch_keys(self, index, offset, flip):
+        """Batch keys (see :class:`Batch`) of samples given by rows, crop offsets and flips."""
+        index = np.asarray(index, np.int64)
+        if not self.augment:
+            return index.copy()
+        p, side = self.padding, 2 * self.padding + 1
+        offset = np.asarray(offset, np.int64)
+        variant = ((offset[:, 0] + p) * side + (offset[:, 1] + p)) * 2 + np.asarray(flip, np.int64)
+        return index * self.variants + variant
+
     def __len__(self):
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -85,10 +149,11 @@ class DataLoader:
         for k in range(first, len(self)):
             rows = slice(k * bs, (k + 1) * bs)
             index = order[rows]
-            x = _C.augment_batch(images, index, offsets[rows], flips[rows], self._mean,
-                                 self._std, height, width, "NHWC")
+            offset, flip = offsets[rows], flips[rows]
+            x = _C.augment_batch(images, index, offset, flip, self._mean, self._std, height,
+                                 width, "NHWC")
             self._batches_done = k + 1
-            yield x, labels[index]
+            yield Batch(x, labels[index], index, offset, flip, self.batch_keys(index, offset, flip))
         self._epoch_start_state = None
         self._batches_done = 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import io as dtkd_io
 from ..io.teachers import how_to_get_teacher
+from .logit_cache import teacher_cache_from_config
 from .trainer import Trainer, experiment_dir
 
 __all__ = ["build_dataset", "build_datasets", "build_loaders", "build_test_loader", "build_model",
@@ -96,7 +97,9 @@ def load_teacher_model(cfg, dataset, path=None):
 
 
 def build_trainer(cfg, out_dir=None, progress=None):
-    """A :class:`Trainer` for ``cfg``; ``out_dir`` defaults to :func:`experiment_dir`."""
+    """A :class:`Trainer` for ``cfg``; ``out_dir`` defaults to :func:`experiment_dir`. The
+    distiller gets the teacher-logit cache DISTILLER.TEACHER_CACHE asks for
+    (:mod:`dtkd.engine.logit_cache`; on disk by default where safe)."""
     from .. import distill, set_num_threads
     if cfg.NUM_THREADS:
         set_num_threads(cfg.NUM_THREADS)
@@ -111,5 +114,6 @@ def build_trainer(cfg, out_dir=None, progress=None):
         cfg = cfg.clone()  # the run's config.yaml records the file the teacher came from
         cfg.DISTILLER.TEACHER_CHECKPOINT = str(teacher_path)
     distiller = distill.from_config(cfg, student, teacher)
+    distiller.teacher_cache, _ = teacher_cache_from_config(cfg, distiller, train_loader)
     return Trainer(cfg, distiller, train_loader, test_loader,
                    experiment_dir(cfg) if out_dir is None else out_dir, progress=progress)

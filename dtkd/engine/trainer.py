@@ -156,9 +156,15 @@ class Trainer:
         steps = tqdm(self.train_loader, desc=f"epoch {epoch}", total=total,
                      leave=False, disable=not self.progress, dynamic_ncols=True)
         last_line = start
-        for step, (x, y) in enumerate(steps):
+        cached = getattr(self.distiller, "teacher_cache", None) is not None
+        for step, batch in enumerate(steps):
+            x, y = batch
             self.optimizer.zero_grad()
-            stats = self.distiller.train_step(x, y, epoch)
+            if cached and getattr(batch, "key", None) is not None:
+                # a dtkd.data.Batch names its samples: the teacher-logit cache can serve them
+                stats = self.distiller.train_step(x, y, epoch, keys=batch.key)
+            else:
+                stats = self.distiller.train_step(x, y, epoch)
             loss = float(stats["loss"])
             if not math.isfinite(loss):
                 raise FloatingPointError(

@@ -451,6 +451,26 @@ def _read_cifar(path):
     return _parse_split_file(path.read_bytes(), str(path), "fine_labels", 100)
 
 
+def _logit_cache_seed():
+    from dtkd.engine.logit_cache import LogitCache
+    with tempfile.TemporaryDirectory() as d:
+        cache = LogitCache.open(Path(d) / "seed.logits", 6, 3, dataset="d", teacher="t")
+        cache.insert([1, 4], np.arange(6, dtype=np.float32).reshape(2, 3))
+        cache.close()
+        return (Path(d) / "seed.logits").read_bytes()
+
+
+def _read_logit_cache(path):
+    """Open a teacher-logit cache file and read every key (a table that opens must work)."""
+    from dtkd.engine.logit_cache import LogitCache
+    cache = LogitCache.open(path, 6, 3, dataset="d", teacher="t")
+    try:
+        cache.lookup(np.arange(6))
+        cache.insert(np.arange(6), np.ones((6, 3), np.float32))
+    finally:
+        cache.close()
+
+
 def _read_config(path):
     from dtkd.config import load_config
     return load_config(str(path))
@@ -468,6 +488,7 @@ PARSERS = {
     "pth": (".pth", lambda p: dtkd.io.load_pth(p), lambda: _saved(".pth", dtkd.io.save_pth)),
     "safetensors": (".safetensors", lambda p: dtkd.io.load_safetensors(p),
                     lambda: _saved(".safetensors", dtkd.io.save_safetensors)),
+    "logit_cache": (".logits", _read_logit_cache, _logit_cache_seed),
 }
 _SEEDS = {}
 

@@ -15,7 +15,7 @@ from harnesses import Finding, KnownFinding, harnesses, quiet_numpy
 HANG_SECONDS = 120  # per input; the slowest takes well under a second on a loaded machine
 RUNS = {"losses": 400, "nn": 300, "parser_cifar_pickle": 150, "parser_idx": 150,
         "parser_idx_gz": 100, "parser_config": 150, "parser_checkpoint": 150,
-        "parser_pth": 150, "parser_safetensors": 150}
+        "parser_pth": 150, "parser_safetensors": 150, "parser_logit_cache": 150}
 
 
 def seeded_inputs(name, count):
