@@ -7,6 +7,7 @@
     python -m dtkd plot output/fashion_mnist/dtkd_resnet20_resnet8 [RUN_DIR ...]
     python -m dtkd models
     python -m dtkd configs
+    python -m dtkd sweep --cfg fashion_mnist/dtkd.yaml --grid grid.yaml SOLVER.EPOCHS 3
 
 ``--cfg`` takes a YAML path or the name of a shipped config (``python -m dtkd configs`` lists
 them). Trailing ``KEY VALUE`` pairs override the config (``SOLVER.EPOCHS 10``). Pieces each
@@ -86,6 +87,8 @@ def build_parser():
     models.add_argument("--num-classes", type=int, default=100, help="classes (default 100)")
     models.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
     models.set_defaults(func=_cmd_models)
+
+    _add_sweep_parser(sub)
 
     configs = sub.add_parser("configs", help="list the configs shipped with dtkd")
     configs.set_defaults(func=_cmd_configs)
@@ -253,3 +256,62 @@ def _cmd_configs(args):
         print(name)
     print(f"(under {CONFIG_DIR}; pass one to --cfg)", file=sys.stderr)
     return 0
+
+
+# ---- sweep (Ray Tune; dtkd.sweep) -------------------------------------------------------------
+
+def _add_sweep_parser(sub):
+    sweep = sub.add_parser("sweep", help="a grid / random search of runs as Ray Tune trials",
+                           description="Runs every point of --grid (config keys and values; see "
+                           "dtkd.sweep) over --cfg as Ray Tune trials, each reporting its epochs "
+                           "to Tune; writes OUT/results.csv and .md (failed trials included). "
+                           "Needs Ray: pip install 'dtkd[ray]'.")
+    _add_cfg_arguments(sweep)
+    sweep.add_argument("--grid", required=True, metavar="PATH", help="the grid YAML")
+    sweep.add_argument("--out", default="sweep", metavar="DIR",
+                       help="results, run folders and Tune's files (default ./sweep)")
+    sweep.add_argument("--address", metavar="ADDR",
+                       help="Ray cluster to join (default $RAY_ADDRESS; none: a local Ray)")
+    sweep.add_argument("--num-cpus", type=int, default=2, metavar="N",
+                       help="CPUs of the local Ray (default 2; ignored with --address)")
+    sweep.add_argument("--cpus-per-trial", type=int, default=1, metavar="N",
+                       help="CPUs (and threads) per trial (default 1)")
+    sweep.add_argument("--max-concurrent", type=int, metavar="N",
+                       help="trials at once (default: as many as the CPUs allow)")
+    sweep.add_argument("--cache", metavar="DIR",
+                       help="shared teacher cache (default $XDG_CACHE_HOME/dtkd/teachers)")
+    sweep.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override for teachers only (repeatable)")
+    sweep.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args):
+    from .sweep import run_sweep
+    from .testing.results import to_markdown
+    for name in ("num_cpus", "cpus_per_trial", "max_concurrent"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    misplaced = [o for o in args.opts if o.startswith("--")]
+    if misplaced:
+        raise ValueError(f"options {' '.join(misplaced)} must come before the KEY VALUE "
+                         "overrides")
+    if len(args.opts) % 2:
+        raise ValueError(f"overrides: expected KEY VALUE pairs, got {' '.join(args.opts)}")
+    teacher = []
+    for text in args.teacher_set:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--teacher-set: expected KEY=VALUE, got {text!r}")
+        teacher += [key.strip(), value.strip()]
+    outcome = run_sweep(args.cfg, args.grid, args.out, overrides=args.opts,
+                        teacher_overrides=teacher, cache_root=args.cache, address=args.address,
+                        num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
+                        max_concurrent=args.max_concurrent)
+    print(to_markdown(outcome.rows, outcome.params), end="")
+    for row in outcome.failed:
+        params = " ".join(f"{k}={row.get(k)}" for k in outcome.params)
+        print(f"FAILED {params}: {row.get('error')}")
+    print(f"{len(outcome.rows)} trials, {len(outcome.failed)} failed, "
+          f"{outcome.seconds:.1f} s; results: {outcome.paths[0]}  {outcome.paths[1]}")
+    return 1 if outcome.failed else 0

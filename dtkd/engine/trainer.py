@@ -105,6 +105,7 @@ class Trainer:
         self.best_epoch = None
         self.history = []         # one record (dict of JSON scalars) per completed epoch
         self._probe = None        # (images, labels, teacher logits) of the sharpness probe
+        self.on_epoch = []        # callables(record), after each epoch's checkpoint and logs
 
     # ------------------------------------------------------------------------------------------
     def train(self, resume=False):
@@ -190,6 +191,8 @@ class Trainer:
         self._save_state(epoch, improved)
         self._append_logs(record)
         self._log_probe(epoch)
+        for callback in self.on_epoch:  # e.g. dtkd.sweep reports the epoch to Ray Tune
+            callback(record)
         if self.progress:
             tqdm.write(_one_line(record))
         elif self.log_lines:
