@@ -39,6 +39,12 @@ def build_parser():
                             "(EXPERIMENT.NAME or EXPERIMENT.TAG))")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in the output directory from its latest.npz")
+    train.add_argument("--distributed", choices=("none", "mpi"), default="none",
+                       help="mpi: data parallel over the processes of `mpirun -n K` (each "
+                            "trains on 1/K of every batch; rank 0 writes; needs mpi4py)")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="with --distributed mpi: BatchNorm statistics over the global "
+                            "batch (default: per process, as PyTorch DDP)")
     _add_progress_arguments(train)
     train.set_defaults(func=_cmd_train)
 
@@ -145,6 +151,10 @@ def _load_cfg(args):
 
 
 def _cmd_train(args):
+    if args.distributed == "mpi":
+        return _cmd_train_mpi(args)
+    if args.sync_bn:
+        raise ValueError("--sync-bn: only with --distributed mpi")
     from .engine.build import build_trainer
     from .engine.trainer import OutputDirInUse
     cfg = _load_cfg(args)
@@ -315,3 +325,29 @@ def _cmd_sweep(args):
     print(f"{len(outcome.rows)} trials, {len(outcome.failed)} failed, "
           f"{outcome.seconds:.1f} s; results: {outcome.paths[0]}  {outcome.paths[1]}")
     return 1 if outcome.failed else 0
+
+
+def _cmd_train_mpi(args):
+    """`mpirun -n K python -m dtkd train --distributed mpi`: any error on any rank aborts the
+    whole job (the other ranks would wait in a collective forever)."""
+    from .distributed.mpi import MPIGroup, build_mpi_trainer
+    group = MPIGroup()
+    say = print if group.rank == 0 else (lambda *a, **k: None)
+    try:
+        cfg = _load_cfg(args)
+        trainer = build_mpi_trainer(cfg, out_dir=args.out, progress=args.progress,
+                                    sync_bn=args.sync_bn, group=group)
+        say(f"training {cfg.DISTILLER.STUDENT} ({cfg.DISTILLER.TYPE}) for {cfg.SOLVER.EPOCHS} "
+            f"epochs on {group.size} MPI processes ({cfg.SOLVER.BATCH_SIZE // group.size} "
+            f"samples each per step, BatchNorm {'synchronized' if args.sync_bn else 'per process'})"
+            f" -> {trainer.out_dir}")
+        summary = trainer.train(resume=args.resume)
+    except BaseException as e:
+        print(f"dtkd train (rank {group.rank}/{group.size}): error: {type(e).__name__}: {e}",
+              file=sys.stderr, flush=True)
+        if group.size > 1:
+            group.abort(2)
+        raise
+    say(f"best test top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
+        f"last {summary['last_acc']:.2f}%")
+    return 0
