@@ -244,8 +244,9 @@ def _cmd_plot(args):
 def _cmd_models(args):
     from . import models
     rows = []
-    # Natural order: resnet8, resnet14, ..., resnet110, then the x4 variants.
-    by_depth = sorted(models.names(), key=lambda n: (n.endswith("x4"), [
+    # By family (the name's leading letters), then naturally: resnet8, resnet14, ..., resnet110,
+    # then the x4 variants; vgg8 .. vgg19; wrn_16_1 .. wrn_40_2.
+    by_depth = sorted(models.names(), key=lambda n: (re.match(r"[A-Za-z]*", n).group(), n.endswith("x4"), [
         int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]))
     for name in by_depth:
         model = models.create(name, num_classes=args.num_classes, in_channels=args.in_channels)

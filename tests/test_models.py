@@ -32,12 +32,13 @@ def expected_parameter_count(name, num_classes=100, in_channels=3):
 
 
 def test_names_and_parameter_counts():
-    assert models.names() == sorted(["resnet8", "resnet14", "resnet20", "resnet32", "resnet44",
-                                     "resnet56", "resnet110", "resnet8x4", "resnet32x4"])
+    resnets = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+               "resnet8x4", "resnet32x4"]
+    assert set(resnets) <= set(models.names())  # the other families: tests/test_zoo.py
     # mdistiller's published counts for 100 classes
     assert models.count_parameters(models.create("resnet8x4")) == 1_233_540
     assert models.count_parameters(models.create("resnet32x4")) == 7_433_860
-    for name in models.names():
+    for name in resnets:
         assert models.count_parameters(models.create(name)) == expected_parameter_count(name), name
     m = models.create("resnet8", num_classes=10, in_channels=1)
     assert models.count_parameters(m) == expected_parameter_count("resnet8", 10, 1)

@@ -1,17 +1,33 @@
 """Backbones by mdistiller name. ``create("resnet8x4", num_classes=100)`` builds one with
 weights drawn from ``numpy.random.default_rng(seed)``; its ``state_dict`` keys and shapes are
-the PyTorch model's."""
+the PyTorch model's.
+
+One registry, name -> constructor (as mdistiller's ``cifar_model_dict``): each family file in
+this package defines ``MODELS = {name: constructor(num_classes=, in_channels=, rng=)}`` and
+adds itself below with one line. A backbone's ``forward(x, return_features=False)`` returns the
+logits (or ``(logits, pooled_feature)``); ``backward(dlogits, need_dx=False)`` accumulates the
+parameter gradients and returns dL/dx when asked.
+"""
 import functools
 
 import numpy as np
 
 from .. import nn
 from . import resnet as _resnet
+from . import resnetv2 as _resnetv2
+from . import vgg as _vgg
+from . import wrn as _wrn
 from .resnet import BasicBlock, ResNet
 
 __all__ = ["create", "names", "identify", "matches", "count_parameters", "count_flops", "ResNet", "BasicBlock"]
 
-_REGISTRY = {name: _resnet.resnet for name in _resnet.ARCHS}
+# name -> constructor; one line per family file
+_REGISTRY = {
+    **_resnet.MODELS,
+    **_resnetv2.MODELS,
+    **_vgg.MODELS,
+    **_wrn.MODELS,
+}
 
 
 def names():
@@ -27,7 +43,7 @@ def create(name, num_classes=100, in_channels=3, seed=0):
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{arg}: expected a positive int, got {value!r}")
-    return _REGISTRY[name](name, num_classes=int(num_classes), in_channels=int(in_channels),
+    return _REGISTRY[name](num_classes=int(num_classes), in_channels=int(in_channels),
                            rng=np.random.default_rng(seed))
 
 

@@ -8,11 +8,14 @@ bias and are initialised with kaiming_normal (fan_out, relu); BN weight 1, bias 
 PyTorch's Linear default. (mdistiller's blocks also return the pre-ReLU sum of the last block
 for feature distillers; dtkd's methods need only logits and the pooled feature.)
 """
+import functools
+
 import numpy as np
 
 from .. import nn
 from ..nn import init
 from ..nn.fused import conv_bn, folds_batchnorm
+from ._input import check_images
 
 # name -> (depth, widths [stem, layer1, layer2, layer3])
 ARCHS = {
@@ -109,25 +112,8 @@ class ResNet(nn.Module):
     def check_input(self, x):
         """Raise a clear error unless x is a finite float32 C-contiguous (N, C, H, W) batch
         this model accepts (the map before AvgPool2d(8) must be 8..15 wide: 29..60 px)."""
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
-        if x.dtype != np.float32:
-            raise TypeError(f"x: expected dtype float32, got {x.dtype} (use x.astype(numpy.float32))")
-        if x.ndim != 4:
-            raise ValueError(f"x: expected a 4-D (N, C, H, W) batch, got shape {x.shape}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"x: expected {self.in_channels} channels (axis 1), got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"x: empty batch (shape {x.shape})")
-        for size in x.shape[2:]:
-            if not 29 <= size <= 60:
-                raise ValueError(f"x: spatial size {x.shape[2]}x{x.shape[3]} does not fit this CIFAR "
-                                 "ResNet (it pools the 8x8 map of a 32x32 input; sizes 29..60 work)")
-        if not x.flags.c_contiguous:
-            raise ValueError("x: expected a C-contiguous array (use numpy.ascontiguousarray(x))")
-        if not np.isfinite(x).all():
-            raise ValueError("x: contains NaN or Inf")
-        return x
+        return check_images(x, self.in_channels, 29, 60, "this CIFAR ResNet (it pools the 8x8 "
+                            "map of a 32x32 input; sizes 29..60 work)")
 
     def forward(self, x, return_features=False):
         self.check_input(x)
@@ -151,3 +137,6 @@ class ResNet(nn.Module):
 def resnet(name, num_classes=100, in_channels=3, rng=None):
     depth, widths = ARCHS[name]
     return ResNet(depth, widths, num_classes=num_classes, in_channels=in_channels, rng=rng)
+
+
+MODELS = {name: functools.partial(resnet, name) for name in ARCHS}

@@ -1,0 +1,468 @@
+"""The CIFAR model zoo beyond the CIFAR ResNets: wrn_16_1/16_2/40_1/40_2 (pre-activation wide
+ResNets), vgg8/11/13/16/19 (BN variants) and ResNet18/ResNet50 (mdistiller's resnetv2).
+
+Per backbone, against a PyTorch model of the same architecture written here (torch is
+optional): parameter count, FLOPs, state_dict keys and shapes (in order), logits, input and
+parameter gradients and running statistics, in training and in eval mode. The PyTorch model
+runs in float64 with dtkd's ReLU masks (see tests/test_models.py: a pre-activation within
+float32 rounding of zero may fall on either side in two correct implementations), so both
+compute the same branch and must agree to float32 accuracy (rtol 1e-4).
+
+Per family, without torch: whole-model gradients of a small instance against central finite
+differences of an independent float64 NumPy forward (tests/_reference_nn.py), as
+tests/test_models.py does for resnet8 (dtkd's kernels are float32, so the analytic side is
+float32 and the difference quotient float64).
+"""
+import numpy as np
+import pytest
+
+import dtkd.models as models
+import dtkd.nn as nn
+import _reference_nn as ref
+from dtkd.models.resnetv2 import BasicBlock, Bottleneck, ResNetV2
+from dtkd.models.vgg import VGG
+from dtkd.models.wrn import WideResNet
+from test_models import MaskedReLU
+
+WRN = ["wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
+VGGS = ["vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
+RESNETV2 = ["ResNet18", "ResNet50"]
+ZOO = WRN + VGGS + RESNETV2
+
+
+# -- PyTorch models written from the architecture descriptions ------------------------------
+
+def torch_wrn(torch, depth, k, num_classes, relu):
+    tnn, F = torch.nn, torch.nn.functional
+
+    class Block(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.bn1 = tnn.BatchNorm2d(cin)
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.convShortcut = None if cin == cout else tnn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+        def forward(self, x):
+            a = relu(self.bn1(x))
+            out = self.conv2(relu(self.bn2(self.conv1(a))))
+            return out + (x if self.convShortcut is None else self.convShortcut(a))
+
+    class Stage(tnn.Module):
+        def __init__(self, n, cin, cout, stride):
+            super().__init__()
+            self.layer = tnn.Sequential(*[Block(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                                          for i in range(n)])
+
+        def forward(self, x):
+            return self.layer(x)
+
+    class Net(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            n, w = (depth - 4) // 6, (16, 16 * k, 32 * k, 64 * k)
+            self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.block1, self.block2, self.block3 = (Stage(n, w[i], w[i + 1], s)
+                                                     for i, s in enumerate((1, 2, 2)))
+            self.bn1 = tnn.BatchNorm2d(w[3])
+            self.fc = tnn.Linear(w[3], num_classes)
+
+        def forward(self, x):
+            h = self.block3(self.block2(self.block1(self.conv1(x))))
+            return self.fc(F.avg_pool2d(relu(self.bn1(h)), 8).flatten(1))
+
+    return Net()
+
+
+def torch_vgg(torch, cfg, num_classes, relu):
+    tnn, F = torch.nn, torch.nn.functional
+
+    class Net(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            cin = 3
+            for b, widths in enumerate(cfg):
+                layers = []
+                for w in widths:
+                    layers += [tnn.Conv2d(cin, w, 3, padding=1), tnn.BatchNorm2d(w), tnn.ReLU()]
+                    cin = w
+                setattr(self, f"block{b}", tnn.Sequential(*layers[:-1]))
+            self.classifier = tnn.Linear(cin, num_classes)
+
+        def forward(self, x):
+            h = x
+            for b in range(5):
+                for m in getattr(self, f"block{b}"):
+                    h = relu(h) if isinstance(m, tnn.ReLU) else m(h)
+                h = relu(h)
+                if b < 3:
+                    h = F.max_pool2d(h, 2, 2)
+            return self.classifier(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+    return Net()
+
+
+def torch_resnetv2(torch, bottleneck, num_blocks, num_classes, relu):
+    tnn, F = torch.nn, torch.nn.functional
+    expansion = 4 if bottleneck else 1
+
+    def shortcut(cin, cout, stride):
+        if stride == 1 and cin == cout:
+            return tnn.Sequential()
+        return tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout))
+
+    class Basic(tnn.Module):
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.shortcut = shortcut(cin, planes, stride)
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
+            return relu(out + self.shortcut(x))
+
+    class Bottle(tnn.Module):
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, planes, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.conv3 = tnn.Conv2d(planes, 4 * planes, 1, bias=False)
+            self.bn3 = tnn.BatchNorm2d(4 * planes)
+            self.shortcut = shortcut(cin, 4 * planes, stride)
+
+        def forward(self, x):
+            out = relu(self.bn2(self.conv2(relu(self.bn1(self.conv1(x))))))
+            return relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+    class Net(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(64)
+            cin = 64
+            for i, (planes, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
+                blocks = []
+                for j in range(num_blocks[i]):
+                    blocks.append((Bottle if bottleneck else Basic)(cin, planes, stride if j == 0 else 1))
+                    cin = planes * expansion
+                setattr(self, f"layer{i + 1}", tnn.Sequential(*blocks))
+            self.linear = tnn.Linear(512 * expansion, num_classes)
+
+        def forward(self, x):
+            h = relu(self.bn1(self.conv1(x)))
+            h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
+            return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+    return Net()
+
+
+def torch_model(torch, name, relu, num_classes=100):
+    from dtkd.models import resnetv2, vgg, wrn
+    if name in wrn.ARCHS:
+        return torch_wrn(torch, *wrn.ARCHS[name], num_classes, relu)
+    if name in vgg.ARCHS:
+        return torch_vgg(torch, vgg.CFGS[vgg.ARCHS[name]], num_classes, relu)
+    block, num_blocks = resnetv2.ARCHS[name]
+    return torch_resnetv2(torch, block is Bottleneck, num_blocks, num_classes, relu)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def randomize_statistics(model, rng):
+    """Non-trivial running statistics (for eval mode) and BN affine parameters."""
+    for key, b in model.named_buffers():
+        if key.endswith("running_mean"):
+            b[...] = rng.standard_normal(b.shape).astype(np.float32) * 0.1
+        elif key.endswith("running_var"):
+            b[...] = 0.5 + rng.random(b.shape).astype(np.float32)
+
+
+def forward_recording_relu_masks(model, x):
+    """model(x), and where each ReLU passed its input, in the order the ReLUs ran (every ReLU
+    of these backbones is applied by a BatchNorm, ``bn(h, relu=True)``)."""
+    masks = []
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def recording(original):
+        def forward(h, residual=None, relu=False):
+            y = original(h, residual=residual, relu=relu)
+            if relu:
+                masks.append(y > 0)
+            return y
+        return forward
+
+    try:
+        for bn in bns:
+            object.__setattr__(bn, "forward", recording(bn.forward))
+        logits = model(x)
+    finally:
+        for bn in bns:
+            object.__delattr__(bn, "forward")
+    return logits, masks
+
+
+def torch_flops(torch, tm):
+    """2 x multiply-adds of the convolutions and linear layers of one 3x32x32 image."""
+    macs = []
+
+    def hook(m, inputs, out):
+        per_output = m.in_features if isinstance(m, torch.nn.Linear) else \
+            (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        macs.append(out.numel() * per_output)
+
+    handles = [m.register_forward_hook(hook) for m in tm.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        tm.eval()(torch.zeros(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    return 2 * sum(macs)
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+def test_registry_lists_the_zoo_with_mdistillers_names():
+    assert set(ZOO) <= set(models.names())
+    assert models.names() == sorted(models.names())
+    with pytest.raises(ValueError, match="wrn_40_2"):  # the message lists what is available
+        models.create("wrn_40_3")
+
+
+# MobileNetV2 / ShuffleV1 / ShuffleV2 are another family's (tests/test_zoo_mobile.py)
+MOBILE = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
+
+
+def test_shipped_cifar100_configs_and_the_default_teacher_build():
+    from dtkd.config import get_default_config, load_config, shipped_configs
+    wanted = {get_default_config().DISTILLER.TEACHER}
+    for config in shipped_configs():
+        if config.startswith("cifar100/"):
+            cfg = load_config(config)
+            wanted |= {cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT}
+    missing = wanted - set(models.names())
+    assert missing <= MOBILE, missing
+    assert {"wrn_40_2", "wrn_16_2", "wrn_40_1", "vgg13", "vgg8", "ResNet50"} <= wanted
+    for name in sorted(wanted - missing):
+        assert models.count_parameters(models.create(name)) > 0, name
+
+
+@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "ResNet18"])
+def test_identify_names_the_backbone_of_a_state_dict(name):
+    state = models.create(name, num_classes=10, in_channels=1).state_dict()
+    assert models.matches(state) == [(name, 10, 1)]
+    del state[next(k for k in state if k.endswith("num_batches_tracked"))]  # old checkpoints
+    assert models.identify(state) == [name]
+
+
+@pytest.mark.parametrize("name", ["wrn_16_1", "vgg8", "ResNet18"])
+def test_forward_shapes_feature_and_seeding(name):
+    m = models.create(name, num_classes=7, seed=3)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    logits, feature = m(x, return_features=True)
+    classifier = m.fc if hasattr(m, "fc") else m.classifier if hasattr(m, "classifier") else m.linear
+    assert logits.shape == (2, 7) and feature.shape == (2, classifier.in_features)
+    np.testing.assert_allclose(logits, feature @ classifier.weight.data.T + classifier.bias.data,
+                               rtol=1e-4, atol=1e-5)
+    a, b = models.create(name, seed=3).state_dict(), models.create(name, seed=3).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name, bad, match", [
+    ("wrn_16_1", np.zeros((2, 3, 16, 16), np.float32), "spatial size"),
+    ("vgg8", np.zeros((2, 3, 4, 4), np.float32), "spatial size"),
+    ("ResNet18", np.zeros((2, 1, 32, 32), np.float32), "channels"),
+    ("vgg8", np.full((2, 3, 32, 32), np.inf, np.float32), "NaN or Inf"),
+    ("wrn_16_1", np.zeros((2, 3, 32, 32), np.float64), "float32"),
+])
+def test_bad_inputs_raise_naming_x(name, bad, match):
+    with pytest.raises((ValueError, TypeError), match=match) as info:
+        models.create(name)(bad)
+    assert str(info.value).startswith("x:")
+
+
+@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "ResNet18"])
+def test_no_grad_eval_folds_batchnorm_exactly(name):
+    rng = np.random.default_rng(6)
+    m = models.create(name, seed=6)
+    randomize_statistics(m, rng)
+    m.eval()
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    want = m(x)
+    with nn.no_grad():
+        got = m(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+# -- PyTorch equivalence ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ZOO)
+def test_counts_and_state_dict_match_pytorch(name):
+    torch = pytest.importorskip("torch", reason="PyTorch equivalence needs torch")
+    m = models.create(name, num_classes=100)
+    tm = torch_model(torch, name, torch.relu)
+    tsd = tm.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in m.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in tsd.items()]
+    assert models.count_parameters(m) == sum(p.numel() for p in tm.parameters())
+    assert models.count_flops(m) == torch_flops(torch, tm)
+    fresh = models.create(name, num_classes=100, seed=1)
+    fresh.load_state_dict(tsd)  # torch -> dtkd, one to one
+    assert all(np.array_equal(v, tsd[k].numpy()) for k, v in fresh.state_dict().items())
+
+
+def compare_with_pytorch(name, training, rtol):
+    """dtkd's logits, dx, parameter gradients and running statistics after one forward and
+    backward of 2 images, against the float64 PyTorch model run with dtkd's ReLU masks."""
+    torch = pytest.importorskip("torch", reason="PyTorch equivalence needs torch")
+    close = lambda actual, desired, what: np.testing.assert_allclose(
+        actual, desired, rtol=rtol, atol=rtol * max(np.abs(desired).max(), 1e-6), err_msg=what)
+    rng = np.random.default_rng(4)
+    m = models.create(name, num_classes=100, seed=4)
+    randomize_statistics(m, rng)
+    initial = {k: torch.from_numpy(v.copy()) for k, v in m.state_dict().items()}
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    dlogits = (rng.standard_normal((2, 100)) / 2).astype(np.float32)
+
+    m.train(training)
+    logits, masks = forward_recording_relu_masks(m, x)
+    m.zero_grad()
+    dx = m.backward(dlogits, need_dx=True)
+
+    relu = MaskedReLU(torch, masks)
+    tm = torch_model(torch, name, relu)
+    tm.load_state_dict(initial, strict=True)
+    tm = tm.double().train(training)
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    logits_t = tm(xt)
+    logits_t.backward(torch.from_numpy(dlogits.astype(np.float64)))
+    assert relu.position == len(masks)  # every dtkd ReLU has its PyTorch counterpart
+    assert relu.disagreements <= 1e-5 * relu.elements, (relu.disagreements, relu.elements)
+
+    close(logits, logits_t.detach().numpy(), "logits")
+    close(dx, xt.grad.numpy(), "dx")
+    tparams = dict(tm.named_parameters())
+    conv_biases = {f"{k}.bias" for k, mod in m.named_modules()
+                   if isinstance(mod, nn.Conv2d) and mod.bias is not None}
+    for key, p in m.named_parameters():
+        want = tparams[key].grad.numpy()
+        if training and key in conv_biases:
+            # a conv bias under training BN: its exact gradient is 0 (BN subtracts the batch
+            # mean), float32 leaves rounding noise; bound it by the conv weight gradient's scale
+            scale = np.abs(tparams[key[:-4] + "weight"].grad.numpy()).max()
+            assert np.abs(want).max() <= 1e-10 * scale and np.abs(p.grad).max() <= 1e-4 * scale, key
+            continue
+        close(p.grad, want, key)
+    tbufs = dict(tm.named_buffers())
+    for key, b in m.named_buffers():
+        close(b, tbufs[key].numpy(), key)
+
+
+# Winograd F(4x4) (the default for 3x3 stride-1 convolutions, nn/conv.py) rounds differently
+# from a direct sum. Through ResNet50's 16 training-mode bottlenecks its input gradient drifted
+# to 4.6e-3 relative (1.6e-4 of the largest entry) on 26 of 6144 entries of dx (measured on
+# this test's data): beyond rtol 1e-4. That one case is compared on the exact 'direct' path
+# at rtol 1e-4, and on the default path at rtol 1e-2 below; every other case runs the default.
+EXACT_PATH_ONLY = {("ResNet50", True)}
+
+
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_logits_and_gradients_match_pytorch(name, training):
+    algorithm = "direct" if (name, training) in EXACT_PATH_ONLY else "auto"
+    previous = nn.set_conv_algorithm(algorithm)
+    try:
+        compare_with_pytorch(name, training, rtol=1e-4)
+    finally:
+        nn.set_conv_algorithm(previous)
+
+
+def test_resnet50_training_on_the_winograd_path_stays_close_to_pytorch():
+    assert nn.get_conv_algorithm() == "auto"
+    compare_with_pytorch("ResNet50", True, rtol=1e-2)
+
+
+# -- finite differences of a float64 NumPy reference (no torch) ------------------------------
+
+def check_gradients_by_finite_differences(model, forward64, x, checked, training, rng):
+    """dtkd's analytic gradients (float32) of sum(weights * logits) against central differences
+    of ``forward64(state, x)`` in float64, for a few entries of each ``checked`` parameter and
+    of x; the forward is checked against the reference first."""
+    randomize_statistics(model, rng)
+    model.train(training)
+    weights = rng.standard_normal((x.shape[0], model.num_classes))
+    state = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+    logits, feature = model(x, return_features=True)
+    want_logits, want_feature = forward64(state, x)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(feature, want_feature, rtol=1e-3, atol=1e-3)
+    model.zero_grad()
+    dx = model.backward(weights.astype(np.float32), need_dx=True)
+
+    x64 = x.astype(np.float64)
+    loss = lambda: float(np.sum(weights * forward64(state, x64)[0]))
+    params = dict(model.named_parameters())
+    assert set(checked) <= set(params)
+    for name in checked:
+        p = params[name]
+        for fi in rng.choice(p.data.size, size=2, replace=False):
+            idx = np.unravel_index(fi, p.data.shape)
+            fd = ref.central_difference(loss, state[name], idx)
+            np.testing.assert_allclose(p.grad[idx], fd, rtol=5e-3, atol=5e-4, err_msg=f"{name}{idx}")
+    for fi in rng.choice(x.size, size=3, replace=False):
+        idx = np.unravel_index(fi, x.shape)
+        fd = ref.central_difference(loss, x64, idx)
+        np.testing.assert_allclose(dx[idx], fd, rtol=5e-3, atol=5e-4, err_msg=f"x{idx}")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_wrn_gradients_match_finite_differences(training):
+    rng = np.random.default_rng(1)
+    model = WideResNet(10, 2, num_classes=5, rng=np.random.default_rng(1))  # n = 1, both shortcuts
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    checked = ["conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.convShortcut.weight",
+               "block2.layer.0.conv1.weight", "block3.layer.0.bn2.bias", "block3.layer.0.conv2.weight",
+               "bn1.weight", "fc.weight", "fc.bias"]
+    check_gradients_by_finite_differences(
+        model, lambda s, h: ref.wrn_forward(s, h, 10, training), x, checked, training, rng)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_vgg_gradients_match_finite_differences(training):
+    rng = np.random.default_rng(2)
+    model = VGG(((4,), (8, 8), (8,), (8, 16), (16,)), num_classes=5, rng=np.random.default_rng(2))
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    checked = ["block0.0.weight", "block0.1.weight", "block1.3.weight", "block1.4.bias",
+               "block3.0.weight", "block4.1.weight", "classifier.weight", "classifier.bias"]
+    check_gradients_by_finite_differences(
+        model, lambda s, h: ref.vgg_forward(s, h, training), x, checked, training, rng)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bottleneck_resnet_gradients_match_finite_differences(training):
+    rng = np.random.default_rng(3)
+    model = ResNetV2(Bottleneck, (1, 1, 1, 1), num_classes=5, rng=np.random.default_rng(3))
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    checked = ["conv1.weight", "bn1.weight", "layer1.0.conv3.weight", "layer1.0.shortcut.0.weight",
+               "layer2.0.conv2.weight", "layer3.0.bn2.bias", "layer4.0.shortcut.1.weight",
+               "linear.weight", "linear.bias"]
+    check_gradients_by_finite_differences(
+        model, lambda s, h: ref.resnetv2_forward(s, h, training), x, checked, training, rng)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_basicblock_resnet_gradients_match_finite_differences(training):
+    # ResNet18's blocks, one per stage (the full ResNet18 has so many ReLU kinks near a 16x16
+    # input's activations that its difference quotients change with the step: not a check)
+    rng = np.random.default_rng(5)
+    model = ResNetV2(BasicBlock, (1, 1, 1, 1), num_classes=5, rng=np.random.default_rng(5))
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    checked = ["conv1.weight", "layer1.0.conv2.weight", "layer2.0.shortcut.0.weight",
+               "layer3.0.bn1.weight", "layer4.0.bn2.bias", "linear.weight"]
+    check_gradients_by_finite_differences(
+        model, lambda s, h: ref.resnetv2_forward(s, h, training), x, checked, training, rng)
