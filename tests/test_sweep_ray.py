@@ -150,3 +150,16 @@ def test_bad_grids_are_refused_naming_the_key(tree, message):
 def test_missing_grid_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="--grid"):
         load_grid(tmp_path / "nope.yaml")
+
+
+def test_cli_sweep_refuses_bad_options_before_starting_ray(tmp_path, capsys):
+    from dtkd.cli import main
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("grid:\n  SEED: [0]\n")
+    base = ["sweep", "--cfg", "fashion_mnist/dtkd.yaml", "--grid", str(grid)]
+    assert main(base + ["--num-cpus", "0"]) == 2
+    assert "--num-cpus" in capsys.readouterr().err
+    assert main(base + ["--teacher-set", "SOLVER.EPOCHS"]) == 2
+    assert "--teacher-set" in capsys.readouterr().err
+    assert main(base + ["SOLVER.EPOCHS"]) == 2
+    assert "KEY VALUE" in capsys.readouterr().err
