@@ -7,6 +7,7 @@
     python -m dtkd plot output/fashion_mnist/dtkd_resnet20_resnet8 [RUN_DIR ...]
     python -m dtkd models
     python -m dtkd configs
+    python -m dtkd sweep --cfg fashion_mnist/dtkd.yaml --grid grid.yaml SOLVER.EPOCHS 3
 
 ``--cfg`` takes a YAML path or the name of a shipped config (``python -m dtkd configs`` lists
 them). Trailing ``KEY VALUE`` pairs override the config (``SOLVER.EPOCHS 10``). Pieces each
@@ -38,6 +39,12 @@ def build_parser():
                             "(EXPERIMENT.NAME or EXPERIMENT.TAG))")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in the output directory from its latest.npz")
+    train.add_argument("--distributed", choices=("none", "mpi"), default="none",
+                       help="mpi: data parallel over the processes of `mpirun -n K` (each "
+                            "trains on 1/K of every batch; rank 0 writes; needs mpi4py)")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="with --distributed mpi: BatchNorm statistics over the global "
+                            "batch (default: per process, as PyTorch DDP)")
     _add_progress_arguments(train)
     train.set_defaults(func=_cmd_train)
 
@@ -86,6 +93,8 @@ def build_parser():
     models.add_argument("--num-classes", type=int, default=100, help="classes (default 100)")
     models.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
     models.set_defaults(func=_cmd_models)
+
+    _add_sweep_parser(sub)
 
     configs = sub.add_parser("configs", help="list the configs shipped with dtkd")
     configs.set_defaults(func=_cmd_configs)
@@ -142,6 +151,10 @@ def _load_cfg(args):
 
 
 def _cmd_train(args):
+    if args.distributed == "mpi":
+        return _cmd_train_mpi(args)
+    if args.sync_bn:
+        raise ValueError("--sync-bn: only with --distributed mpi")
     from .engine.build import build_trainer
     from .engine.trainer import OutputDirInUse
     cfg = _load_cfg(args)
@@ -255,4 +268,89 @@ def _cmd_configs(args):
     print(f"(under {CONFIG_DIR}; pass one to --cfg)", file=sys.stderr)
     from .distill import names as distiller_names  # the registry, dtkd.distill.DISTILLERS
     print(f"(DISTILLER.TYPE: {', '.join(distiller_names())})", file=sys.stderr)
+    return 0
+
+
+# ---- sweep (Ray Tune; dtkd.sweep) -------------------------------------------------------------
+
+def _add_sweep_parser(sub):
+    sweep = sub.add_parser("sweep", help="a grid / random search of runs as Ray Tune trials",
+                           description="Runs every point of --grid (config keys and values; see "
+                           "dtkd.sweep) over --cfg as Ray Tune trials, each reporting its epochs "
+                           "to Tune; writes OUT/results.csv and .md (failed trials included). "
+                           "Needs Ray: pip install 'dtkd[ray]'.")
+    _add_cfg_arguments(sweep)
+    sweep.add_argument("--grid", required=True, metavar="PATH", help="the grid YAML")
+    sweep.add_argument("--out", default="sweep", metavar="DIR",
+                       help="results, run folders and Tune's files (default ./sweep)")
+    sweep.add_argument("--address", metavar="ADDR",
+                       help="Ray cluster to join (default $RAY_ADDRESS; none: a local Ray)")
+    sweep.add_argument("--num-cpus", type=int, default=2, metavar="N",
+                       help="CPUs of the local Ray (default 2; ignored with --address)")
+    sweep.add_argument("--cpus-per-trial", type=int, default=1, metavar="N",
+                       help="CPUs (and threads) per trial (default 1)")
+    sweep.add_argument("--max-concurrent", type=int, metavar="N",
+                       help="trials at once (default: as many as the CPUs allow)")
+    sweep.add_argument("--cache", metavar="DIR",
+                       help="shared teacher cache (default $XDG_CACHE_HOME/dtkd/teachers)")
+    sweep.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override for teachers only (repeatable)")
+    sweep.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args):
+    from .sweep import run_sweep
+    from .testing.results import to_markdown
+    for name in ("num_cpus", "cpus_per_trial", "max_concurrent"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    misplaced = [o for o in args.opts if o.startswith("--")]
+    if misplaced:
+        raise ValueError(f"options {' '.join(misplaced)} must come before the KEY VALUE "
+                         "overrides")
+    if len(args.opts) % 2:
+        raise ValueError(f"overrides: expected KEY VALUE pairs, got {' '.join(args.opts)}")
+    teacher = []
+    for text in args.teacher_set:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--teacher-set: expected KEY=VALUE, got {text!r}")
+        teacher += [key.strip(), value.strip()]
+    outcome = run_sweep(args.cfg, args.grid, args.out, overrides=args.opts,
+                        teacher_overrides=teacher, cache_root=args.cache, address=args.address,
+                        num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
+                        max_concurrent=args.max_concurrent)
+    print(to_markdown(outcome.rows, outcome.params), end="")
+    for row in outcome.failed:
+        params = " ".join(f"{k}={row.get(k)}" for k in outcome.params)
+        print(f"FAILED {params}: {row.get('error')}")
+    print(f"{len(outcome.rows)} trials, {len(outcome.failed)} failed, "
+          f"{outcome.seconds:.1f} s; results: {outcome.paths[0]}  {outcome.paths[1]}")
+    return 1 if outcome.failed else 0
+
+
+def _cmd_train_mpi(args):
+    """`mpirun -n K python -m dtkd train --distributed mpi`: any error on any rank aborts the
+    whole job (the other ranks would wait in a collective forever)."""
+    from .distributed.mpi import MPIGroup, build_mpi_trainer
+    group = MPIGroup()
+    say = print if group.rank == 0 else (lambda *a, **k: None)
+    try:
+        cfg = _load_cfg(args)
+        trainer = build_mpi_trainer(cfg, out_dir=args.out, progress=args.progress,
+                                    sync_bn=args.sync_bn, group=group)
+        say(f"training {cfg.DISTILLER.STUDENT} ({cfg.DISTILLER.TYPE}) for {cfg.SOLVER.EPOCHS} "
+            f"epochs on {group.size} MPI processes ({cfg.SOLVER.BATCH_SIZE // group.size} "
+            f"samples each per step, BatchNorm {'synchronized' if args.sync_bn else 'per process'})"
+            f" -> {trainer.out_dir}")
+        summary = trainer.train(resume=args.resume)
+    except BaseException as e:
+        print(f"dtkd train (rank {group.rank}/{group.size}): error: {type(e).__name__}: {e}",
+              file=sys.stderr, flush=True)
+        if group.size > 1:
+            group.abort(2)
+        raise
+    say(f"best test top-1 {summary['best_acc']:.2f}% (epoch {summary['best_epoch']}), "
+        f"last {summary['last_acc']:.2f}%")
     return 0

@@ -247,3 +247,115 @@ int dtkd_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const floa
     return dtkd_batchnorm2d_act_backward(dx, NULL, dgamma, dbeta, dy, NULL, x, gamma, save_mean,
                                          save_invstd, N, C, HW);
 }
+
+/* ---- Synchronized BatchNorm (see batchnorm.h) ---------------------------------------------- */
+
+int dtkd_batchnorm2d_sync_stats_forward(double *out, const float *x, const float *center,
+                                        long N, long C, long HW)
+{
+    const long M = N * HW;
+    if (M < 1 || C < 1) return DTKD_ERR_SHAPE;
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(|:bad) \
+    num_threads(dtkd_get_num_threads()) if (M * C >= PARALLEL_MIN_VALUES)
+    for (long c = 0; c < C; c++) {
+        double s = 0.0;
+        for (long n = 0; n < N; n++)
+            s += center ? dtkd_sum_sqdev(x + (n * C + c) * HW, center[c], HW)
+                        : dtkd_sum(x + (n * C + c) * HW, HW);
+        bad |= !isfinite(s);
+        out[c] = s;
+    }
+    return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
+}
+
+int dtkd_batchnorm2d_sync_forward(float *y, float *save_mean, float *save_invstd,
+                                  float *running_mean, float *running_var, const float *x,
+                                  const float *gamma, const float *beta, const float *residual,
+                                  int relu, float momentum, float eps, const double *sum,
+                                  const double *ssd, long M, long N, long C, long HW)
+{
+    const long local = N * HW;
+    if (local < 1 || M < 2 || M < local) return DTKD_ERR_SHAPE;
+    int overflow = 0;
+    for (long c = 0; c < C; c++) {
+        if (!isfinite(sum[c]) || !isfinite(ssd[c]) || ssd[c] < 0) return DTKD_ERR_NONFINITE;
+        /* the statistics exactly as dtkd_batchnorm2d_act_forward_train forms them */
+        const double mean = sum[c] / M, var = ssd[c] / M, invstd = 1.0 / sqrt(var + eps);
+        const double scale = (double)gamma[c] * (float)invstd;
+        const double shift = beta[c] - (float)mean * scale;
+        if (!(fabs(var) <= FLT_MAX && fabs(invstd) <= FLT_MAX && fabs(scale) <= FLT_MAX &&
+              fabs(shift) <= FLT_MAX))
+            return DTKD_ERR_VALUE;
+        if (running_mean) {
+            const double rm = (1.0 - momentum) * running_mean[c] + momentum * mean;
+            const double rv = (1.0 - momentum) * running_var[c] + momentum * ssd[c] / (M - 1);
+            if (!(fabs(rm) <= FLT_MAX && fabs(rv) <= FLT_MAX)) return DTKD_ERR_VALUE;
+        }
+    }
+    /* every channel checked: now commit (a failed call changed nothing) */
+    for (long c = 0; c < C; c++) {
+        const double mean = sum[c] / M;
+        save_mean[c] = (float)mean;
+        save_invstd[c] = (float)(1.0 / sqrt(ssd[c] / M + eps));
+        if (running_mean) {
+            running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mean);
+            running_var[c] = (float)((1.0 - momentum) * running_var[c] +
+                                     momentum * ssd[c] / (M - 1));
+        }
+    }
+#pragma omp parallel for schedule(static) reduction(|:overflow) \
+    num_threads(dtkd_get_num_threads()) if (local * C >= PARALLEL_MIN_VALUES)
+    for (long nc = 0; nc < N * C; nc++) {
+        const long c = nc % C, at = nc * HW;
+        const double scale = (double)gamma[c] * save_invstd[c];
+        overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL,
+                                   (float)scale, (float)(beta[c] - save_mean[c] * scale), relu,
+                                   HW);
+    }
+    return overflow ? DTKD_ERR_VALUE : DTKD_OK;
+}
+
+int dtkd_batchnorm2d_sync_stats_backward(double *sum_g, double *sum_g_xmu, const float *g,
+                                         const float *x, const float *save_mean, long N, long C,
+                                         long HW)
+{
+    const long M = N * HW;
+    if (M < 1 || C < 1) return DTKD_ERR_SHAPE;
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
+    if (M * C >= PARALLEL_MIN_VALUES)
+    for (long c = 0; c < C; c++) {
+        double s = 0.0, d = 0.0;
+        for (long n = 0; n < N; n++) {
+            const long at = (n * C + c) * HW;
+            s += dtkd_sum(g + at, HW);
+            d += dtkd_dot_dev(g + at, x + at, save_mean[c], HW);
+        }
+        sum_g[c] = s;
+        sum_g_xmu[c] = d;
+    }
+    return DTKD_OK;
+}
+
+int dtkd_batchnorm2d_sync_backward(float *dx, const float *g, const float *x, const float *gamma,
+                                   const float *save_mean, const float *save_invstd,
+                                   const double *sum_g, const double *sum_g_xmu, long M, long N,
+                                   long C, long HW)
+{
+    const long local = N * HW;
+    if (local < 1 || M < local) return DTKD_ERR_SHAPE;
+    for (long c = 0; c < C; c++)
+        if (!isfinite(sum_g[c]) || !isfinite(sum_g_xmu[c])) return DTKD_ERR_NONFINITE;
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
+    if (local * C >= PARALLEL_MIN_VALUES)
+    for (long nc = 0; nc < N * C; nc++) {
+        const long c = nc % C, at = nc * HW;
+        /* as dtkd_batchnorm2d_act_backward: dx = k * g + kx * x + k0 */
+        const float mean = save_mean[c], invstd = save_invstd[c];
+        const double k = (double)gamma[c] * invstd, mean_g = sum_g[c] / M;
+        const double kxhat = k * invstd * (sum_g_xmu[c] * invstd / M);
+        bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat,
+                  (float)(kxhat * mean - k * mean_g), HW);
+    }
+    return DTKD_OK;
+}

@@ -46,4 +46,48 @@ int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, fl
                                   const float *gamma, const float *save_mean,
                                   const float *save_invstd, long N, long C, long HW);
 
+/* ---- Synchronized BatchNorm: one batch split over processes ------------------------------
+ * The batch statistics are those of the whole batch, M values per channel in total over all
+ * processes. Each step is a local partial sum the caller adds up over the processes (an
+ * allreduce), then a pass that uses the totals:
+ *   forward:  sync_stats_forward(sum, x, NULL)    -> allreduce -> mean = sum / M
+ *             sync_stats_forward(ssd, x, mean32)  -> allreduce -> var = ssd / M
+ *             sync_forward(..., sum, ssd, M)
+ *   backward: sync_stats_backward(sum_g, sum_g_xmu, g, x, save_mean) -> allreduce
+ *             sync_backward(dx, ..., sum_g, sum_g_xmu, M)
+ * With one process these give dtkd_batchnorm2d_act_forward_train / _act_backward's results. */
+
+/* out[c] (double) = sum of x over (N, HW) when center is NULL, else sum of (x - center[c])^2.
+ * DTKD_ERR_NONFINITE if a sum is not finite. */
+// x (N,C,H,W); out (C,) double; center (C,) or NULL
+int dtkd_batchnorm2d_sync_stats_forward(double *out, const float *x, const float *center,
+                                        long N, long C, long HW);
+
+/* y = act(bn(x) [+ residual]) with mean = sum / M and biased var = ssd / M (totals over all
+ * processes); save_mean, save_invstd, running statistics as dtkd_batchnorm2d_act_forward_train
+ * (unbiased running variance ssd / (M - 1)). Needs M >= 2 and M >= N * HW. */
+// y, x, residual (N,C,H,W); gamma, beta, running_*, save_* (C,); sum, ssd (C,) double
+int dtkd_batchnorm2d_sync_forward(float *y, float *save_mean, float *save_invstd,
+                                  float *running_mean, float *running_var, const float *x,
+                                  const float *gamma, const float *beta, const float *residual,
+                                  int relu, float momentum, float eps, const double *sum,
+                                  const double *ssd, long M, long N, long C, long HW);
+
+/* Local sums of the backward: sum_g[c] = sum of g, sum_g_xmu[c] = sum of g * (x - save_mean[c]),
+ * g = the gradient of the BN output (already masked by a ReLU, if any). */
+// g, x (N,C,H,W); save_mean (C,); sum_g, sum_g_xmu (C,) double
+int dtkd_batchnorm2d_sync_stats_backward(double *sum_g, double *sum_g_xmu, const float *g,
+                                         const float *x, const float *save_mean, long N, long C,
+                                         long HW);
+
+/* dx of dtkd_batchnorm2d_sync_forward from the totals (over all processes) of
+ * dtkd_batchnorm2d_sync_stats_backward. dgamma and dbeta are the caller's: they are the local
+ * sums (sum_g_xmu * save_invstd and sum_g of this process), which the data-parallel gradient
+ * allreduce adds up. dx may be g. */
+// dx, g, x (N,C,H,W); gamma, save_* (C,); sum_g, sum_g_xmu (C,) double
+int dtkd_batchnorm2d_sync_backward(float *dx, const float *g, const float *x, const float *gamma,
+                                   const float *save_mean, const float *save_invstd,
+                                   const double *sum_g, const double *sum_g_xmu, long M, long N,
+                                   long C, long HW);
+
 #endif

@@ -408,6 +408,177 @@ static PyObject *py_batchnorm2d_act_backward(PyObject *self, PyObject *args)
     return bn_backward(dyo, yo, xo, go, mo, io, dgo, dbo, residual_grad, 1);
 }
 
+/* ---- synchronized batchnorm2d (a batch split over processes; see kernels/batchnorm.h) ---- */
+
+static PyArrayObject *new_f64(npy_intp n)
+{
+    return (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT64);
+}
+
+/* A float64 (C,) array of totals over the processes, finite. */
+static PyArrayObject *totals_arg(PyObject *obj, const char *name, npy_intp C)
+{
+    PyArrayObject *a = dtkd_check_shape(obj, name, NPY_FLOAT64, 1, &C);
+    if (!a) return NULL;
+    const double *p = (const double *)PyArray_DATA(a);
+    for (npy_intp c = 0; c < C; c++)
+        if (!isfinite(p[c])) {
+            dtkd_raise(PyExc_ValueError, "%s: contains NaN or Inf (at channel %ld)", name,
+                       (long)c);
+            return NULL;
+        }
+    return a;
+}
+
+static PyObject *py_batchnorm2d_sync_stats_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *co = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O:batchnorm2d_sync_stats_forward", &xo, &co)) return NULL;
+    PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
+    if (!x || nonempty(x, "x")) return NULL;
+    const npy_intp *xs = PyArray_DIMS(x);
+    npy_intp C = xs[1];
+    float *center;
+    if (optional_vector(co, "center", C, 0, &center)) return NULL;
+    PyArrayObject *out = new_f64(C);
+    if (!out) return NULL;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_batchnorm2d_sync_stats_forward((double *)PyArray_DATA(out), F32(x), center,
+                                             (long)xs[0], (long)C, (long)(xs[2] * xs[3]));
+    DTKD_END_NOGIL
+    if (st) {
+        Py_DECREF(out);
+        return raise_x_status(st, "batchnorm2d_sync_stats_forward");
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_batchnorm2d_sync_forward(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "gamma", "beta", "running_mean", "running_var", "momentum",
+                             "eps", "sum", "ssd", "count", "residual", "relu", NULL};
+    PyObject *xo, *go, *bo, *rmo, *rvo, *so, *sso, *reso = Py_None;
+    double momentum, eps;
+    long M;
+    int relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOddOOl|Op:batchnorm2d_sync_forward",
+                                     kwlist, &xo, &go, &bo, &rmo, &rvo, &momentum, &eps, &so,
+                                     &sso, &M, &reso, &relu))
+        return NULL;
+    PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
+    if (!x || nonempty(x, "x")) return NULL;
+    const npy_intp *xs = PyArray_DIMS(x);
+    npy_intp C = xs[1];
+    PyArrayObject *gamma = vector_arg(go, "gamma", C, 0);
+    PyArrayObject *beta = gamma ? vector_arg(bo, "beta", C, 0) : NULL;
+    PyArrayObject *sum = beta ? totals_arg(so, "sum", C) : NULL;
+    PyArrayObject *ssd = sum ? totals_arg(sso, "ssd", C) : NULL;
+    if (!ssd) return NULL;
+    if ((rmo == Py_None) != (rvo == Py_None))
+        return DTKD_VALUE_ERR("running_mean, running_var: pass both arrays or both None");
+    float *rm = NULL, *rv = NULL;
+    if (optional_vector(rmo, "running_mean", C, 1, &rm) ||
+        optional_vector(rvo, "running_var", C, 1, &rv))
+        return NULL;
+    const float *residual = NULL;
+    if (reso != Py_None) {
+        PyArrayObject *r = finite_input(reso, "residual", 4, xs);
+        if (!r) return NULL;
+        residual = F32(r);
+    }
+    if (!(isfinite(momentum) && momentum >= 0 && momentum <= 1))
+        return DTKD_VALUE_ERR("momentum: must be in [0, 1], got %g", momentum);
+    if (finite_positive(eps, "eps")) return NULL;
+    long HW = (long)(xs[2] * xs[3]);
+    if (M < 2 || M < (long)xs[0] * HW)
+        return DTKD_VALUE_ERR("count: the values per channel over all processes must be >= 2 "
+                              "and >= this process's N*H*W = %ld, got %ld",
+                              (long)xs[0] * HW, M);
+    const double *ps = (const double *)PyArray_DATA(ssd);
+    for (npy_intp c = 0; c < C; c++)
+        if (ps[c] < 0) return DTKD_VALUE_ERR("ssd: must be >= 0, got %g at channel %ld", ps[c],
+                                             (long)c);
+    PyArrayObject *y = new_f32(4, xs), *mean = new_f32(1, &C), *invstd = new_f32(1, &C);
+    if (!y || !mean || !invstd) goto fail;
+    int st;
+    DTKD_BEGIN_NOGIL
+    st = dtkd_batchnorm2d_sync_forward(F32(y), F32(mean), F32(invstd), rm, rv, F32(x), F32(gamma),
+                                       F32(beta), residual, relu, (float)momentum, (float)eps,
+                                       (const double *)PyArray_DATA(sum), ps, M, (long)xs[0],
+                                       (long)C, HW);
+    DTKD_END_NOGIL
+    if (st) {
+        raise_batchnorm_status(st, "batchnorm2d_sync_forward");
+        goto fail;
+    }
+    return Py_BuildValue("NNN", y, mean, invstd);
+fail:
+    Py_XDECREF(y);
+    Py_XDECREF(mean);
+    Py_XDECREF(invstd);
+    return NULL;
+}
+
+static PyObject *py_batchnorm2d_sync_stats_backward(PyObject *self, PyObject *args)
+{
+    PyObject *go, *xo, *mo;
+    if (!PyArg_ParseTuple(args, "OOO:batchnorm2d_sync_stats_backward", &go, &xo, &mo))
+        return NULL;
+    PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
+    if (!x || nonempty(x, "x")) return NULL;
+    const npy_intp *xs = PyArray_DIMS(x);
+    npy_intp C = xs[1];
+    PyArrayObject *g = finite_input(go, "g", 4, xs);
+    PyArrayObject *mean = g ? vector_arg(mo, "save_mean", C, 0) : NULL;
+    if (!mean) return NULL;
+    PyArrayObject *sg = new_f64(C), *sd = new_f64(C);
+    if (!sg || !sd) {
+        Py_XDECREF(sg);
+        Py_XDECREF(sd);
+        return NULL;
+    }
+    DTKD_BEGIN_NOGIL
+    dtkd_batchnorm2d_sync_stats_backward((double *)PyArray_DATA(sg), (double *)PyArray_DATA(sd),
+                                         F32(g), F32(x), F32(mean), (long)xs[0], (long)C,
+                                         (long)(xs[2] * xs[3]));
+    DTKD_END_NOGIL
+    return Py_BuildValue("NN", sg, sd);
+}
+
+static PyObject *py_batchnorm2d_sync_backward(PyObject *self, PyObject *args)
+{
+    PyObject *go, *xo, *gmo, *mo, *io, *sgo, *sdo;
+    long M;
+    if (!PyArg_ParseTuple(args, "OOOOOOOl:batchnorm2d_sync_backward", &go, &xo, &gmo, &mo, &io,
+                          &sgo, &sdo, &M))
+        return NULL;
+    PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
+    if (!x || nonempty(x, "x")) return NULL;
+    const npy_intp *xs = PyArray_DIMS(x);
+    npy_intp C = xs[1];
+    PyArrayObject *g = finite_input(go, "g", 4, xs);
+    PyArrayObject *gamma = g ? vector_arg(gmo, "gamma", C, 0) : NULL;
+    PyArrayObject *mean = gamma ? vector_arg(mo, "save_mean", C, 0) : NULL;
+    PyArrayObject *invstd = mean ? vector_arg(io, "save_invstd", C, 0) : NULL;
+    PyArrayObject *sg = invstd ? totals_arg(sgo, "sum_g", C) : NULL;
+    PyArrayObject *sd = sg ? totals_arg(sdo, "sum_g_xmu", C) : NULL;
+    if (!sd) return NULL;
+    long local = (long)xs[0] * (long)(xs[2] * xs[3]);
+    if (M < local)
+        return DTKD_VALUE_ERR("count: the values per channel over all processes must be >= "
+                              "this process's N*H*W = %ld, got %ld", local, M);
+    PyArrayObject *dx = new_f32(4, xs);
+    if (!dx) return NULL;
+    DTKD_BEGIN_NOGIL
+    dtkd_batchnorm2d_sync_backward(F32(dx), F32(g), F32(x), F32(gamma), F32(mean), F32(invstd),
+                                   (const double *)PyArray_DATA(sg),
+                                   (const double *)PyArray_DATA(sd), M, (long)xs[0], (long)C,
+                                   (long)(xs[2] * xs[3]));
+    DTKD_END_NOGIL
+    return (PyObject *)dx;
+}
+
 /* ---- elementwise -------------------------------------------------------------------------- */
 
 static PyObject *py_relu_forward(PyObject *self, PyObject *xo)
@@ -736,6 +907,19 @@ PyMethodDef dtkd_nn_methods[] = {
      "residual_grad) -> (dx, dresidual or None): backward of batchnorm2d_forward_train with "
      "relu (y its output; None: no ReLU) and a residual (residual_grad: also return its "
      "gradient); dgamma, dbeta accumulated."},
+    {"batchnorm2d_sync_stats_forward", py_batchnorm2d_sync_stats_forward, METH_VARARGS,
+     "batchnorm2d_sync_stats_forward(x, center=None) -> float64 (C,): per-channel sum of x, or "
+     "of (x - center)^2; a process's part of synchronized BatchNorm statistics."},
+    {"batchnorm2d_sync_forward", (PyCFunction)(void (*)(void))py_batchnorm2d_sync_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "batchnorm2d_sync_forward(x, gamma, beta, running_mean, running_var, momentum, eps, sum, "
+     "ssd, count, residual=None, relu=False) -> (y, save_mean, save_invstd): BatchNorm with "
+     "statistics from totals over all processes (count values per channel)."},
+    {"batchnorm2d_sync_stats_backward", py_batchnorm2d_sync_stats_backward, METH_VARARGS,
+     "batchnorm2d_sync_stats_backward(g, x, save_mean) -> (sum_g, sum_g_xmu) float64 (C,)."},
+    {"batchnorm2d_sync_backward", py_batchnorm2d_sync_backward, METH_VARARGS,
+     "batchnorm2d_sync_backward(g, x, gamma, save_mean, save_invstd, sum_g, sum_g_xmu, count) "
+     "-> dx, from totals over all processes."},
     {"batchnorm2d_forward_eval", py_batchnorm2d_forward_eval, METH_VARARGS,
      "batchnorm2d_forward_eval(x, gamma, beta, running_mean, running_var, eps) -> y."},
     {"batchnorm2d_backward", py_batchnorm2d_backward, METH_VARARGS,

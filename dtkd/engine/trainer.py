@@ -107,6 +107,10 @@ class Trainer:
         self.best_epoch = None
         self.history = []         # one record (dict of JSON scalars) per completed epoch
         self._probe = None        # (images, labels, teacher logits) of the sharpness probe
+        self.on_epoch = []        # callables(record), after each epoch's checkpoint and logs
+        # False on the processes of a data-parallel run that are not rank 0: they train and
+        # evaluate but write no file (dtkd.distributed.mpi.MPITrainer)
+        self.writes_files = True
 
     # ------------------------------------------------------------------------------------------
     def train(self, resume=False):
@@ -114,19 +118,23 @@ class Trainer:
 
         Returns ``{"best_acc", "best_epoch", "last_acc", "epochs", "out_dir"}``.
         """
+        if not self.writes_files:
+            return self._train(resume)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with _DirectoryLock(self.out_dir / LOCK):
             return self._train(resume)
 
     def _train(self, resume):
-        remove_stale_temp_files(self.out_dir)  # of writes killed mid-way (SIGKILL, power cut)
+        if self.writes_files:
+            remove_stale_temp_files(self.out_dir)  # of writes killed mid-way (SIGKILL, power cut)
         if resume:
             self._resume()
-        else:
+        elif self.writes_files:
             for name in (LOG_JSONL, WORKLOG, PROBE_JSONL):
                 (self.out_dir / name).write_text("")
             self._log_probe(0)  # the untrained student, the reference point of the curves
-        (self.out_dir / CONFIG_COPY).write_text(self.cfg.dump())
+        if self.writes_files:
+            (self.out_dir / CONFIG_COPY).write_text(self.cfg.dump())
         epochs = self.cfg.SOLVER.EPOCHS
         bar = tqdm(range(self.epoch + 1, epochs + 1), desc="epochs", initial=self.epoch,
                    total=epochs, disable=not self.progress, dynamic_ncols=True)
@@ -160,12 +168,14 @@ class Trainer:
         for step, batch in enumerate(steps):
             x, y = batch
             self.optimizer.zero_grad()
-            if cached and getattr(batch, "key", None) is not None:
+            keys = getattr(batch, "key", None) if cached else None
+            x, y, keys = self._local_batch(x, y, keys)
+            if keys is not None:
                 # a dtkd.data.Batch names its samples: the teacher-logit cache can serve them
-                stats = self.distiller.train_step(x, y, epoch, keys=batch.key)
+                stats = self.distiller.train_step(x, y, epoch, keys=keys)
             else:
                 stats = self.distiller.train_step(x, y, epoch)
-            loss = float(stats["loss"])
+            loss = self._after_backward(stats)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss is {loss} at epoch {epoch}, step {step} (lr {lr:g}); the "
@@ -184,7 +194,7 @@ class Trainer:
         val = self.evaluate()
 
         record = {"epoch": epoch, "lr": lr}
-        record.update(meter.results())
+        record.update(self._epoch_results(meter))
         record.update({"test_acc": val["top1"], "test_acc_top5": val["top5"],
                        "test_loss": val["loss"], "train_time_s": train_time,
                        "epoch_time_s": time.perf_counter() - start})
@@ -198,11 +208,26 @@ class Trainer:
         self._save_state(epoch, improved)
         self._append_logs(record)
         self._log_probe(epoch)
+        for callback in self.on_epoch:  # e.g. dtkd.sweep reports the epoch to Ray Tune
+            callback(record)
         if self.progress:
             tqdm.write(_one_line(record))
         elif self.log_lines:
             print(_one_line(record) + f"  ({record['epoch_time_s']:.0f} s)", flush=True)
         return record
+
+    # Hooks of data-parallel training (dtkd.distributed.mpi.MPITrainer overrides them)
+    def _local_batch(self, x, y, keys):
+        """The part of the global batch this process trains on (``keys``: the samples' cache
+        keys or None, cut alike)."""
+        return x, y, keys
+
+    def _after_backward(self, stats):
+        """After the backward of a step, before the optimizer: returns the step's loss."""
+        return float(stats["loss"])
+
+    def _epoch_results(self, meter):
+        return meter.results()
 
     def evaluate(self, loader=None):
         """:func:`evaluate` of the student on ``loader`` (default: the validation loader)."""
@@ -240,6 +265,8 @@ class Trainer:
         self.history = list(state["history"])
 
     def _save_state(self, epoch, improved):
+        if not self.writes_files:
+            return
         state = self.state_dict()
         dtkd_io.save(self.out_dir / LATEST, state)
         if epoch % max(self.cfg.LOG.SAVE_CHECKPOINT_FREQ, 1) == 0 or epoch == self.cfg.SOLVER.EPOCHS:
@@ -260,6 +287,8 @@ class Trainer:
         if state.get("kind") != "trainer":
             raise dtkd_io.CheckpointError(f"{path}: not a trainer checkpoint (kind {state.get('kind')!r})")
         self.load_state_dict(state)
+        if not self.writes_files:
+            return
         # Logs are rebuilt from the checkpoint's history: lines an interrupted run wrote after
         # its last checkpoint are dropped, so the logs match the weights.
         (self.out_dir / LOG_JSONL).write_text("".join(json.dumps(r) + "\n" for r in self.history))
@@ -273,6 +302,8 @@ class Trainer:
             probe.write_text("".join(kept))
 
     def _write_final(self):
+        if not self.writes_files:
+            return
         dtkd_io.save(self.out_dir / MODEL_LAST, self._model_tree(self.epoch))
         with open(self.out_dir / WORKLOG, "a") as f:
             f.write(f"best_acc\t{self.best_acc:.2f}\t(epoch {self.best_epoch})\n")
@@ -284,7 +315,7 @@ class Trainer:
         and the DTKD temperatures they give at the distiller's reference temperature. This is
         what ``dtkd.plots`` draws the sharpness figure and the temperature spread from."""
         n = self.cfg.LOG.PROBE_SAMPLES
-        if n <= 0:
+        if n <= 0 or not self.writes_files:
             return
         import numpy as np
         from .. import losses
@@ -323,6 +354,8 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _append_logs(self, record):
+        if not self.writes_files:
+            return
         with open(self.out_dir / LOG_JSONL, "a") as f:
             f.write(json.dumps(record) + "\n")
         with open(self.out_dir / WORKLOG, "a") as f:

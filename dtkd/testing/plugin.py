@@ -47,6 +47,18 @@ def pytest_addoption(parser):
                     help="threads per run (default: the cores divided among xdist workers)")
     group.addoption("--dtkd-progress", action="store_true",
                     help="progress bars for the runs (with -s to see them)")
+    group.addoption("--dtkd-backend", choices=("local", "ray"), default="local",
+                    help="where distill() runs: in the test's process (local, default) or as a "
+                         "Ray task (ray; needs pip install 'dtkd[ray]'): a local Ray, or the "
+                         "cluster of --dtkd-ray-address / $RAY_ADDRESS")
+    group.addoption("--dtkd-ray-address", metavar="ADDR",
+                    help="Ray cluster for --dtkd-backend=ray (default $RAY_ADDRESS, else a "
+                         "local Ray)")
+    group.addoption("--dtkd-ray-cpus", type=int, default=2, metavar="N",
+                    help="CPUs of the local Ray that --dtkd-backend=ray starts (default 2)")
+    group.addoption("--dtkd-retries", type=int, default=1, metavar="N",
+                    help="--dtkd-backend=ray: a failed run is retried N times (default 1) and, "
+                         "failing still, recorded with status 'failed'")
 
 
 def _pairs(values, option):
@@ -128,6 +140,15 @@ def dtkd_sweep(request, tmp_path_factory):
     runs_dir = Path(runs) if runs else tmp_path_factory.getbasetemp() / "dtkd_runs"
     threads = opt("dtkd_threads")
     progress = opt("dtkd_progress")
+    if opt("dtkd_backend") == "ray":
+        from ..sweep import RaySweep, init_ray
+        if init_ray(opt("dtkd_ray_address"), num_cpus=opt("dtkd_ray_cpus")):
+            import ray
+            request.addfinalizer(ray.shutdown)
+        return RaySweep(runs_dir=runs_dir, cache_root=opt("dtkd_cache"),
+                        overrides=_pairs(opt("dtkd_set"), "--dtkd-set"),
+                        teacher_overrides=_pairs(opt("dtkd_teacher_set"), "--dtkd-teacher-set"),
+                        threads=threads or 1, retries=opt("dtkd_retries"))
     return Sweep(runs_dir=runs_dir, cache_root=opt("dtkd_cache"),
                  overrides=_pairs(opt("dtkd_set"), "--dtkd-set"),
                  teacher_overrides=_pairs(opt("dtkd_teacher_set"), "--dtkd-teacher-set"),
@@ -181,10 +202,27 @@ def distill(request, dtkd_sweep, dtkd_results):
     ``.temperatures``)."""
     folder = _node_folder(request.node)
 
+    remote = request.config.getoption("dtkd_backend") == "ray"
+
     def run(method="DTKD", overrides=None, *, seed=None, teacher=None, config=None, name=None):
-        result = dtkd_sweep.distill(method, overrides, seed=seed, teacher=teacher, config=config,
-                                    name=f"{folder}/{name or method or Path(config).stem}")
-        dtkd_results.add(**result.row())
+        try:
+            result = dtkd_sweep.distill(method, overrides, seed=seed, teacher=teacher,
+                                        config=config,
+                                        name=f"{folder}/{name or method or Path(config).stem}")
+        except Exception as e:
+            if remote:  # a Ray run that failed after its retries: a row that says so
+                from .sweep import as_override_list
+                own = as_override_list(overrides)
+                dtkd_results.add(method=method or Path(config).stem,
+                                 overrides=" ".join(f"{k}={v}" for k, v in
+                                                    zip(own[0::2], own[1::2])),
+                                 seed=seed, status="failed",
+                                 error=f"{type(e).__name__}: {str(e).strip()[:300]}")
+            raise
+        row = result.row()
+        if remote:
+            row["status"] = "ok"
+        dtkd_results.add(**row)
         return result
 
     return run

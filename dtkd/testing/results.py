@@ -15,11 +15,12 @@ __all__ = ["columns", "to_csv", "to_markdown", "seed_summary", "write_tables",
 
 # The Markdown table shows these (when present) plus the tests' parameters; the CSV has all.
 MARKDOWN_COLUMNS = ("test", "method", "overrides", "seed", "teacher", "teacher_acc", "best_acc",
-                    "last_acc", "t_student", "t_teacher", "n_fallback", "seconds")
+                    "last_acc", "t_student", "t_teacher", "n_fallback", "seconds", "status",
+                    "error")
 # Columns that differ between the seeds of one configuration, left out of its group key.
 _PER_RUN = ("test", "seed", "run_dir", "seconds", "best_acc", "best_epoch", "last_acc",
             "t_student", "t_teacher", "t_student_min", "t_student_max", "t_teacher_min",
-            "t_teacher_max", "n_fallback", "teacher_acc", "error")
+            "t_teacher_max", "n_fallback", "teacher_acc", "error", "status", "attempts")
 
 
 def columns(rows):

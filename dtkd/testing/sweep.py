@@ -182,7 +182,7 @@ class Sweep:
         return self._teachers[key]
 
     def distill(self, method="DTKD", overrides=None, *, seed=None, teacher=None, config=None,
-                name=None):
+                name=None, on_epoch=None):
         """Train a student with ``method`` (a key of :data:`METHODS`) and ``overrides``; returns
         a :class:`DistillResult`.
 
@@ -192,6 +192,7 @@ class Sweep:
             DISTILLER.TEACHER_CHECKPOINT or the method needs no teacher.
         config : a config (shipped name or path) to use instead of the method's.
         name : the run directory's name under runs_dir (default: method and a counter).
+        on_epoch : callable(record) after every epoch (the epoch's log.jsonl record).
         """
         from ..config import ConfigError, load_config
         from ..engine import CachedTeacher, build_trainer, read_log
@@ -215,7 +216,10 @@ class Sweep:
                                  "DISTILLER.TEACHER_CHECKPOINT", str(cached.path)])
         run_dir = self.runs_dir / self._unique(name or method or Path(config).stem)
         start = time.perf_counter()
-        summary = build_trainer(cfg, out_dir=run_dir, progress=self.progress).train()
+        trainer = build_trainer(cfg, out_dir=run_dir, progress=self.progress)
+        if on_epoch is not None:
+            trainer.on_epoch.append(on_epoch)
+        summary = trainer.train()
         seconds = time.perf_counter() - start
         history = read_log(run_dir)
         return DistillResult(
