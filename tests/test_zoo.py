@@ -19,6 +19,7 @@ import pytest
 import dtkd.models as models
 import dtkd.nn as nn
 import _reference_nn as ref
+import _reference_zoo as ref_zoo
 from dtkd.models.resnetv2 import BasicBlock, Bottleneck, ResNetV2
 from dtkd.models.vgg import VGG
 from dtkd.models.wrn import WideResNet
@@ -429,7 +430,7 @@ def test_wrn_gradients_match_finite_differences(training):
                "block2.layer.0.conv1.weight", "block3.layer.0.bn2.bias", "block3.layer.0.conv2.weight",
                "bn1.weight", "fc.weight", "fc.bias"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.wrn_forward(s, h, 10, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.wrn_forward(s, h, 10, training), x, checked, training, rng)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -440,7 +441,7 @@ def test_vgg_gradients_match_finite_differences(training):
     checked = ["block0.0.weight", "block0.1.weight", "block1.3.weight", "block1.4.bias",
                "block3.0.weight", "block4.1.weight", "classifier.weight", "classifier.bias"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.vgg_forward(s, h, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.vgg_forward(s, h, training), x, checked, training, rng)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -452,7 +453,7 @@ def test_bottleneck_resnet_gradients_match_finite_differences(training):
                "layer2.0.conv2.weight", "layer3.0.bn2.bias", "layer4.0.shortcut.1.weight",
                "linear.weight", "linear.bias"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.resnetv2_forward(s, h, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.resnetv2_forward(s, h, training), x, checked, training, rng)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -465,4 +466,4 @@ def test_basicblock_resnet_gradients_match_finite_differences(training):
     checked = ["conv1.weight", "layer1.0.conv2.weight", "layer2.0.shortcut.0.weight",
                "layer3.0.bn1.weight", "layer4.0.bn2.bias", "linear.weight"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.resnetv2_forward(s, h, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.resnetv2_forward(s, h, training), x, checked, training, rng)
