@@ -13,6 +13,8 @@ differences of an independent float64 NumPy forward (tests/_reference_nn.py), as
 tests/test_models.py does for resnet8 (dtkd's kernels are float32, so the analytic side is
 float32 and the difference quotient float64).
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -467,3 +469,51 @@ def test_basicblock_resnet_gradients_match_finite_differences(training):
                "layer3.0.bn1.weight", "layer4.0.bn2.bias", "linear.weight"]
     check_gradients_by_finite_differences(
         model, lambda s, h: ref_zoo.resnetv2_forward(s, h, training), x, checked, training, rng)
+
+
+# -- the README's demonstration: a PyTorch wrn_40_2 teacher in mdistiller's layout ------------
+
+def test_pytorch_wrn_40_2_teacher_in_mdistiller_layout_distills_wrn_16_2_through_the_cli(
+        tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch", reason="saving the teacher with torch.save needs PyTorch")
+    from test_cli import run_cli
+    from test_data import make_cifar
+    from dtkd.config import load_config
+    from dtkd.engine.build import teacher_checkpoint
+    # CIFAR-100 files in the original format (python pickles), 32 training and 16 test images
+    folder, _, _ = make_cifar(tmp_path, "cifar100", {"train": 32, "test": 16})
+    # the teacher, written by PyTorch and saved where mdistiller's released teachers unpack
+    torch.manual_seed(0)
+    net = torch_wrn(torch, 40, 2, 100, torch.relu)
+    ckpt = tmp_path / "download_ckpts" / "cifar_teachers" / "wrn_40_2_vanilla" / "ckpt_epoch_240.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model": net.state_dict(), "epoch": 240, "best_acc": 0.0}, ckpt)
+
+    # the shipped config names DISTILLER.TEACHER wrn_40_2: found by name under the cwd ...
+    cfg = load_config("cifar100/dtkd/wrn40_2_wrn_16_2.yaml")
+    assert (cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == ("wrn_40_2", "wrn_16_2")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DTKD_TEACHERS", raising=False)
+    assert teacher_checkpoint(cfg) == ckpt
+    # ... and given as a path on the command line, from another directory
+    out, work = tmp_path / "run", tmp_path / "elsewhere"
+    work.mkdir()
+    result = run_cli("train", "--cfg", "cifar100/dtkd/wrn40_2_wrn_16_2.yaml", "--out", str(out),
+                     "--no-progress", "DISTILLER.TEACHER_CHECKPOINT", str(ckpt),
+                     "DATASET.ROOT", str(folder.parent), "SOLVER.EPOCHS", "1",
+                     "SOLVER.BATCH_SIZE", "16", "DATASET.TEST.BATCH_SIZE", "16", "NUM_THREADS", "1",
+                     cwd=work)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and np.isfinite(record["train_loss"]) and record["train_loss"] > 0
+    assert 0 < record["t_teacher_mean"] and 0 < record["t_student_mean"]  # DTKD ran on the teacher
+    assert f"TEACHER_CHECKPOINT: {ckpt}" in (out / "config.yaml").read_text()
+    # the teacher dtkd used computes PyTorch's logits
+    teacher = models.create("wrn_40_2")
+    teacher.load(ckpt)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with nn.no_grad():
+        got = teacher.eval()(x)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
