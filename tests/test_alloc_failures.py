@@ -48,8 +48,9 @@ def test_training_step_allocation_failures_raise_memoryerror_without_leaks():
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    # a training step allocates workspaces in its convolutions, the loss and the SGD update
-    assert sites >= 8, sites
+    # a training step allocates in its convolutions, the loss and the SGD update (6 sites on
+    # every SIMD path since kernel workspaces come from one arena, grown on the warm-up call)
+    assert sites >= 5, sites
     # NumPy arrays created before a failure (outputs, activations) were all released; the
     # model keeps one step's activations, whatever step that was (+ tracemalloc's own noise)
     assert after - before < 256 * 1024, (before, after)
