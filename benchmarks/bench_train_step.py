@@ -1,5 +1,6 @@
 """Images/s of one SGD training step (forward + backward + update) of resnet8x4 and resnet32,
-and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs: dtkd against PyTorch
+and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs (the other zoo backbones:
+``--workloads zoo``, students in training, teachers in eval): dtkd against PyTorch
 CPU eager and torch.compile (Inductor; its compile time, the first two steps, reported apart)
 on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd's
 time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
@@ -31,6 +32,8 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 WORKLOADS = [("resnet8x4", "train"), ("resnet32", "train"), ("resnet32x4", "eval")]
+ZOO_WORKLOADS = [("wrn_16_2", "train"), ("wrn_40_1", "train"), ("vgg8", "train"),
+                 ("ResNet18", "train"), ("wrn_40_2", "eval"), ("vgg13", "eval"), ("ResNet50", "eval")]
 
 
 def batch(n, seed=0):
@@ -105,7 +108,7 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
     totals = defaultdict(float)
     instrument(model, opt, totals)
     if mode == "eval":  # folded conv+BN calls the kernel directly
-        from dtkd.models import resnet
+        from dtkd.models import resnet, resnetv2, vgg, wrn
         fused = resnet.conv_bn
 
         def timed_conv_bn(conv, bn, inp, **fusions):
@@ -115,7 +118,8 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
                                                     else " +ReLU" if fusions.get("relu") else "")
             totals[(label, "forward")] += time.perf_counter() - t0
             return out
-        resnet.conv_bn = timed_conv_bn
+        for family in (resnet, resnetv2, vgg, wrn):
+            family.conv_bn = timed_conv_bn
     split_steps = max(3, steps // 2)
     t0 = time.perf_counter()
     for _ in range(split_steps):
@@ -165,7 +169,12 @@ def run_torch(name, mode, threads, steps, n, conv_algorithm=None, compiled=False
     torch.set_num_threads(threads)
     sys.path.insert(0, ROOT)
     from dtkd.models.resnet import ARCHS
-    model = torch_resnet(torch, *ARCHS[name])
+    if name in ARCHS:
+        model = torch_resnet(torch, *ARCHS[name])
+    else:  # the other backbones' PyTorch models, written from the architectures for the tests
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from _torch_zoo import torch_model
+        model = torch_model(torch, name)
     forward = torch.compile(model) if compiled else model
     x, y = batch(n)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
@@ -238,7 +247,8 @@ def main():
     ap.add_argument("--no-torch", action="store_true", help="time dtkd only")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--workloads", nargs="+", default=[f"{m}:{k}" for m, k in WORKLOADS],
-                    help="MODEL:MODE pairs, e.g. resnet32:train")
+                    help="MODEL:MODE pairs, e.g. resnet32:train; 'zoo': " + " ".join(
+                        f"{m}:{k}" for m, k in ZOO_WORKLOADS))
     ap.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "MODE"))
     args = ap.parse_args()
     if args.worker:
@@ -259,7 +269,9 @@ def main():
     from machine import describe
     for line in describe(args.threads):
         print(line, flush=True)
-    for model, mode in (w.split(":") for w in args.workloads):
+    workloads = [w for item in args.workloads for w in (
+        [f"{m}:{k}" for m, k in ZOO_WORKLOADS] if item == "zoo" else [item])]
+    for model, mode in (w.split(":") for w in workloads):
         for t in args.threads:
             # the 1-minute load average before the row: other processes on the cores distort
             # multi-threaded runs badly (a parallel region waits for a descheduled thread)
