@@ -135,6 +135,14 @@ def test_forward_shapes_feature_and_seeding(name):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_of_another_backbone_is_refused_naming_it(tmp_path):
+    from dtkd.io import CheckpointError
+    path = tmp_path / "ckpt_epoch_240.pth"
+    models.create("wrn_16_2").save(path)
+    with pytest.raises(CheckpointError, match="holds a wrn_16_2 .* which does not fit this WideResNet"):
+        models.create("wrn_40_2").load(path)
+
+
 @pytest.mark.parametrize("name, bad, match", [
     ("wrn_16_1", np.zeros((2, 3, 16, 16), np.float32), "spatial size"),
     ("vgg8", np.zeros((2, 3, 4, 4), np.float32), "spatial size"),
@@ -148,7 +156,7 @@ def test_bad_inputs_raise_naming_x(name, bad, match):
     assert str(info.value).startswith("x:")
 
 
-@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "ResNet18"])
+@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "ResNet18", "ResNet50"])
 def test_no_grad_eval_folds_batchnorm_exactly(name):
     rng = np.random.default_rng(6)
     m = models.create(name, seed=6)
