@@ -1,5 +1,7 @@
 """Images/s of one SGD training step (forward + backward + update) of resnet8x4, resnet32,
-MobileNetV2, ShuffleV1 and ShuffleV2, and of the eval forward of resnet32x4, at batch 64 on 32x32x3 inputs: dtkd against PyTorch
+MobileNetV2, ShuffleV1 and ShuffleV2, and of the eval forward of resnet32x4, at batch 64 on
+32x32x3 inputs (the other zoo backbones: ``--workloads zoo``, students in training, teachers in
+eval): dtkd against PyTorch
 CPU eager and torch.compile (Inductor; its compile time, the first two steps, reported apart)
 on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd's
 time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
@@ -32,6 +34,8 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 WORKLOADS = [("resnet8x4", "train"), ("resnet32", "train"), ("resnet32x4", "eval")]
 WORKLOADS += [("MobileNetV2", "train"), ("ShuffleV1", "train"), ("ShuffleV2", "train")]
+ZOO_WORKLOADS = [("wrn_16_2", "train"), ("wrn_40_1", "train"), ("vgg8", "train"),
+                 ("ResNet18", "train"), ("wrn_40_2", "eval"), ("vgg13", "eval"), ("ResNet50", "eval")]
 
 
 def batch(n, seed=0):
@@ -106,7 +110,8 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
     totals = defaultdict(float)
     instrument(model, opt, totals)
     if mode == "eval":  # folded conv+BN calls the kernel directly
-        from dtkd.models import mobilenetv2, resnet, shufflenetv1, shufflenetv2
+        from dtkd.models import (mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg,
+                                 wrn)
         fused = resnet.conv_bn
 
         def timed_conv_bn(conv, bn, inp, **fusions):
@@ -116,7 +121,7 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
                                                     else " +ReLU" if fusions.get("relu") else "")
             totals[(label, "forward")] += time.perf_counter() - t0
             return out
-        for family in (resnet, mobilenetv2, shufflenetv1, shufflenetv2):
+        for family in (resnet, resnetv2, vgg, wrn, mobilenetv2, shufflenetv1, shufflenetv2):
             family.conv_bn = timed_conv_bn
     split_steps = max(3, steps // 2)
     t0 = time.perf_counter()
@@ -165,8 +170,11 @@ def torch_resnet(torch, depth, widths, num_classes=100, in_channels=3):
 def torch_zoo(torch, name, num_classes=100):
     """The other backbones' PyTorch models, written from the architectures for the tests."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from _torch_mobile import torch_model
-    return torch_model(torch, name, num_classes)
+    import _torch_mobile
+    import _torch_zoo
+    if name in ("MobileNetV2", "ShuffleV1", "ShuffleV2"):
+        return _torch_mobile.torch_model(torch, name, num_classes)
+    return _torch_zoo.torch_model(torch, name, num_classes)
 
 
 def run_torch(name, mode, threads, steps, n, conv_algorithm=None, compiled=False):
@@ -247,7 +255,8 @@ def main():
     ap.add_argument("--no-torch", action="store_true", help="time dtkd only")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--workloads", nargs="+", default=[f"{m}:{k}" for m, k in WORKLOADS],
-                    help="MODEL:MODE pairs, e.g. resnet32:train")
+                    help="MODEL:MODE pairs, e.g. resnet32:train; 'zoo': " + " ".join(
+                        f"{m}:{k}" for m, k in ZOO_WORKLOADS))
     ap.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "MODE"))
     args = ap.parse_args()
     if args.worker:
@@ -268,7 +277,9 @@ def main():
     from machine import describe
     for line in describe(args.threads):
         print(line, flush=True)
-    for model, mode in (w.split(":") for w in args.workloads):
+    workloads = [w for item in args.workloads for w in (
+        [f"{m}:{k}" for m, k in ZOO_WORKLOADS] if item == "zoo" else [item])]
+    for model, mode in (w.split(":") for w in workloads):
         for t in args.threads:
             # the 1-minute load average before the row: other processes on the cores distort
             # multi-threaded runs badly (a parallel region waits for a descheduled thread)

@@ -13,163 +13,25 @@ differences of an independent float64 NumPy forward (tests/_reference_nn.py), as
 tests/test_models.py does for resnet8 (dtkd's kernels are float32, so the analytic side is
 float32 and the difference quotient float64).
 """
+import json
+
 import numpy as np
 import pytest
 
 import dtkd.models as models
 import dtkd.nn as nn
 import _reference_nn as ref
+import _reference_zoo as ref_zoo
 from dtkd.models.resnetv2 import BasicBlock, Bottleneck, ResNetV2
 from dtkd.models.vgg import VGG
 from dtkd.models.wrn import WideResNet
+from _torch_zoo import torch_model, torch_wrn
 from test_models import MaskedReLU
 
 WRN = ["wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
 VGGS = ["vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
 RESNETV2 = ["ResNet18", "ResNet50"]
 ZOO = WRN + VGGS + RESNETV2
-
-
-# -- PyTorch models written from the architecture descriptions ------------------------------
-
-def torch_wrn(torch, depth, k, num_classes, relu):
-    tnn, F = torch.nn, torch.nn.functional
-
-    class Block(tnn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.bn1 = tnn.BatchNorm2d(cin)
-            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(cout)
-            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.convShortcut = None if cin == cout else tnn.Conv2d(cin, cout, 1, stride, 0, bias=False)
-
-        def forward(self, x):
-            a = relu(self.bn1(x))
-            out = self.conv2(relu(self.bn2(self.conv1(a))))
-            return out + (x if self.convShortcut is None else self.convShortcut(a))
-
-    class Stage(tnn.Module):
-        def __init__(self, n, cin, cout, stride):
-            super().__init__()
-            self.layer = tnn.Sequential(*[Block(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                          for i in range(n)])
-
-        def forward(self, x):
-            return self.layer(x)
-
-    class Net(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            n, w = (depth - 4) // 6, (16, 16 * k, 32 * k, 64 * k)
-            self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.block1, self.block2, self.block3 = (Stage(n, w[i], w[i + 1], s)
-                                                     for i, s in enumerate((1, 2, 2)))
-            self.bn1 = tnn.BatchNorm2d(w[3])
-            self.fc = tnn.Linear(w[3], num_classes)
-
-        def forward(self, x):
-            h = self.block3(self.block2(self.block1(self.conv1(x))))
-            return self.fc(F.avg_pool2d(relu(self.bn1(h)), 8).flatten(1))
-
-    return Net()
-
-
-def torch_vgg(torch, cfg, num_classes, relu):
-    tnn, F = torch.nn, torch.nn.functional
-
-    class Net(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            cin = 3
-            for b, widths in enumerate(cfg):
-                layers = []
-                for w in widths:
-                    layers += [tnn.Conv2d(cin, w, 3, padding=1), tnn.BatchNorm2d(w), tnn.ReLU()]
-                    cin = w
-                setattr(self, f"block{b}", tnn.Sequential(*layers[:-1]))
-            self.classifier = tnn.Linear(cin, num_classes)
-
-        def forward(self, x):
-            h = x
-            for b in range(5):
-                for m in getattr(self, f"block{b}"):
-                    h = relu(h) if isinstance(m, tnn.ReLU) else m(h)
-                h = relu(h)
-                if b < 3:
-                    h = F.max_pool2d(h, 2, 2)
-            return self.classifier(F.adaptive_avg_pool2d(h, 1).flatten(1))
-
-    return Net()
-
-
-def torch_resnetv2(torch, bottleneck, num_blocks, num_classes, relu):
-    tnn, F = torch.nn, torch.nn.functional
-    expansion = 4 if bottleneck else 1
-
-    def shortcut(cin, cout, stride):
-        if stride == 1 and cin == cout:
-            return tnn.Sequential()
-        return tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout))
-
-    class Basic(tnn.Module):
-        def __init__(self, cin, planes, stride):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(planes)
-            self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(planes)
-            self.shortcut = shortcut(cin, planes, stride)
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
-            return relu(out + self.shortcut(x))
-
-    class Bottle(tnn.Module):
-        def __init__(self, cin, planes, stride):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, planes, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(planes)
-            self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(planes)
-            self.conv3 = tnn.Conv2d(planes, 4 * planes, 1, bias=False)
-            self.bn3 = tnn.BatchNorm2d(4 * planes)
-            self.shortcut = shortcut(cin, 4 * planes, stride)
-
-        def forward(self, x):
-            out = relu(self.bn2(self.conv2(relu(self.bn1(self.conv1(x))))))
-            return relu(self.bn3(self.conv3(out)) + self.shortcut(x))
-
-    class Net(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(64)
-            cin = 64
-            for i, (planes, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
-                blocks = []
-                for j in range(num_blocks[i]):
-                    blocks.append((Bottle if bottleneck else Basic)(cin, planes, stride if j == 0 else 1))
-                    cin = planes * expansion
-                setattr(self, f"layer{i + 1}", tnn.Sequential(*blocks))
-            self.linear = tnn.Linear(512 * expansion, num_classes)
-
-        def forward(self, x):
-            h = relu(self.bn1(self.conv1(x)))
-            h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
-            return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
-
-    return Net()
-
-
-def torch_model(torch, name, relu, num_classes=100):
-    from dtkd.models import resnetv2, vgg, wrn
-    if name in wrn.ARCHS:
-        return torch_wrn(torch, *wrn.ARCHS[name], num_classes, relu)
-    if name in vgg.ARCHS:
-        return torch_vgg(torch, vgg.CFGS[vgg.ARCHS[name]], num_classes, relu)
-    block, num_blocks = resnetv2.ARCHS[name]
-    return torch_resnetv2(torch, block is Bottleneck, num_blocks, num_classes, relu)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -273,6 +135,14 @@ def test_forward_shapes_feature_and_seeding(name):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_of_another_backbone_is_refused_naming_it(tmp_path):
+    from dtkd.io import CheckpointError
+    path = tmp_path / "ckpt_epoch_240.pth"
+    models.create("wrn_16_2").save(path)
+    with pytest.raises(CheckpointError, match="holds a wrn_16_2 .* which does not fit this WideResNet"):
+        models.create("wrn_40_2").load(path)
+
+
 @pytest.mark.parametrize("name, bad, match", [
     ("wrn_16_1", np.zeros((2, 3, 16, 16), np.float32), "spatial size"),
     ("vgg8", np.zeros((2, 3, 4, 4), np.float32), "spatial size"),
@@ -286,7 +156,7 @@ def test_bad_inputs_raise_naming_x(name, bad, match):
     assert str(info.value).startswith("x:")
 
 
-@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "ResNet18"])
+@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "ResNet18", "ResNet50"])
 def test_no_grad_eval_folds_batchnorm_exactly(name):
     rng = np.random.default_rng(6)
     m = models.create(name, seed=6)
@@ -305,7 +175,7 @@ def test_no_grad_eval_folds_batchnorm_exactly(name):
 def test_counts_and_state_dict_match_pytorch(name):
     torch = pytest.importorskip("torch", reason="PyTorch equivalence needs torch")
     m = models.create(name, num_classes=100)
-    tm = torch_model(torch, name, torch.relu)
+    tm = torch_model(torch, name)
     tsd = tm.state_dict()
     assert [(k, tuple(v.shape)) for k, v in m.state_dict().items()] == \
         [(k, tuple(v.shape)) for k, v in tsd.items()]
@@ -335,7 +205,7 @@ def compare_with_pytorch(name, training, rtol):
     dx = m.backward(dlogits, need_dx=True)
 
     relu = MaskedReLU(torch, masks)
-    tm = torch_model(torch, name, relu)
+    tm = torch_model(torch, name, relu=relu)
     tm.load_state_dict(initial, strict=True)
     tm = tm.double().train(training)
     xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
@@ -429,7 +299,7 @@ def test_wrn_gradients_match_finite_differences(training):
                "block2.layer.0.conv1.weight", "block3.layer.0.bn2.bias", "block3.layer.0.conv2.weight",
                "bn1.weight", "fc.weight", "fc.bias"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.wrn_forward(s, h, 10, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.wrn_forward(s, h, 10, training), x, checked, training, rng)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -440,7 +310,7 @@ def test_vgg_gradients_match_finite_differences(training):
     checked = ["block0.0.weight", "block0.1.weight", "block1.3.weight", "block1.4.bias",
                "block3.0.weight", "block4.1.weight", "classifier.weight", "classifier.bias"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.vgg_forward(s, h, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.vgg_forward(s, h, training), x, checked, training, rng)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -452,7 +322,7 @@ def test_bottleneck_resnet_gradients_match_finite_differences(training):
                "layer2.0.conv2.weight", "layer3.0.bn2.bias", "layer4.0.shortcut.1.weight",
                "linear.weight", "linear.bias"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.resnetv2_forward(s, h, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.resnetv2_forward(s, h, training), x, checked, training, rng)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -465,4 +335,52 @@ def test_basicblock_resnet_gradients_match_finite_differences(training):
     checked = ["conv1.weight", "layer1.0.conv2.weight", "layer2.0.shortcut.0.weight",
                "layer3.0.bn1.weight", "layer4.0.bn2.bias", "linear.weight"]
     check_gradients_by_finite_differences(
-        model, lambda s, h: ref.resnetv2_forward(s, h, training), x, checked, training, rng)
+        model, lambda s, h: ref_zoo.resnetv2_forward(s, h, training), x, checked, training, rng)
+
+
+# -- the README's demonstration: a PyTorch wrn_40_2 teacher in mdistiller's layout ------------
+
+def test_pytorch_wrn_40_2_teacher_in_mdistiller_layout_distills_wrn_16_2_through_the_cli(
+        tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch", reason="saving the teacher with torch.save needs PyTorch")
+    from test_cli import run_cli
+    from test_data import make_cifar
+    from dtkd.config import load_config
+    from dtkd.engine.build import teacher_checkpoint
+    # CIFAR-100 files in the original format (python pickles), 32 training and 16 test images
+    folder, _, _ = make_cifar(tmp_path, "cifar100", {"train": 32, "test": 16})
+    # the teacher, written by PyTorch and saved where mdistiller's released teachers unpack
+    torch.manual_seed(0)
+    net = torch_wrn(torch, 40, 2, 100, torch.relu)
+    ckpt = tmp_path / "download_ckpts" / "cifar_teachers" / "wrn_40_2_vanilla" / "ckpt_epoch_240.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model": net.state_dict(), "epoch": 240, "best_acc": 0.0}, ckpt)
+
+    # the shipped config names DISTILLER.TEACHER wrn_40_2: found by name under the cwd ...
+    cfg = load_config("cifar100/dtkd/wrn40_2_wrn_16_2.yaml")
+    assert (cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == ("wrn_40_2", "wrn_16_2")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DTKD_TEACHERS", raising=False)
+    assert teacher_checkpoint(cfg) == ckpt
+    # ... and given as a path on the command line, from another directory
+    out, work = tmp_path / "run", tmp_path / "elsewhere"
+    work.mkdir()
+    result = run_cli("train", "--cfg", "cifar100/dtkd/wrn40_2_wrn_16_2.yaml", "--out", str(out),
+                     "--no-progress", "DISTILLER.TEACHER_CHECKPOINT", str(ckpt),
+                     "DATASET.ROOT", str(folder.parent), "SOLVER.EPOCHS", "1",
+                     "SOLVER.BATCH_SIZE", "16", "DATASET.TEST.BATCH_SIZE", "16", "NUM_THREADS", "1",
+                     cwd=work)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and np.isfinite(record["train_loss"]) and record["train_loss"] > 0
+    assert 0 < record["t_teacher_mean"] and 0 < record["t_student_mean"]  # DTKD ran on the teacher
+    assert f"TEACHER_CHECKPOINT: {ckpt}" in (out / "config.yaml").read_text()
+    # the teacher dtkd used computes PyTorch's logits
+    teacher = models.create("wrn_40_2")
+    teacher.load(ckpt)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with nn.no_grad():
+        got = teacher.eval()(x)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
