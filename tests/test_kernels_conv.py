@@ -18,6 +18,9 @@ GEOMETRIES = {
     "grouped_1x1_direct": (2, 6, 5, 5, 9, 1, 1, 1, 1, 0, 0, 3),
     "depthwise": (2, 5, 6, 7, 5, 3, 3, 1, 1, 1, 1, 5),
     "depthwise_mult2_s2": (2, 3, 7, 6, 6, 3, 3, 2, 2, 1, 1, 3),
+    # csrc/kernels/depthwise.c (3x3 s1 p1, one output per channel): a row of 21 leaves a vector
+    # remainder on every ISA
+    "depthwise3x3_padded_rows": (2, 3, 9, 21, 3, 3, 3, 1, 1, 1, 1, 3),
     "rect_kernel_mixed": (2, 3, 6, 8, 4, 2, 3, 1, 2, 0, 1, 1),
     "kernel_fills_input": (2, 2, 3, 3, 3, 5, 5, 1, 1, 1, 1, 1),
     "single_image": (1, 4, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1),

@@ -13,6 +13,7 @@
  * Depthwise convs (groups == C) are a direct loop: their GEMMs would have one row. */
 #include "dtkd.h"
 #include "kernels/conv.h"
+#include "kernels/depthwise.h"
 #include "kernels/gemm.h"
 #include "kernels/reduce.h"
 
@@ -350,6 +351,10 @@ static void thread_range(long *lo, long *hi, long N, int t, int nt)
 int dtkd_conv2d_forward(float *y, float *workspace, long workspace_len, const float *x,
                         const float *w, const float *b, const struct dtkd_conv2d_dims *d)
 {
+    if (dtkd_depthwise3x3_applies(d)) {
+        dtkd_depthwise3x3_forward(y, x, w, b, d->N, d->C, d->H, d->W);
+        return DTKD_OK;
+    }
     if (is_depthwise(d)) {
         depthwise_forward(y, x, w, b, d);
         return DTKD_OK;
@@ -401,6 +406,10 @@ int dtkd_conv2d_backward(float *dx, float *dw, float *db, float *workspace, long
                          const struct dtkd_conv2d_dims *d)
 {
     if (db) bias_backward(db, dy, d);
+    if (dtkd_depthwise3x3_applies(d)) {
+        dtkd_depthwise3x3_backward(dx, dw, dy, x, w, d->N, d->C, d->H, d->W);
+        return DTKD_OK;
+    }
     if (is_depthwise(d)) {
         depthwise_backward(dx, dw, dy, x, w, d);
         return DTKD_OK;
