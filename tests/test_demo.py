@@ -1,5 +1,6 @@
-"""The demo end to end on small generated Fashion-MNIST files: it trains a teacher, the three
-students, prints the table, writes the plot, and reuses the cached teacher on a second run."""
+"""The demo end to end on small generated Fashion-MNIST files: asked to (--teacher-epochs,
+--train-teacher) it trains a teacher, then the three students, prints the table, writes the plot,
+and reuses the cached teacher on a second run. Its default, the shipped teacher: test_pretrained."""
 import pytest
 
 from dtkd import demo
@@ -84,6 +85,15 @@ def test_demo_quick_is_seconds_and_logs_a_line_per_epoch(tiny_fmnist, tmp_path, 
     assert demo.main(["--quick", "--out", str(tmp_path / "q"), "--data", str(tiny_fmnist),
                       "--no-plot", "--threads", "2"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("epoch 1: lr ") == 4  # teacher and three students, one epoch each
+    # the shipped teacher (tests/test_pretrained.py): three students, one epoch each
+    assert printed.count("epoch 1: lr ") == 3
     config = (tmp_path / "q" / "dtkd" / "config.yaml").read_text()
     assert "EPOCHS: 1" in config and "SUBSET: 300" in config
+
+
+def test_demo_quick_with_train_teacher_trains_it_for_one_epoch(tiny_fmnist, tmp_path, capsys):
+    assert demo.main(["--quick", "--train-teacher", "--out", str(tmp_path / "q"), "--data",
+                      str(tiny_fmnist), "--no-plot", "--threads", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("epoch 1: lr ") == 4  # teacher and three students, one epoch each
+    assert "EPOCHS: 1" in (tmp_path / "q" / "teacher" / "config.yaml").read_text()
