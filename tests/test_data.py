@@ -653,3 +653,12 @@ def test_loader_rejects_bad_arguments():
         loader.load_state_dict({"rng": loader.state_dict()["rng"], "batches_done": 9})
     with pytest.raises(ValueError, match=r"state\['rng'\]"):
         loader.load_state_dict({"rng": {"bit_generator": "MT19937"}, "batches_done": 0})
+
+
+def test_cifar_pickle_with_keys_of_mixed_types_names_the_missing_key(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "train").write_bytes(pickle.dumps({b"x": 1, 3: 2, (1,): 3}, protocol=2))
+    with pytest.raises(ValueError, match="missing key b'data'") as info:
+        load_dataset("cifar100", "train", root=folder)
+    assert str(folder / "train") in str(info.value)

@@ -609,3 +609,28 @@ def test_pth_zip_with_a_compression_method_torch_never_writes_is_a_checkpoint_er
     path.write_bytes(bytes(raw))
     with pytest.raises(dtkd.io.CheckpointError, match=r"odd\.pth: a zip archive PyTorch does not write"):
         dtkd.io.load_pth(path)
+
+
+def _recompressed_with_a_corrupt_member(path):
+    """``path`` rewritten as a zip whose members are deflated and whose first member's deflate
+    stream is garbage (the fuzzer's find: zlib errors escaped as raw exceptions)."""
+    with zipfile.ZipFile(path) as src:
+        members = [(info.filename, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for name, data in members:
+            dst.writestr(name, data)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[26:30])  # the first local file header
+    start = 30 + name_len + extra_len
+    raw[start:start + 4] = b"\xff\xff\xff\xff"  # an invalid deflate block type
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".npz"])
+def test_a_member_flagged_compressed_but_corrupt_is_a_checkpoint_error(tmp_path, suffix):
+    model = dtkd.models.create("resnet8", num_classes=10, in_channels=1)
+    path = tmp_path / f"m{suffix}"
+    model.save(path)
+    _recompressed_with_a_corrupt_member(path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        dtkd_io.load_checkpoint(path)

@@ -74,7 +74,8 @@ def _parse_split_file(raw, where, label_key, num_classes):
     entry = _unpickle(raw, where)
     for key in ("data", label_key):
         if key not in entry:
-            raise ValueError(f"{where}: missing key b'{key}' (found {sorted(entry)}); is this "
+            found = sorted(entry, key=repr)  # keys of any type: a crafted file's too
+            raise ValueError(f"{where}: missing key b'{key}' (found {found}); is this "
                              f"a file of the other CIFAR dataset?")
     data = np.asarray(entry["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:

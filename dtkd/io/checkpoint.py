@@ -21,7 +21,9 @@ the previous checkpoint intact. Zip's per-member CRC32 detects corrupt data on l
 """
 import hashlib
 import json
+import lzma
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +83,10 @@ def load(path):
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError,
-            NotImplementedError, RuntimeError) as e:
+            NotImplementedError, RuntimeError, zlib.error, lzma.LZMAError) as e:
         # zipfile: NotImplementedError for an unknown compression method, RuntimeError for a
-        # member flagged as encrypted (both found by the checkpoint fuzz harness)
+        # member flagged as encrypted (both found by the checkpoint fuzz harness), zlib / lzma
+        # errors for a member flagged compressed whose bytes are not (the .pth harness's find)
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
                               f"({type(e).__name__}: {e})") from None
     return _decode(meta["tree"], arrays, path)

@@ -33,12 +33,14 @@ under ``weights_only=True`` (``collections.OrderedDict``, ``torch._utils._rebuil
 """
 import collections
 import io
+import lzma
 import math
 import os
 import pickle
 import re
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -269,9 +271,10 @@ def load_pth(path):
     except (EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, struct.error) as e:
         raise CheckpointError(f"{path}: truncated or corrupt PyTorch checkpoint "
                               f"({type(e).__name__}: {e})") from None
-    except (NotImplementedError, RuntimeError) as e:
+    except (NotImplementedError, RuntimeError, zlib.error, lzma.LZMAError) as e:
         # zipfile: NotImplementedError for a compression method it lacks, RuntimeError for an
-        # encrypted member; torch writes neither (its archives are stored, unencrypted)
+        # encrypted member, zlib / lzma errors for a member flagged compressed whose data is not;
+        # torch writes none of these (its archives are stored, unencrypted)
         raise CheckpointError(f"{path}: a zip archive PyTorch does not write (compressed or "
                               f"encrypted members: {type(e).__name__}: {e})") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
