@@ -213,3 +213,78 @@ def test_byte_swapped_arrays_are_refused_or_read_in_their_byte_order(call, arg):
     else:
         with pytest.raises(TypeError, match=f"{arg}: expected native byte order"):
             call(_swapped(native))
+
+
+# ---- dtkd.io.load: every bad file is a CheckpointError naming it ------------------------------
+
+def _npz_with_header(path, header, members=()):
+    """A zip like dtkd.io.save's: ``header`` (bytes) as the __dtkd__ member, plus raw members."""
+    import io
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        buf = io.BytesIO()
+        np.save(buf, np.frombuffer(header, np.uint8))
+        z.writestr("__dtkd__.npy", buf.getvalue())
+        for name, raw in members:
+            z.writestr(name + ".npy", raw)
+    return path
+
+
+def _load_error(path):
+    with pytest.raises(dtkd.io.CheckpointError) as e:
+        dtkd.io.load(path)
+    assert path.name in str(e.value)
+    return str(e.value)
+
+
+def test_loading_a_plain_npy_file_says_what_it_is(tmp_path):
+    """The probe: TypeError ("'numpy.ndarray' object does not support the context manager")."""
+    np.save(tmp_path / "plain.npy", np.arange(3))
+    assert "plain .npy" in _load_error(tmp_path / "plain.npy")
+    (tmp_path / "text.npz").write_text("hello")
+    assert "not a zip archive" in _load_error(tmp_path / "text.npz")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_header_without_tree_is_malformed_not_a_keyerror(tmp_path, version):
+    import json
+    head = json.dumps({"format": "dtkd-checkpoint", "version": version, "checksum": "x"})
+    assert "no 'tree'" in _load_error(_npz_with_header(tmp_path / "c.npz", head.encode()))
+
+
+@pytest.mark.parametrize("depth", [500, 100_000])
+def test_a_deeply_nested_header_is_refused_without_recursion_errors(tmp_path, depth):
+    head = '{"format": "dtkd-checkpoint", "version": 1, "tree": %s}' % ("[" * depth + "]" * depth)
+    _load_error(_npz_with_header(tmp_path / "c.npz", head.encode()))
+    from dtkd.io.checkpoint import MAX_DEPTH
+    tree = []
+    for _ in range(MAX_DEPTH):
+        tree = [tree]
+    with pytest.raises(ValueError, match="deeper than"):
+        dtkd.io.save(tmp_path / "deep.npz", tree)  # save refuses what load would
+
+
+def test_a_deep_tree_within_the_bound_round_trips(tmp_path):
+    tree = {"w": np.arange(2)}
+    for _ in range(90):  # 180 levels of dicts and lists
+        tree = {"x": [tree]}
+    dtkd.io.save(tmp_path / "ok.npz", tree)
+    back = dtkd.io.load(tmp_path / "ok.npz")
+    for _ in range(90):  # 180 levels of dicts and lists
+        back = back["x"][0]
+    np.testing.assert_array_equal(back["w"], np.arange(2))
+
+
+def test_a_member_claiming_a_tebibyte_is_refused_before_allocating(tmp_path):
+    """The probe: MemoryError ("Unable to allocate 1.00 TiB")."""
+    import json
+    import struct
+    d = b"{'descr': '<f4', 'fortran_order': False, 'shape': (274877906944,), }".ljust(117) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(d)) + d + bytes(16)
+    head = json.dumps({"format": "dtkd-checkpoint", "version": 1,
+                       "tree": {"a": {"__array__": "a0"}}}).encode()
+    msg = _load_error(_npz_with_header(tmp_path / "big.npz", head, [("a0", npy)]))
+    assert "claims 1099511627776 bytes" in msg
+    head = json.dumps({"format": "dtkd-checkpoint", "version": 1,
+                       "tree": {"a": {"__array__": ["a0"]}}}).encode()  # not a member name
+    assert "missing" in _load_error(_npz_with_header(tmp_path / "ref.npz", head))
