@@ -288,3 +288,63 @@ def test_a_member_claiming_a_tebibyte_is_refused_before_allocating(tmp_path):
     head = json.dumps({"format": "dtkd-checkpoint", "version": 1,
                        "tree": {"a": {"__array__": ["a0"]}}}).encode()  # not a member name
     assert "missing" in _load_error(_npz_with_header(tmp_path / "ref.npz", head))
+
+
+# ---- config: every bad file or value is a ConfigError naming it, at load -------------------
+
+def _config_error(tmp_path, raw, match):
+    from dtkd.config import ConfigError, load_config
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(str(path))
+    assert str(path) in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("depth", [900, 100_000])
+def test_deeply_nested_yaml_is_a_config_error_not_a_recursion_error(tmp_path, depth):
+    _config_error(tmp_path, b"SOLVER:\n  LR: " + b"[" * depth + b"]" * depth + b"\n",
+                  "nests lists / mappings too deeply")
+
+
+def test_non_utf8_bytes_are_a_config_error_saying_where(tmp_path):
+    _config_error(tmp_path, b"SOLVER:\n  LR: 0.1\n  # caf\xe9\n",
+                  r"not a UTF-8 text file \(byte 0xe9 at offset 25, line 3\)")
+
+
+def test_a_yaml_alias_bomb_gives_a_short_error_quickly(tmp_path):
+    """The probe: 457 bytes took 1.85 s and 153 MB, growing ~10x per line, because the error
+    message quoted the whole value. Nine lines here: 10**9 leaves if written out."""
+    import time
+    lines = "".join(f"    - &a{i} [" + ",".join(["lol"] * 10 if i == 0 else [f"*a{i - 1}"] * 10)
+                    + "]\n" for i in range(9))
+    start = time.perf_counter()
+    msg = _config_error(tmp_path, b"EXPERIMENT:\n  NAME:\n" + lines.encode(),
+                        "EXPERIMENT.NAME expects a string")
+    assert len(msg) < 600 and time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("SOLVER.LR", "nan", "SOLVER.LR expects a finite number"),
+    ("SOLVER.LR", "-.inf", "SOLVER.LR expects a finite number"),
+    ("DTKD.T", "1e300", r"DTKD.T expects a number within float32's range"),
+    ("DKD.BETA", "1e39", r"DKD.BETA expects a number within float32's range"),
+    ("SOLVER.EPOCHS", "1e300", "SOLVER.EPOCHS expects an integer within int64's range"),
+])
+def test_non_finite_or_out_of_range_values_fail_at_load_naming_the_key(tmp_path, key, value, match):
+    from dtkd.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=f"command line: {match}"):
+        load_config(None, [key, value])
+    group, leaf = key.split(".")
+    _config_error(tmp_path, f"{group}:\n  {leaf}: {value}\n".encode(), match)
+    assert load_config(None, [key, "3.0e38" if "EPOCHS" not in key else "7"])  # in range: fine
+
+
+def test_a_key_under_a_value_does_not_suggest_the_value_as_its_own_fix():
+    from dtkd.config import ConfigError, load_config
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["SOLVER.LR.X", "1"])
+    msg = str(e.value)
+    assert "SOLVER.LR is a value (default 0.05), not a group of keys" in msg
+    assert "did you mean" not in msg
