@@ -348,3 +348,45 @@ def test_a_key_under_a_value_does_not_suggest_the_value_as_its_own_fix():
     msg = str(e.value)
     assert "SOLVER.LR is a value (default 0.05), not a group of keys" in msg
     assert "did you mean" not in msg
+
+
+# ---- IDX: the header's size in Python ints, checked against the file before reading ---------
+
+def _idx_header(*dims):
+    import struct
+    return struct.pack(f">4s{len(dims)}I", bytes((0, 0, 8, len(dims))), *dims)
+
+
+def test_idx_dims_that_overflow_int64_are_an_implausible_header_naming_the_file(tmp_path):
+    """The probe: 0xFFFFFFFF x3 reported "= 12884901887 bytes" (wrapped arithmetic)."""
+    from dtkd.data import read_idx
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(_idx_header(0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF) + bytes(100))
+    with pytest.raises(ValueError, match="corrupt or implausible header") as e:
+        read_idx(path, 3)
+    assert str(path) in str(e.value) and str(0xFFFFFFFF ** 3) in str(e.value)
+
+
+def test_a_gzip_idx_bomb_is_refused_before_decompressing(tmp_path):
+    """The probe: a 204 KB .gz peaked at 434 MB before rejection."""
+    import gzip
+    import tracemalloc
+    from dtkd.data import read_idx
+    path = tmp_path / "x-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(1000, 1000, 434) + bytes(8 << 20), 9))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="more than a gzip file of .* can decompress to"):
+            read_idx(path, 3)
+        # within deflate's ratio but still a lie: 1 MB declared, 24 MB of data: reading stops
+        # one chunk (1 MiB) past the declared size
+        path.write_bytes(gzip.compress(_idx_header(1000, 1000, 1) + bytes(24 << 20), 9))
+        tracemalloc.reset_peak()
+        with pytest.raises(ValueError, match="trailing bytes") as e:
+            read_idx(path, 3)
+        assert str(path) in str(e.value)
+        assert tracemalloc.get_traced_memory()[1] < 6 << 20
+    finally:
+        tracemalloc.stop()
+    path.write_bytes(gzip.compress(_idx_header(2, 3, 4) + bytes(range(24))))
+    np.testing.assert_array_equal(read_idx(path, 3), np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
