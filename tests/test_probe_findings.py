@@ -390,3 +390,24 @@ def test_a_gzip_idx_bomb_is_refused_before_decompressing(tmp_path):
         tracemalloc.stop()
     path.write_bytes(gzip.compress(_idx_header(2, 3, 4) + bytes(range(24))))
     np.testing.assert_array_equal(read_idx(path, 3), np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+
+
+# ---- Dataset normalization constants: usable in float32 ------------------------------------
+
+@pytest.mark.parametrize("std, match", [
+    (1e-40, r"std: channel 0: 1e-40 is outside float32's usable range: its reciprocal"),
+    (1e-45, "reciprocal"),
+    (1e39, "reciprocal"),
+    (1e-39, "reciprocal"),
+    (0.0, "std > 0"),
+])
+def test_dataset_refuses_a_std_whose_normalization_is_not_finite_in_float32(std, match):
+    """The probe: Dataset(std=1e-40) made every batch inf."""
+    images = np.arange(32, dtype=np.uint8).reshape(2, 4, 4, 1)
+    with pytest.raises(ValueError, match=match):
+        dtkd.data.Dataset(images, [0, 1], ["a", "b"], mean=(0.5,), std=(std,))
+    with pytest.raises(ValueError, match="std: channel 0: 1e-30 with mean 1e"):
+        dtkd.data.Dataset(images, [0, 1], ["a", "b"], mean=(1e30,), std=(1e-30,))
+    ds = dtkd.data.Dataset(images, [0, 1], ["a", "b"], mean=(0.5,), std=(1e-30,))  # extreme, finite
+    x, _ = next(iter(dtkd.data.DataLoader(ds, batch_size=2, shuffle=False)))
+    assert np.all(np.isfinite(x))
