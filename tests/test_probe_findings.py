@@ -411,3 +411,28 @@ def test_dataset_refuses_a_std_whose_normalization_is_not_finite_in_float32(std,
     ds = dtkd.data.Dataset(images, [0, 1], ["a", "b"], mean=(0.5,), std=(1e-30,))  # extreme, finite
     x, _ = next(iter(dtkd.data.DataLoader(ds, batch_size=2, shuffle=False)))
     assert np.all(np.isfinite(x))
+
+
+# ---- CIFAR pickles of protocol 5 ------------------------------------------------------------
+
+def test_a_cifar_file_pickled_with_protocol_5_reads_like_protocol_2():
+    """The probe: protocol 5 was refused naming numpy._core.numeric._frombuffer (the
+    constructor NumPy uses for protocol-5 arrays, now allow-listed as a bytes view)."""
+    import pickle
+    from dtkd.data.cifar import _parse_split_file
+    rng = np.random.default_rng(0)
+    split = {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8),
+             b"fine_labels": [1, 5, 99], b"coarse_labels": [0, 1, 19]}
+    want = _parse_split_file(pickle.dumps(split, protocol=2), "p2", "fine_labels", 100)
+    for data in (split[b"data"], np.asfortranarray(split[b"data"])):  # C and F order
+        got = _parse_split_file(pickle.dumps({**split, b"data": data}, protocol=5), "p5",
+                                "fine_labels", 100)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    # out-of-band buffers (no buffers are given) and foreign globals stay refused, named
+    raw = pickle.dumps(split, protocol=5, buffer_callback=lambda b: False)
+    with pytest.raises(ValueError, match="oob: not a readable CIFAR pickle .*out-of-band"):
+        _parse_split_file(raw, "oob", "fine_labels", 100)
+    evil = pickle.dumps({b"data": np.float64}, protocol=5)  # a global outside the allow-list
+    with pytest.raises(ValueError, match="evil: .*refusing to load the global numpy"):
+        _parse_split_file(evil, "evil", "fine_labels", 100)
