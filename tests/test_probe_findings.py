@@ -436,3 +436,22 @@ def test_a_cifar_file_pickled_with_protocol_5_reads_like_protocol_2():
     evil = pickle.dumps({b"data": np.float64}, protocol=5)  # a global outside the allow-list
     with pytest.raises(ValueError, match="evil: .*refusing to load the global numpy"):
         _parse_split_file(evil, "evil", "fine_labels", 100)
+
+
+# ---- layers on finite inputs near float32's limit: a result, or an error about the output ----
+
+@pytest.mark.parametrize("value", [1e38, -3.4e38, 3.4e38])
+def test_average_pooling_of_finite_values_near_float32_max_is_their_average(value):
+    """The probe: AvgPool2d(2) of 1e38 raised "x: contains NaN or Inf" (the float window sum
+    overflowed); global average pooling did the same past 16 lanes x 2 values."""
+    x = np.full((1, 2, 4, 4), value, np.float32)
+    x[0, 1] *= -1
+    y = dtkd.nn.AvgPool2d(2)(x)
+    np.testing.assert_array_equal(y[0, 0], np.full((2, 2), value, np.float32))
+    np.testing.assert_array_equal(y[0, 1], np.full((2, 2), -value, np.float32))
+    big = np.full((2, 3, 16, 16), value, np.float32)
+    np.testing.assert_allclose(dtkd._C.global_avgpool_forward(big), np.full((2, 3), value),
+                               rtol=1e-6)
+    x[0, 0, 1, 1] = np.inf  # a real Inf is still named
+    with pytest.raises(ValueError, match="x: contains NaN or Inf"):
+        dtkd.nn.AvgPool2d(2)(x)

@@ -47,6 +47,23 @@ static inline double dtkd_sum(const float *p, long n)
     return dtkd_lanes_total(acc);
 }
 
+/* sum of p[0..n) accumulated in double: the fallback when dtkd_sum's float lanes overflow
+ * (finite values near float32's limit; a sum of finite floats is always finite in double) */
+static inline double dtkd_sum_wide(const float *p, long n)
+{
+    double s = 0.0;
+    for (long i = 0; i < n; i++) s += p[i];
+    return s;
+}
+
+/* dtkd_sum, redone in double when the float lanes overflowed: non-finite only when p holds a
+ * NaN or Inf */
+static inline double dtkd_sum_safe(const float *p, long n)
+{
+    const double s = dtkd_sum(p, n);
+    return s - s == 0.0 ? s : dtkd_sum_wide(p, n);
+}
+
 /* sum of (p[i] - m)^2 */
 static inline double dtkd_sum_sqdev(const float *p, float m, long n)
 {
