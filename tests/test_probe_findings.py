@@ -455,3 +455,49 @@ def test_average_pooling_of_finite_values_near_float32_max_is_their_average(valu
     x[0, 0, 1, 1] = np.inf  # a real Inf is still named
     with pytest.raises(ValueError, match="x: contains NaN or Inf"):
         dtkd.nn.AvgPool2d(2)(x)
+
+
+def _bn_reference(x, eps=1e-5):
+    x64 = x.astype(np.float64)
+    m, v = x64.mean((0, 2, 3), keepdims=True), x64.var((0, 2, 3), keepdims=True)
+    return (x64 - m) / np.sqrt(v + eps)
+
+
+@pytest.mark.parametrize("hw", [3, 32])  # 32x32: 64 values of 1e37 per float lane overflow
+def test_batchnorm_training_on_a_constant_1e37_channel_gives_beta(hw):
+    """The probe: all-NaN output (later an overflow error): x * scale + (beta - mean * scale)
+    cancels two terms near 3e39; the kernel now centers first, with an exact shifted mean."""
+    bn = dtkd.nn.BatchNorm2d(2)
+    bn.bias.data[...] = [0.5, -2.0]
+    x = np.full((4, 2, hw, hw), 1e37, np.float32)
+    x[:, 1] = -3e38
+    y = bn(x)
+    np.testing.assert_array_equal(y[:, 0], 0.5)
+    np.testing.assert_array_equal(y[:, 1], -2.0)
+    np.testing.assert_allclose(bn.running_mean, [1e36, -3e37], rtol=1e-6)
+    dx = bn.backward(np.ones_like(y))
+    assert np.all(np.isfinite(dx))
+
+
+@pytest.mark.parametrize("offset", [1e7, -3e5, 1e4])
+def test_batchnorm_keeps_the_noise_on_a_large_offset(offset):
+    """The probe: 1e7 + randn lost accuracy (0.08 off: x * scale and the shift cancel, and the
+    float32 mean of 1e7 + noise is off by up to 0.5)."""
+    x = (offset + np.random.default_rng(3).standard_normal((8, 3, 5, 5))).astype(np.float32)
+    bn = dtkd.nn.BatchNorm2d(3)
+    np.testing.assert_allclose(bn(x), _bn_reference(x), atol=2e-5)
+    bn.eval()  # eval: centered on the float32 running mean, not x * scale + shift
+    bn.running_mean[...] = x.astype(np.float64).mean((0, 2, 3))
+    bn.running_var[...] = 1.0
+    want = (x.astype(np.float64) - bn.running_mean.reshape(1, 3, 1, 1)) / np.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(bn(x), want, atol=2e-5)
+
+
+def test_batchnorm_statistics_beyond_float32_are_a_range_error_leaving_running_stats():
+    bn = dtkd.nn.BatchNorm2d(1)
+    x = np.full((2, 1, 4, 4), 3.4e38, np.float32)
+    x[0] *= -1  # variance 1.2e77: no float32 running_var can hold it
+    with pytest.raises(ValueError, match="batch statistics leave float32's range"):
+        bn(x)
+    np.testing.assert_array_equal(bn.running_var, [1.0])
+    np.testing.assert_array_equal(bn.running_mean, [0.0])

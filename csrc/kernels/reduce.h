@@ -75,6 +75,36 @@ static inline double dtkd_sum_sqdev(const float *p, float m, long n)
     return dtkd_lanes_total(acc);
 }
 
+/* sum of (p[i] - m) (a shifted sum: m near the values keeps the float lanes exact-ish where
+ * a plain sum of values like 1e7 + noise loses the noise) */
+static inline double dtkd_sum_dev(const float *p, float m, long n)
+{
+    float acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) acc[j] += p[i + j] - m;
+    for (int j = 0; i < n; i++, j++) acc[j] += p[i] - m;
+    return dtkd_lanes_total(acc);
+}
+
+/* sum of ((p[i] - hi) - lo)^2: squared deviations from a center hi + lo held as two floats
+ * (a float32 mean near 1e7 is off by up to 0.5) */
+static inline double dtkd_sum_sqdev2(const float *p, float hi, float lo, long n)
+{
+    float acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) {
+            const float d = (p[i + j] - hi) - lo;
+            acc[j] += d * d;
+        }
+    for (int j = 0; i < n; i++, j++) {
+        const float d = (p[i] - hi) - lo;
+        acc[j] += d * d;
+    }
+    return dtkd_lanes_total(acc);
+}
+
 /* sum of a[i] * (b[i] - m) */
 static inline double dtkd_dot_dev(const float *a, const float *b, float m, long n)
 {
