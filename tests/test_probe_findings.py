@@ -501,3 +501,52 @@ def test_batchnorm_statistics_beyond_float32_are_a_range_error_leaving_running_s
         bn(x)
     np.testing.assert_array_equal(bn.running_var, [1.0])
     np.testing.assert_array_equal(bn.running_mean, [0.0])
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("scale", [1e37, 3e37])
+def test_winograd_beyond_its_float32_range_runs_the_direct_convolution(m, scale):
+    """The probe: Winograd overflowed to Inf on inputs near 1e37 where the direct path stays
+    finite. Beyond the transform's bound (max|x| max|w| growth C), the direct path runs."""
+    from dtkd import _C
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((2, 4, 6, 6)) * scale).astype(np.float32)
+    w = (rng.standard_normal((3, 4, 3, 3)) * 0.3).astype(np.float32)
+    b = np.array([1e36, -1.0, 0.0], np.float32)
+    direct = _C.conv2d_forward(x, w, b, 1, 1, 1, 1, 1)
+    assert np.all(np.isfinite(direct))
+    np.testing.assert_array_equal(_C.winograd_conv3x3_forward(x, w, b, m), direct)
+    residual = (rng.standard_normal(direct.shape) * scale).astype(np.float32)
+    want = np.maximum(direct + residual, 0)
+    out = residual.copy()  # out may be the residual itself
+    y = _C.winograd_conv3x3_forward(x, w, b, m, residual=out, relu=True, out=out)
+    assert y is out or np.shares_memory(y, out)
+    np.testing.assert_array_equal(out, want)
+    dy = (rng.standard_normal(direct.shape) * scale).astype(np.float32)
+    dx = _C.winograd_conv3x3_backward_input(dy, w, m)
+    ref = _C.conv2d_backward(dy, x, w, 1, 1, 1, 1, 1, None, None, True)
+    np.testing.assert_allclose(dx, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def test_winograd_results_beyond_float32_are_a_range_error_naming_it():
+    from dtkd import _C
+    x = np.full((1, 4, 5, 5), 3e38, np.float32)
+    w = np.full((2, 4, 3, 3), 10.0, np.float32)
+    with pytest.raises(ValueError, match=r"output exceeds float32's range \(\|y\| <= 3.4e38\)"):
+        _C.winograd_conv3x3_forward(x, w)
+    with pytest.raises(ValueError, match=r"output exceeds float32's range"):
+        _C.winograd_conv3x3_backward_input(np.full((1, 2, 5, 5), 3e38, np.float32), w)
+    # pre-transformed weights (the fused eval path) cannot fall back: an error naming x
+    u = _C.winograd_transform_weights(np.full((2, 4, 3, 3), 1e-3, np.float32), 4)
+    with pytest.raises(ValueError, match=r"x: max \|x\| = 3e\+38 is beyond float32's range for "
+                                         r"the Winograd transform"):
+        _C.winograd_conv3x3_forward_transformed(x, u)
+
+
+def test_a_conv2d_layer_trains_on_1e37_inputs_with_finite_results():
+    conv = dtkd.nn.Conv2d(16, 8, 3, padding=1, rng=np.random.default_rng(0))
+    assert dtkd.nn.conv.uses_winograd(conv)
+    x = (np.random.default_rng(1).standard_normal((2, 16, 6, 6)) * 1e37).astype(np.float32)
+    y = conv(x)
+    dx = conv.backward(np.ones_like(y))
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
