@@ -9,6 +9,12 @@ already recorded there, so an interrupted reproduction continues where it stoppe
         (resnet20, dtkd.pretrained) -> resnet8, at the shipped configs' (and the demo's) budget
   c     DTKD applied to TCKD only and to NCKD only (the paper's robustness comparison), same
         pair and budget as b (DKD and DTKD+DKD of part b are its reference)
+  d     DTKD and DTKD+DKD with the temperatures detached (DTKD.DETACH_TEMPERATURE: no gradient
+        through T_s, T_t), same pair and budget as b: does the gradient through the
+        temperatures explain a difference (part b's rows are the reference)
+  e     the temperature methods beyond the paper (dtkd's options, issue 12): the exact
+        sharpness-matching rule, logit standardization on KD / DKD / DTKD, and CTKD's learnable
+        temperature; same pair and budget as b (its KD, DKD and DTKD rows are the reference)
   cifar the epoch time of a CIFAR-100 resnet32x4 -> resnet8x4 DTKD run on synthetic
         CIFAR-shaped data (a few batches, extrapolated) and the projected 240-epoch wall time
   report  Markdown tables (mean +- std over seeds, best and last epoch, paired differences)
@@ -30,23 +36,33 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-# One student budget for every part, sized so that the three parts (~90 runs) fit about an hour
-# on two shared cores: resnet8 on 2,000 training images for 3 epochs (LR / 10 after epoch 2),
-# evaluated after each epoch on 2,000 test images (both drawn with the run's seed).
-STUDENT = {"DATASET.SUBSET": 2000, "SOLVER.EPOCHS": 3, "SOLVER.LR_DECAY_STAGES": [2],
-           "DATASET.TEST.SUBSET": 2000}
+# Two student budgets. SMALL (part a, and parts b/c in the first pass): resnet8 on 2,000 training
+# images for 3 epochs (LR / 10 after epoch 2), evaluated on 2,000 test images (both drawn with
+# the run's seed); sized so that ~40 runs fit under an hour on two shared cores.
+SMALL = {"DATASET.SUBSET": 2000, "SOLVER.EPOCHS": 3, "SOLVER.LR_DECAY_STAGES": [2],
+         "DATASET.TEST.SUBSET": 2000}
 # Part a: teachers resnet20/32/56 trained here, one budget for all (the shipped teacher had 15,000
 # images and 4 epochs; three teachers at that budget do not fit the hour).
 FIG1_TEACHERS = ("resnet20", "resnet32", "resnet56")
-FIG1_STUDENT = STUDENT
+FIG1_STUDENT = SMALL
 FIG1_TEACHER = {"DATASET.SUBSET": 6000, "SOLVER.EPOCHS": 3, "SOLVER.LR_DECAY_STAGES": [2],
                 "DATASET.TEST.SUBSET": 5000}
-# Parts b, c: the shipped teacher, the same student budget (the demo's: part b's seeds say how
-# often the demo's ordering holds).
-PAIR_STUDENT = STUDENT
+# Parts b-e: the shipped teacher and the demo's budget (10,000 images, 4 epochs, LR / 10 for the
+# last; 5,000 test images): part b's seeds say how often the demo's ordering holds. SMALL gave
+# seed noise larger than the methods' differences. `--set` overrides either (a new --out each).
+PAIR_STUDENT = {"DATASET.SUBSET": 10000, "SOLVER.EPOCHS": 4, "SOLVER.LR_DECAY_STAGES": [3],
+                "DATASET.TEST.SUBSET": 5000}
 PART_METHODS = {"a": ("vanilla", "KD", "DTKD"),
                 "b": ("vanilla", "KD", "DKD", "DTKD", "DTKD+DKD"),
-                "c": ("DTKD-TCKD", "DTKD-NCKD")}
+                "c": ("DTKD-TCKD", "DTKD-NCKD"),
+                "d": ("DTKD", "DTKD+DKD"),
+                "e": ("DTKD-exact", "KD+LS", "DKD+LS", "DTKD+LS", "CTKD")}
+# A part's rows are labelled method + this suffix (part d's DTKD is not part b's DTKD).
+PART_LABEL = {"d": " (T detached)"}
+# Part b's rows a part's report shows as its reference.
+PART_REFERENCE = {"d": ("DTKD", "DTKD+DKD"), "e": ("KD", "DKD", "DTKD")}
+# Config overrides a part adds to its methods' own (part d: the temperatures detached).
+PART_OVERRIDES = {"d": {"DTKD.DETACH_TEMPERATURE": True}}
 
 
 def _key(row):
@@ -93,20 +109,20 @@ def run_part(part, seeds, out, threads, extra=(), teacher_extra=()):
             jobs = [j for j in jobs if j[0] != "vanilla"] + [j for j in jobs if j[0] == "vanilla"]
     for method, teacher_name, seed in jobs:
         tname = teacher_name if method != "vanilla" else ""
-        key = (part, method, tname, seed)
+        key = (part, method + PART_LABEL.get(part, ""), tname, seed)
         done = _done(out)  # another part running side by side may have added rows
         if key in done:
             continue
-        if (part == "b" and method == "vanilla" and PAIR_STUDENT == FIG1_STUDENT
-                and ("a", "vanilla", "", seed) in done):
+        same = done.get(("a", "vanilla", "", seed))
+        if part == "b" and method == "vanilla" and same and same["budget"] == " ".join(budget):
             continue  # the same run as part a's vanilla student (same budget and seed): reused
-        overrides = {}
+        overrides = dict(PART_OVERRIDES.get(part, {}))
         if part != "a" and method != "vanilla":
             overrides["DISTILLER.TEACHER_CHECKPOINT"] = str(teacher.path)
         name = f"{method}_{tname or 'none'}_seed{seed}"
         r = sweep.distill(method, overrides, seed=seed, teacher=teacher_name, name=name)
         row = r.row()
-        row.update(part=part, teacher=tname, seed=seed,
+        row.update(part=part, teacher=tname, seed=seed, method=method + PART_LABEL.get(part, ""),
                    test_acc_per_epoch=[h["test_acc"] for h in r.history],
                    budget=" ".join(budget), teacher_budget=" ".join(teacher_budget),
                    load_avg=os.getloadavg()[0], finished_utc=time.strftime("%H:%M:%S", time.gmtime()))
@@ -183,23 +199,32 @@ def report(out):
     lines = []
     for part, title in (("a", "(a) Figure-1 setting: student resnet8, teachers of increasing size"),
                         ("b", "(b) methods on one pair: shipped resnet20 -> resnet8"),
-                        ("c", "(c) DTKD on TCKD only / NCKD only (same pair and budget as b)")):
+                        ("c", "(c) DTKD on TCKD only / NCKD only (same pair and budget as b)"),
+                        ("d", "(d) temperatures detached (no gradient through T_s, T_t; same "
+                              "pair and budget as b)"),
+                        ("e", "(e) temperature methods beyond the paper (same pair and budget "
+                              "as b)")):
         prs = [r for r in rows if r["part"] == part]
-        if part == "b" and PAIR_STUDENT == FIG1_STUDENT and prs:
+        if part == "b" and prs:
             have = {r["seed"] for r in prs if r["method"] == "vanilla"}
+            budgets = {r["budget"] for r in prs}
             prs += [r for r in rows if r["part"] == "a" and r["method"] == "vanilla"
-                    and r["seed"] not in have]  # the same run (same budget and seed)
+                    and r["seed"] not in have and r["budget"] in budgets]  # the same run
         if not prs:
             continue
+        prs += [r for r in rows if r["part"] == "b" and r["method"] in PART_REFERENCE.get(part, ())]
         lines += [f"### {title}", "",
                   "| method | teacher (top-1 %) | seeds | best top-1 % | last top-1 % | per seed best / last |",
                   "|---|---|---:|---:|---:|---|"]
         groups = {}
         for r in sorted(prs, key=lambda r: (r["teacher"], r["seed"])):
             groups.setdefault((r["method"], r["teacher"]), []).append(r)
-        order = ["vanilla", "KD", "DKD", "DTKD", "DTKD+DKD", "DTKD-TCKD", "DTKD-NCKD"]
+        order = ["vanilla", "KD", "KD+LS", "CTKD", "DKD", "DKD+LS", "DTKD", "DTKD (T detached)",
+                 "DTKD-exact", "DTKD+LS", "DTKD+DKD", "DTKD+DKD (T detached)", "DTKD-TCKD",
+                 "DTKD-NCKD"]
+        rank = lambda m: order.index(m) if m in order else len(order)
         for (method, teacher), g in sorted(groups.items(),
-                                           key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+                                           key=lambda kv: (kv[0][1], rank(kv[0][0]), kv[0][0])):
             tacc = sorted({round(r["teacher_acc"], 2) for r in g if r.get("teacher_acc")})
             tdesc = f"{teacher} ({', '.join(f'{a:.2f}' for a in tacc)})" if teacher else "—"
             per = ", ".join(f"s{r['seed']} {r['best_acc']:.2f}/{r['last_acc']:.2f}" for r in g)
@@ -224,7 +249,11 @@ def _paired(prs, part):
     pairs = {"a": [("DTKD", "KD"), ("KD", "vanilla"), ("DTKD", "vanilla")],
              "b": [("DTKD", "KD"), ("KD", "vanilla"), ("DTKD", "vanilla"), ("DKD", "KD"),
                    ("DTKD+DKD", "DKD"), ("DTKD+DKD", "DTKD")],
-             "c": [("DTKD-TCKD", "DTKD-NCKD")]}[part]
+             "c": [("DTKD-TCKD", "DTKD-NCKD")],
+             "d": [("DTKD (T detached)", "DTKD"), ("DTKD+DKD (T detached)", "DTKD+DKD"),
+                   ("DTKD+DKD (T detached)", "DTKD (T detached)")],
+             "e": [("DTKD-exact", "DTKD"), ("KD+LS", "KD"), ("DKD+LS", "DKD"),
+                   ("DTKD+LS", "DTKD"), ("CTKD", "KD")]}[part]
     teachers = sorted({r["teacher"] for r in prs if r["teacher"]}) or ["resnet20"]
     out = ["Paired per-seed differences in points (same seed = same student init, training "
            "images, batch order and test subset):", "",
@@ -248,7 +277,7 @@ def _paired(prs, part):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=["a", "b", "c", "cifar", "report"])
+    p.add_argument("part", choices=["a", "b", "c", "d", "e", "cifar", "report"])
     p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and the runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1)
