@@ -486,6 +486,16 @@ def test_batchnorm_keeps_the_noise_on_a_large_offset(offset):
     x = (offset + np.random.default_rng(3).standard_normal((8, 3, 5, 5))).astype(np.float32)
     bn = dtkd.nn.BatchNorm2d(3)
     np.testing.assert_allclose(bn(x), _bn_reference(x), atol=2e-5)
+    # the backward too (its x - mean used the float32 mean: dgamma was 1.5 off at 1e7)
+    g = np.random.default_rng(4).standard_normal(x.shape)
+    dx = bn.backward(g.astype(np.float32))
+    x64 = x.astype(np.float64)
+    xhat = _bn_reference(x)
+    inv = 1 / np.sqrt(x64.var((0, 2, 3), keepdims=True) + 1e-5)
+    ref = inv * (g - g.mean((0, 2, 3), keepdims=True)
+                 - xhat * (g * xhat).mean((0, 2, 3), keepdims=True))
+    np.testing.assert_allclose(dx, ref, atol=1e-5)
+    np.testing.assert_allclose(bn.weight.grad, (g * xhat).sum((0, 2, 3)), atol=1e-4)
     bn.eval()  # eval: centered on the float32 running mean, not x * scale + shift
     bn.running_mean[...] = x.astype(np.float64).mean((0, 2, 3))
     bn.running_var[...] = 1.0

@@ -101,14 +101,16 @@ static void relu_mask_run(float *restrict out, const float *restrict g, const fl
     }
 }
 
-/* q = kf * g + kx * p + k0; q may be g (each element read before it is written) */
+/* q = kf * g + kx * ((p - hi) - lo) + k0, the mean hi + lo subtracted first (as in the
+ * forward: kx * p + k0 cancelled two large terms at 1e7 + randn); q may be g (each element
+ * read before it is written) */
 static void bn_dx_run(float *q, const float *g, const float *restrict p, float kf, float kx,
-                      float k0, long n)
+                      float k0, float hi, float lo, long n)
 {
     if (q == g)
-        for (long i = 0; i < n; i++) q[i] = kf * q[i] + kx * p[i] + k0;
+        for (long i = 0; i < n; i++) q[i] = kf * q[i] + kx * ((p[i] - hi) - lo) + k0;
     else
-        for (long i = 0; i < n; i++) q[i] = kf * g[i] + kx * p[i] + k0;
+        for (long i = 0; i < n; i++) q[i] = kf * g[i] + kx * ((p[i] - hi) - lo) + k0;
 }
 
 int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_invstd,
@@ -245,37 +247,44 @@ int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, fl
      * C <= 512): statistics per channel, then the chunk's dx pass in memory order (see the
      * forward). */
     enum { CHUNK = 512 };
-    float coef[3 * CHUNK];
+    float coef[5 * CHUNK];
     for (long c0 = 0; c0 < C; c0 += CHUNK) {
         const long c1 = C - c0 < CHUNK ? C : c0 + CHUNK, width = c1 - c0;
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
     if (M * width >= PARALLEL_MIN_VALUES)
         for (long c = c0; c < c1; c++) {
             const float mean = save_mean[c], invstd = save_invstd[c];
-            /* sum_g = sum g, sum_g_xhat = sum g * xhat, xhat = (x - mean) * invstd */
-            double sum_g = 0.0, sum_g_xhat = 0.0;
+            /* sum_g = sum g, sum_g_xhat = sum g * xhat, xhat = (x - mean) * invstd. save_mean
+             * is the batch mean rounded to float32 (off by up to 0.5 at 1e7): its low part,
+             * lo = mean(x - save_mean), comes from a sum over the same run (in L1) */
+            double sum_g = 0.0, sum_g_xhat = 0.0, sum_dev = 0.0;
             for (long n = 0; n < N; n++) {
                 const long at = (n * C + c) * HW;
                 sum_g += dtkd_sum(g + at, HW);
                 sum_g_xhat += dtkd_dot_dev(g + at, x + at, mean, HW);
+                sum_dev += dtkd_sum_dev(x + at, mean, HW);
             }
-            sum_g_xhat *= invstd;
+            const double lo = sum_dev / M;
+            sum_g_xhat = (sum_g_xhat - lo * sum_g) * invstd;
             dgamma[c] += (float)sum_g_xhat;
             dbeta[c] += (float)sum_g;
             /* dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), expanded into
-             * dx = k * g + kx * x + k0 with per-channel constants (in double) */
+             * dx = k * g + kx * (x - mean) + k0 with per-channel constants (in double) */
             const double k = (double)gamma[c] * invstd, mean_g = sum_g / M;
             const double kxhat = k * invstd * (sum_g_xhat / M); /* coefficient of (x - mean) */
-            coef[3 * (c - c0)] = (float)k;
-            coef[3 * (c - c0) + 1] = (float)-kxhat;
-            coef[3 * (c - c0) + 2] = (float)(kxhat * mean - k * mean_g);
+            float *cf = coef + 5 * (c - c0);
+            cf[0] = (float)k;
+            cf[1] = (float)-kxhat;
+            cf[2] = (float)(-k * mean_g);
+            cf[3] = mean;
+            cf[4] = (float)lo;
         }
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
     if (M * width >= PARALLEL_MIN_VALUES)
         for (long nj = 0; nj < N * width; nj++) {
             const long c = c0 + nj % width, at = ((nj / width) * C + c) * HW;
-            const float *k = coef + 3 * (c - c0);
-            bn_dx_run(dx + at, g + at, x + at, k[0], k[1], k[2], HW);
+            const float *k = coef + 5 * (c - c0);
+            bn_dx_run(dx + at, g + at, x + at, k[0], k[1], k[2], k[3], k[4], HW);
         }
     }
     return DTKD_OK;
@@ -397,12 +406,12 @@ int dtkd_batchnorm2d_sync_backward(float *dx, const float *g, const float *x, co
     if (local * C >= PARALLEL_MIN_VALUES)
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
-        /* as dtkd_batchnorm2d_act_backward: dx = k * g + kx * x + k0 */
+        /* as dtkd_batchnorm2d_act_backward: dx = k * g + kx * (x - mean) + k0 */
         const float mean = save_mean[c], invstd = save_invstd[c];
         const double k = (double)gamma[c] * invstd, mean_g = sum_g[c] / M;
         const double kxhat = k * invstd * (sum_g_xmu[c] * invstd / M);
-        bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat,
-                  (float)(kxhat * mean - k * mean_g), HW);
+        bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat, (float)(-k * mean_g), mean,
+                  0.0f, HW);
     }
     return DTKD_OK;
 }
