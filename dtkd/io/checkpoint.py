@@ -69,11 +69,13 @@ def load(path):
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
+        if magic == b"\x93NUM":
+            raise CheckpointError(f"{path}: not a dtkd checkpoint: a plain .npy array file "
+                                  "(written by np.save; dtkd.io.load reads the .npz files "
+                                  "written by dtkd.io.save)")
         if magic[:2] != b"PK":
-            what = ("a plain .npy array file (written by np.save; dtkd.io.load reads the .npz "
-                    "files written by dtkd.io.save)" if magic == b"\x93NUM" else
-                    "not a zip archive")
-            raise CheckpointError(f"{path}: not a dtkd checkpoint: {what}")
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a zip archive"
+                                  f"{'; the file is empty' if not magic else ''})")
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"{path}: not a dtkd checkpoint (not an .npz archive)")
