@@ -87,6 +87,20 @@ static inline double dtkd_sum_dev(const float *p, float m, long n)
     return dtkd_lanes_total(acc);
 }
 
+/* dtkd_sum_dev with double lanes: for a mean's low part, where the float lanes' rounding
+ * (~1e-7 of the spread per lane sum) would exceed the correction itself */
+static inline double dtkd_sum_dev_wide(const float *p, float m, long n)
+{
+    double acc[8] = {0};
+    long i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += (double)p[i + j] - m;
+    for (int j = 0; i < n; i++, j++) acc[j] += (double)p[i] - m;
+    double s = 0.0;
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
 /* sum of ((p[i] - hi) - lo)^2: squared deviations from a center hi + lo held as two floats
  * (a float32 mean near 1e7 is off by up to 0.5) */
 static inline double dtkd_sum_sqdev2(const float *p, float hi, float lo, long n)
