@@ -265,9 +265,9 @@ def _coerce(value, default, key, source):
         raise fail("an integer")
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value):
                 raise fail("a finite number")
-            if abs(value) > _FLOAT32_MAX:  # the kernels compute in float32
+            if abs(value) > _FLOAT32_MAX:  # the kernels compute in float32 (ints: exact compare)
                 raise fail(f"a number within float32's range (|x| <= {_FLOAT32_MAX:.4g})")
             return float(value)
         raise fail("a number")

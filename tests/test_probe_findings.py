@@ -331,6 +331,7 @@ def test_a_yaml_alias_bomb_gives_a_short_error_quickly(tmp_path):
     ("DTKD.T", "1e300", r"DTKD.T expects a number within float32's range"),
     ("DKD.BETA", "1e39", r"DKD.BETA expects a number within float32's range"),
     ("SOLVER.EPOCHS", "1e300", "SOLVER.EPOCHS expects an integer within int64's range"),
+    ("SOLVER.LR", "1" + "0" * 400, r"SOLVER.LR expects a number within float32's range"),
 ])
 def test_non_finite_or_out_of_range_values_fail_at_load_naming_the_key(tmp_path, key, value, match):
     from dtkd.config import ConfigError, load_config
