@@ -91,3 +91,26 @@ def as_float(x, name):
     if not np.isfinite(x):
         raise ValueError(f"{name}: must be finite, got {x}")
     return x
+
+
+def check_normalization(mean, std, scale=255.0):
+    """Per-channel ``mean``, ``std`` (tuples of floats) that the float32 kernels can apply as
+    ``(v / scale - mean) / std`` for v in [0, scale]: finite, std > 0, and every normalized value
+    -- including the multiplier ``1 / (scale * std)`` -- finite in float32. ValueError naming
+    ``mean`` or ``std`` otherwise (std=1e-40 made every batch inf)."""
+    for c, (m, s) in enumerate(zip(mean, std)):
+        if not np.isfinite(m) or abs(m) > FLOAT32_MAX:
+            raise ValueError(f"mean: channel {c}: {m:g} is not a finite float32")
+        if not np.isfinite(s) or not s > 0:
+            raise ValueError(f"std: channel {c}: must be finite with std > 0, got {s:g}")
+        with np.errstate(all="ignore"):
+            s32 = np.float32(s)
+            reciprocals = (np.float32(1.0) / s32, np.float32(1.0) / (np.float32(scale) * s32))
+        if not all(np.isfinite(r) and r > 0 for r in reciprocals):
+            raise ValueError(f"std: channel {c}: {s:g} is outside float32's usable range: its "
+                             f"reciprocal (1 / std or 1 / ({scale:g} std)) is not a finite "
+                             f"nonzero float32 (normalized pixels would be inf or 0)")
+        largest = max(abs(m), abs(1.0 - m)) / s
+        if largest > FLOAT32_MAX:
+            raise ValueError(f"std: channel {c}: {s:g} with mean {m:g} normalizes pixels to "
+                             f"{largest:.3g}, beyond float32's range (|x| <= {FLOAT32_MAX:.3g})")

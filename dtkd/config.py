@@ -33,7 +33,9 @@ The defaults are mdistiller's (mdistiller/engine/cfg.py) and the official DTKD r
 """
 import copy
 import difflib
+import math
 import os
+import reprlib
 from pathlib import Path
 
 import yaml
@@ -65,6 +67,20 @@ _CHOICES = {
 
 class ConfigError(ValueError):
     """A config key that does not exist, a value of the wrong type, or a malformed file."""
+
+
+# Values quoted in error messages: a few levels and items, strings cut short. A YAML alias bomb
+# (each line 10 references to the one before) is cheap to parse -- aliases share one object --
+# but its full repr grows ~10x per line; error messages quote it through this.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _short(value):
+    """``repr(value)``, bounded in size (and work) whatever ``value`` is."""
+    return _REPR.repr(value)[:200]
 
 
 class CfgNode(dict):
@@ -112,13 +128,22 @@ class CfgNode(dict):
     def merge_from_file(self, path):
         path = Path(path)
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
         try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{raw[e.start]:02x} at "
+                              f"offset {e.start}, line {line})") from None
+        try:
             tree = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            raise ConfigError(f"{path}: not valid YAML ({str(e)[:500]})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a config file: its YAML nests lists / mappings "
+                              "too deeply to parse") from None
         if tree is None:
             return
         if not isinstance(tree, dict):
@@ -139,7 +164,12 @@ class CfgNode(dict):
             node, leaf = self, key.split(".")
             for depth, part in enumerate(leaf[:-1]):
                 prefix = ".".join(leaf[:depth])
-                if part not in node or not isinstance(node[part], CfgNode):
+                if part in node and not isinstance(node[part], CfgNode):
+                    here = f"{prefix}.{part}" if prefix else part
+                    raise ConfigError(
+                        f"command line: {key}: {here} is a value (default {_short(node[part])}), "
+                        f"not a group of keys; set it with `{here} VALUE`")
+                if part not in node:
                     raise ConfigError(_unknown_key_message(part, node, prefix, source="command line"))
                 node = node[part]
             prefix = ".".join(leaf[:-1])
@@ -197,7 +227,7 @@ def _merge(node, tree, prefix, source, base):
         if isinstance(node[key], CfgNode):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {full} is a group of keys ({', '.join(node[key])}); "
-                                  f"got a {type(value).__name__} value {value!r}")
+                                  f"got a {type(value).__name__} value {_short(value)}")
             _merge(node[key], value, full, source, base)
         else:
             node[key] = _coerce(value, node[key], full, source)
@@ -215,7 +245,7 @@ def _coerce(value, default, key, source):
     """``value`` converted to the type of ``default``, or ConfigError naming ``key``."""
     def fail(expected):
         return ConfigError(f"{source}: {key} expects {expected} (default {default!r}), "
-                           f"got {type(value).__name__} {value!r}")
+                           f"got {type(value).__name__} {_short(value)}")
 
     if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
         value = _number_or_text(value)  # PyYAML reads "5e-4" (no dot) as a string
@@ -226,13 +256,19 @@ def _coerce(value, default, key, source):
     if isinstance(default, int):
         if isinstance(value, bool):
             raise fail("an integer")
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int):
+            if abs(value) >= 2 ** 63:
+                raise fail("an integer within int64's range")
+            return value
         raise fail("an integer")
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise fail("a finite number")
+            if abs(value) > _FLOAT32_MAX:  # the kernels compute in float32 (ints: exact compare)
+                raise fail(f"a number within float32's range (|x| <= {_FLOAT32_MAX:.4g})")
             return float(value)
         raise fail("a number")
     if isinstance(default, str):
@@ -269,7 +305,7 @@ def _parse_text(text):
         return text
     try:
         return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
 
 
@@ -295,10 +331,10 @@ def _check_choices(cfg, source):
         for part in key.split("."):
             node = node[part]
         if node not in allowed:
-            close = difflib.get_close_matches(str(node), allowed, n=3, cutoff=0.4)
+            close = difflib.get_close_matches(str(node)[:100], allowed, n=3, cutoff=0.4)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise ConfigError(f"{source}: {key} must be one of {', '.join(map(repr, allowed))}, "
-                              f"got {node!r}{hint}")
+                              f"got {_short(node)}{hint}")
 
 
 # ----------------------------------------------------------------------------------------------

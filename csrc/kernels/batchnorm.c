@@ -21,35 +21,83 @@
  * integer OR of a compare, which vectorizes; the loop is memory-bound, so it costs nothing
  * measurable. */
 #define NOT_FINITE(v) (!(fabsf(v) <= FLT_MAX))
+/* v = ((p - hi) - lo) * scale + beta: centered first (the mean as two floats hi + lo), not
+ * p * scale + (beta - mean * scale), whose two large terms cancel: at 1e7 + randn that lost
+ * the noise (0.08 off), and at a constant 1e37 the shift overflowed */
 static int affine_act_run(float *restrict q, const float *restrict p, const float *restrict r,
-                          float scale, float shift, int relu, long n)
+                          float hi, float lo, float scale, float beta, int relu, long n)
 {
     int bad = 0;
     if (r && relu)
         for (long i = 0; i < n; i++) {
-            const float v = p[i] * scale + shift + r[i];
+            const float v = ((p[i] - hi) - lo) * scale + beta + r[i];
             bad |= NOT_FINITE(v);
             q[i] = v > 0.0f ? v : 0.0f;
         }
     else if (r)
         for (long i = 0; i < n; i++) {
-            const float v = p[i] * scale + shift + r[i];
+            const float v = ((p[i] - hi) - lo) * scale + beta + r[i];
             bad |= NOT_FINITE(v);
             q[i] = v;
         }
     else if (relu)
         for (long i = 0; i < n; i++) {
-            const float v = p[i] * scale + shift;
+            const float v = ((p[i] - hi) - lo) * scale + beta;
             bad |= NOT_FINITE(v);
             q[i] = v > 0.0f ? v : 0.0f;
         }
     else
         for (long i = 0; i < n; i++) {
-            const float v = p[i] * scale + shift;
+            const float v = ((p[i] - hi) - lo) * scale + beta;
             bad |= NOT_FINITE(v);
             q[i] = v;
         }
     return bad;
+}
+
+/* A channel's mean and sum of squared deviations from its N runs of HW values (run n at
+ * x + n * stride), both in double: a sum shifted by the channel's first value, then squared
+ * deviations from the mean as two floats (hi + lo). Either redone in double per value when the
+ * float lanes overflow (finite values near float32's limit: a constant 1e37 channel). Returns
+ * nonzero when x holds a NaN or Inf. */
+/* Channels whose |mean| exceeds OFFSET_RATIO standard deviations (1e7 + randn: 1e7) lose
+ * digits in x * scale + (beta - mean * scale) (float32 rounding of a term OFFSET_RATIO times
+ * the output): they take the exact path (channel_moments, and (x - mean) * scale + beta with
+ * the mean as two floats), as do channels whose float sums or shift overflow (a constant 1e37).
+ * Every other channel keeps the original arithmetic bit for bit (the torch-parity tests of the
+ * zoo are sensitive to its rounding at batch 2). The backward makes the same choice from
+ * save_mean and save_invstd. */
+#define OFFSET_RATIO 64.0f
+
+static int channel_moments(double *mean_out, double *ssd_out, const float *x, long N, long stride,
+                           long HW)
+{
+    const long M = N * HW;
+    const float K = x[0];
+    double s = 0.0;
+    for (long n = 0; n < N; n++) s += dtkd_sum_dev_wide(x + n * stride, K, HW);
+    if (!(s - s == 0.0)) {
+        s = 0.0;
+        for (long n = 0; n < N; n++)
+            for (long i = 0; i < HW; i++) s += (double)x[n * stride + i] - K;
+        if (!isfinite(s)) return 1;
+    }
+    const double mean = K + s / M;
+    const float hi = (float)mean, lo = (float)(mean - hi);
+    double ssd = 0.0;
+    for (long n = 0; n < N; n++) ssd += dtkd_sum_sqdev2(x + n * stride, hi, lo, HW);
+    if (!(ssd - ssd == 0.0)) {
+        ssd = 0.0;
+        for (long n = 0; n < N; n++)
+            for (long i = 0; i < HW; i++) {
+                const double d = (double)x[n * stride + i] - mean;
+                ssd += d * d;
+            }
+        if (!isfinite(ssd)) return 1;
+    }
+    *mean_out = mean;
+    *ssd_out = ssd;
+    return 0;
 }
 
 /* out = g where y > 0, else 0 (the ReLU's backward) */
@@ -62,14 +110,16 @@ static void relu_mask_run(float *restrict out, const float *restrict g, const fl
     }
 }
 
-/* q = kf * g + kx * p + k0; q may be g (each element read before it is written) */
+/* q = kf * g + kx * ((p - hi) - lo) + k0, the mean hi + lo subtracted first (as in the
+ * forward: kx * p + k0 cancelled two large terms at 1e7 + randn); q may be g (each element
+ * read before it is written) */
 static void bn_dx_run(float *q, const float *g, const float *restrict p, float kf, float kx,
-                      float k0, long n)
+                      float k0, float hi, float lo, long n)
 {
     if (q == g)
-        for (long i = 0; i < n; i++) q[i] = kf * q[i] + kx * p[i] + k0;
+        for (long i = 0; i < n; i++) q[i] = kf * q[i] + kx * ((p[i] - hi) - lo) + k0;
     else
-        for (long i = 0; i < n; i++) q[i] = kf * g[i] + kx * p[i] + k0;
+        for (long i = 0; i < n; i++) q[i] = kf * g[i] + kx * ((p[i] - hi) - lo) + k0;
 }
 
 int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_invstd,
@@ -80,53 +130,72 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
 {
     const long M = N * HW;
     if (M < 2) return DTKD_ERR_SHAPE;
+    /* per channel: the mean's low part (lo), and the new running statistics (staged, rm and rv,
+     * and committed only when the whole call succeeded: a failed call, even one whose output
+     * overflows, leaves them as they were) */
+    float *lo = dtkd_malloc_array((size_t)C * 5, sizeof *lo);
+    if (!lo) return DTKD_ERR_NOMEM;
+    float *rm_new = lo + C, *rv_new = lo + 2 * C, *hi = lo + 3 * C, *shift_c = lo + 4 * C;
     int bad = 0, overflow = 0;
 #pragma omp parallel for schedule(static) reduction(|:bad, overflow) \
     num_threads(dtkd_get_num_threads()) if (M * C >= PARALLEL_MIN_VALUES)
     for (long c = 0; c < C; c++) {
-        /* Two passes (mean, then squared deviations) to avoid cancellation in the variance. */
+        /* Two passes (mean, then squared deviations from the float32 mean) to avoid
+         * cancellation in the variance. */
         double sum = 0.0;
         for (long n = 0; n < N; n++) sum += dtkd_sum(x + (n * C + c) * HW, HW);
         double mean = sum / M, ssd = 0.0;
         for (long n = 0; n < N; n++) ssd += dtkd_sum_sqdev(x + (n * C + c) * HW, (float)mean, HW);
-        if (!isfinite(mean) || !isfinite(ssd)) {
+        int exact = !(isfinite(mean) && isfinite(ssd));
+        if (!exact) {
+            const double inv0 = 1.0 / sqrt(ssd / M + eps);
+            const double shift0 = beta[c] - (float)mean * ((double)gamma[c] * (float)inv0);
+            exact = fabsf((float)mean) * (float)inv0 > OFFSET_RATIO || !(fabs(shift0) <= FLT_MAX);
+        }
+        if (exact && channel_moments(&mean, &ssd, x + c * HW, N, C * HW, HW)) {
             bad = 1;
             continue;
         }
         double var = ssd / M, invstd = 1.0 / sqrt(var + eps);
         const double scale = (double)gamma[c] * (float)invstd;
-        const double shift = beta[c] - (float)mean * scale;
         /* the float32 statistics and the affine map must be finite (a variance beyond float32,
          * or gamma * invstd overflowing, would make y Inf or NaN from finite inputs) */
-        if (!(fabs(var) <= FLT_MAX && fabs(invstd) <= FLT_MAX && fabs(scale) <= FLT_MAX &&
-              fabs(shift) <= FLT_MAX)) {
+        if (!(fabs(var) <= FLT_MAX && fabs(invstd) <= FLT_MAX && fabs(scale) <= FLT_MAX)) {
             overflow = 1;
             continue;
         }
         save_mean[c] = (float)mean;
         save_invstd[c] = (float)invstd;
+        exact = fabsf(save_mean[c]) * save_invstd[c] > OFFSET_RATIO || exact;
+        if (exact) { /* ((x - hi) - lo) * scale + beta */
+            hi[c] = save_mean[c];
+            lo[c] = (float)(mean - save_mean[c]);
+            shift_c[c] = beta[c];
+        } else { /* the original x * scale + shift */
+            hi[c] = lo[c] = 0.0f;
+            shift_c[c] = (float)(beta[c] - save_mean[c] * ((double)gamma[c] * save_invstd[c]));
+            if (!(fabsf(shift_c[c]) <= FLT_MAX)) {
+                overflow = 1;
+                continue;
+            }
+        }
         if (running_mean) {
-            /* staged in y (2 * C <= M * C floats, overwritten below) and committed only when
-             * every channel succeeded: a failed call leaves the running statistics as they were */
             const double rm = (1.0 - momentum) * running_mean[c] + momentum * mean;
             const double rv = (1.0 - momentum) * running_var[c] + momentum * ssd / (M - 1);
             if (!(fabs(rm) <= FLT_MAX && fabs(rv) <= FLT_MAX)) {
                 overflow = 1;
                 continue;
             }
-            y[2 * c] = (float)rm;
-            y[2 * c + 1] = (float)rv;
+            rm_new[c] = (float)rm;
+            rv_new[c] = (float)rv;
         }
     }
-    if (bad) return DTKD_ERR_NONFINITE;
-    if (overflow) return DTKD_ERR_VALUE;
-    if (running_mean)
-        for (long c = 0; c < C; c++) {
-            running_mean[c] = y[2 * c];
-            running_var[c] = y[2 * c + 1];
-        }
-    /* y = act(x * scale + shift [+ residual]) with scale = gamma * invstd,
-     * shift = beta - mean * scale; act = ReLU or identity. In memory order (image by image),
+    if (bad || overflow) {
+        dtkd_free(lo);
+        return bad ? DTKD_ERR_NONFINITE : DTKD_ERR_VALUE;
+    }
+    /* y = act(((x - mean) * scale + beta [+ residual]) with scale = gamma * invstd; act = ReLU
+     * or identity. In memory order (image by image),
      * not channel by channel: the per-channel runs of H*W floats are often one 4 KB page each,
      * where the hardware prefetchers stop; measured at (64, 16, 32, 32): BN + add + ReLU 0.77 ms
      * channel by channel, BN then add_relu 0.62-0.71 ms, this: see benchmarks/RESULTS.md. */
@@ -135,10 +204,15 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
         const double scale = (double)gamma[c] * save_invstd[c];
-        overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL,
-                                   (float)scale, (float)(beta[c] - save_mean[c] * scale), relu,
-                                   HW);
+        overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL, hi[c], lo[c],
+                                   (float)scale, shift_c[c], relu, HW);
     }
+    if (running_mean && !overflow)
+        for (long c = 0; c < C; c++) {
+            running_mean[c] = rm_new[c];
+            running_var[c] = rv_new[c];
+        }
+    dtkd_free(lo);
     return overflow ? DTKD_ERR_VALUE : DTKD_OK;
 }
 
@@ -163,15 +237,15 @@ int dtkd_batchnorm2d_forward_eval(float *y, const float *x, const float *gamma,
         for (long c = 0; c < C; c++) {
             const double invstd = 1.0 / sqrt((double)running_var[c] + eps);
             const double scale = gamma[c] * invstd;
-            const double shift = beta[c] - running_mean[c] * scale;
             const float *p = x + (n * C + c) * HW;
             float *q = y + (n * C + c) * HW;
             if (dtkd_any_nonfinite(p, HW)) {
                 bad = 1;
                 continue;
             }
-            overflow |= !(fabs(scale) <= FLT_MAX && fabs(shift) <= FLT_MAX) ||
-                        affine_act_run(q, p, NULL, (float)scale, (float)shift, 0, HW);
+            overflow |= !(fabs(scale) <= FLT_MAX) ||
+                        affine_act_run(q, p, NULL, running_mean[c], 0.0f, (float)scale, beta[c],
+                                       0, HW);
         }
     if (bad) return DTKD_ERR_NONFINITE;
     return overflow ? DTKD_ERR_VALUE : DTKD_OK;
@@ -204,37 +278,45 @@ int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, fl
      * C <= 512): statistics per channel, then the chunk's dx pass in memory order (see the
      * forward). */
     enum { CHUNK = 512 };
-    float coef[3 * CHUNK];
+    float coef[5 * CHUNK];
     for (long c0 = 0; c0 < C; c0 += CHUNK) {
         const long c1 = C - c0 < CHUNK ? C : c0 + CHUNK, width = c1 - c0;
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
     if (M * width >= PARALLEL_MIN_VALUES)
         for (long c = c0; c < c1; c++) {
             const float mean = save_mean[c], invstd = save_invstd[c];
-            /* sum_g = sum g, sum_g_xhat = sum g * xhat, xhat = (x - mean) * invstd */
-            double sum_g = 0.0, sum_g_xhat = 0.0;
+            /* sum_g = sum g, sum_g_xhat = sum g * xhat, xhat = (x - mean) * invstd. save_mean
+             * is the batch mean rounded to float32 (off by up to 0.5 at 1e7): its low part,
+             * lo = mean(x - save_mean), comes from a sum over the same run (in L1) */
+            const int exact = fabsf(mean) * invstd > OFFSET_RATIO; /* as the forward chose */
+            double sum_g = 0.0, sum_g_xhat = 0.0, sum_dev = 0.0;
             for (long n = 0; n < N; n++) {
                 const long at = (n * C + c) * HW;
                 sum_g += dtkd_sum(g + at, HW);
                 sum_g_xhat += dtkd_dot_dev(g + at, x + at, mean, HW);
+                if (exact) sum_dev += dtkd_sum_dev_wide(x + at, mean, HW);
             }
-            sum_g_xhat *= invstd;
+            const double lo = sum_dev / M;
+            sum_g_xhat = (sum_g_xhat - lo * sum_g) * invstd;
             dgamma[c] += (float)sum_g_xhat;
             dbeta[c] += (float)sum_g;
             /* dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), expanded into
-             * dx = k * g + kx * x + k0 with per-channel constants (in double) */
+             * dx = k * g + kx * (x - mean) + k0 with per-channel constants (in double) */
             const double k = (double)gamma[c] * invstd, mean_g = sum_g / M;
             const double kxhat = k * invstd * (sum_g_xhat / M); /* coefficient of (x - mean) */
-            coef[3 * (c - c0)] = (float)k;
-            coef[3 * (c - c0) + 1] = (float)-kxhat;
-            coef[3 * (c - c0) + 2] = (float)(kxhat * mean - k * mean_g);
+            float *cf = coef + 5 * (c - c0);
+            cf[0] = (float)k;
+            cf[1] = (float)-kxhat;
+            cf[2] = exact ? (float)(-k * mean_g) : (float)(kxhat * mean - k * mean_g);
+            cf[3] = exact ? mean : 0.0f;
+            cf[4] = (float)lo;
         }
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
     if (M * width >= PARALLEL_MIN_VALUES)
         for (long nj = 0; nj < N * width; nj++) {
             const long c = c0 + nj % width, at = ((nj / width) * C + c) * HW;
-            const float *k = coef + 3 * (c - c0);
-            bn_dx_run(dx + at, g + at, x + at, k[0], k[1], k[2], HW);
+            const float *k = coef + 5 * (c - c0);
+            bn_dx_run(dx + at, g + at, x + at, k[0], k[1], k[2], k[3], k[4], HW);
         }
     }
     return DTKD_OK;
@@ -262,7 +344,15 @@ int dtkd_batchnorm2d_sync_stats_forward(double *out, const float *x, const float
         double s = 0.0;
         for (long n = 0; n < N; n++)
             s += center ? dtkd_sum_sqdev(x + (n * C + c) * HW, center[c], HW)
-                        : dtkd_sum(x + (n * C + c) * HW, HW);
+                        : dtkd_sum_safe(x + (n * C + c) * HW, HW);
+        if (center && !(s - s == 0.0)) { /* float lanes overflowed: redo in double */
+            s = 0.0;
+            for (long n = 0; n < N; n++)
+                for (long i = 0; i < HW; i++) {
+                    const double d = (double)x[(n * C + c) * HW + i] - center[c];
+                    s += d * d;
+                }
+        }
         bad |= !isfinite(s);
         out[c] = s;
     }
@@ -283,9 +373,7 @@ int dtkd_batchnorm2d_sync_forward(float *y, float *save_mean, float *save_invstd
         /* the statistics exactly as dtkd_batchnorm2d_act_forward_train forms them */
         const double mean = sum[c] / M, var = ssd[c] / M, invstd = 1.0 / sqrt(var + eps);
         const double scale = (double)gamma[c] * (float)invstd;
-        const double shift = beta[c] - (float)mean * scale;
-        if (!(fabs(var) <= FLT_MAX && fabs(invstd) <= FLT_MAX && fabs(scale) <= FLT_MAX &&
-              fabs(shift) <= FLT_MAX))
+        if (!(fabs(var) <= FLT_MAX && fabs(invstd) <= FLT_MAX && fabs(scale) <= FLT_MAX))
             return DTKD_ERR_VALUE;
         if (running_mean) {
             const double rm = (1.0 - momentum) * running_mean[c] + momentum * mean;
@@ -308,9 +396,9 @@ int dtkd_batchnorm2d_sync_forward(float *y, float *save_mean, float *save_invstd
     num_threads(dtkd_get_num_threads()) if (local * C >= PARALLEL_MIN_VALUES)
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
-        const double scale = (double)gamma[c] * save_invstd[c];
-        overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL,
-                                   (float)scale, (float)(beta[c] - save_mean[c] * scale), relu,
+        const double scale = (double)gamma[c] * save_invstd[c], mean = sum[c] / M;
+        overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL, save_mean[c],
+                                   (float)(mean - save_mean[c]), (float)scale, beta[c], relu,
                                    HW);
     }
     return overflow ? DTKD_ERR_VALUE : DTKD_OK;
@@ -350,12 +438,12 @@ int dtkd_batchnorm2d_sync_backward(float *dx, const float *g, const float *x, co
     if (local * C >= PARALLEL_MIN_VALUES)
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
-        /* as dtkd_batchnorm2d_act_backward: dx = k * g + kx * x + k0 */
+        /* as dtkd_batchnorm2d_act_backward: dx = k * g + kx * (x - mean) + k0 */
         const float mean = save_mean[c], invstd = save_invstd[c];
         const double k = (double)gamma[c] * invstd, mean_g = sum_g[c] / M;
         const double kxhat = k * invstd * (sum_g_xmu[c] * invstd / M);
-        bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat,
-                  (float)(kxhat * mean - k * mean_g), HW);
+        bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat, (float)(-k * mean_g), mean,
+                  0.0f, HW);
     }
     return DTKD_OK;
 }

@@ -7,7 +7,12 @@
 /* Training: batch statistics over (N, H, W). save_mean/save_invstd (C,) receive the batch mean and
  * 1/sqrt(biased var + eps) for the backward. running_mean/var (C,) (both NULL: not tracked) are
  * updated in place: r = (1 - momentum) * r + momentum * batch, with the UNBIASED variance.
- * Needs N*H*W >= 2 (DTKD_ERR_SHAPE). Returns DTKD_ERR_NONFINITE if x holds NaN/Inf. */
+ * Needs N*H*W >= 2 (DTKD_ERR_SHAPE). Returns DTKD_ERR_NONFINITE if x holds NaN/Inf,
+ * DTKD_ERR_VALUE if finite inputs give statistics or an output beyond float32 (the running
+ * statistics are then left as they were), DTKD_ERR_NOMEM if its 3*C-float scratch cannot be
+ * allocated. Channels whose |mean| exceeds 64 standard deviations (or whose float sums
+ * overflow) take an exact path -- a shifted double mean, y = (x - mean) * scale + beta with the
+ * mean as two floats -- so 1e7 + noise keeps the noise and a constant 1e37 gives beta. */
 // y, x (N,C,H,W); gamma, beta, running_*, save_* (C,)
 int dtkd_batchnorm2d_forward_train(float *y, float *save_mean, float *save_invstd,
                                    float *running_mean, float *running_var, const float *x,

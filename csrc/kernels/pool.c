@@ -78,7 +78,9 @@ int dtkd_avgpool2d_forward(float *y, const float *x, long NC, long H, long W, lo
 {
     long OH, OW;
     if (dtkd_pool2d_out_size(&OH, &OW, H, W, kernel, stride, pad)) return DTKD_ERR_SHAPE;
-    const float inv_area = 1.0f / (float)(kernel * kernel);
+    /* the window sum in double: a float sum of finite values near float32's limit (4 x 1e38)
+     * overflowed and was reported as a NaN/Inf in x; the average itself is always in range */
+    const double inv_area = 1.0 / (double)(kernel * kernel);
     int bad = 0;
 #pragma omp parallel for schedule(static) reduction(|:bad) num_threads(dtkd_get_num_threads())
     for (long p = 0; p < NC; p++) {
@@ -88,11 +90,11 @@ int dtkd_avgpool2d_forward(float *y, const float *x, long NC, long H, long W, lo
                 long h0, h1, w0, w1;
                 window_range(&h0, &h1, oh, H, kernel, stride, pad);
                 window_range(&w0, &w1, ow, W, kernel, stride, pad);
-                float sum = 0.0f;
+                double sum = 0.0;
                 for (long h = h0; h < h1; h++)
                     for (long w = w0; w < w1; w++) sum += xp[h * W + w];
                 bad |= !isfinite(sum);
-                y[(p * OH + oh) * OW + ow] = sum * inv_area;
+                y[(p * OH + oh) * OW + ow] = (float)(sum * inv_area);
             }
     }
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
@@ -126,7 +128,7 @@ int dtkd_global_avgpool_forward(float *y, const float *x, long NC, long HW)
     int bad = 0;
 #pragma omp parallel for schedule(static) reduction(|:bad) num_threads(dtkd_get_num_threads())
     for (long p = 0; p < NC; p++) {
-        double sum = dtkd_sum(x + p * HW, HW);
+        double sum = dtkd_sum_safe(x + p * HW, HW);
         bad |= !isfinite(sum);
         y[p] = (float)(sum / HW);
     }

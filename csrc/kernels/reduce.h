@@ -47,6 +47,23 @@ static inline double dtkd_sum(const float *p, long n)
     return dtkd_lanes_total(acc);
 }
 
+/* sum of p[0..n) accumulated in double: the fallback when dtkd_sum's float lanes overflow
+ * (finite values near float32's limit; a sum of finite floats is always finite in double) */
+static inline double dtkd_sum_wide(const float *p, long n)
+{
+    double s = 0.0;
+    for (long i = 0; i < n; i++) s += p[i];
+    return s;
+}
+
+/* dtkd_sum, redone in double when the float lanes overflowed: non-finite only when p holds a
+ * NaN or Inf */
+static inline double dtkd_sum_safe(const float *p, long n)
+{
+    const double s = dtkd_sum(p, n);
+    return s - s == 0.0 ? s : dtkd_sum_wide(p, n);
+}
+
 /* sum of (p[i] - m)^2 */
 static inline double dtkd_sum_sqdev(const float *p, float m, long n)
 {
@@ -55,6 +72,50 @@ static inline double dtkd_sum_sqdev(const float *p, float m, long n)
     for (; i + DTKD_LANES <= n; i += DTKD_LANES)
         for (int j = 0; j < DTKD_LANES; j++) acc[j] += (p[i + j] - m) * (p[i + j] - m);
     for (int j = 0; i < n; i++, j++) acc[j] += (p[i] - m) * (p[i] - m);
+    return dtkd_lanes_total(acc);
+}
+
+/* sum of (p[i] - m) (a shifted sum: m near the values keeps the float lanes exact-ish where
+ * a plain sum of values like 1e7 + noise loses the noise) */
+static inline double dtkd_sum_dev(const float *p, float m, long n)
+{
+    float acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) acc[j] += p[i + j] - m;
+    for (int j = 0; i < n; i++, j++) acc[j] += p[i] - m;
+    return dtkd_lanes_total(acc);
+}
+
+/* dtkd_sum_dev with double lanes: for a mean's low part, where the float lanes' rounding
+ * (~1e-7 of the spread per lane sum) would exceed the correction itself */
+static inline double dtkd_sum_dev_wide(const float *p, float m, long n)
+{
+    double acc[8] = {0};
+    long i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += (double)p[i + j] - m;
+    for (int j = 0; i < n; i++, j++) acc[j] += (double)p[i] - m;
+    double s = 0.0;
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
+/* sum of ((p[i] - hi) - lo)^2: squared deviations from a center hi + lo held as two floats
+ * (a float32 mean near 1e7 is off by up to 0.5) */
+static inline double dtkd_sum_sqdev2(const float *p, float hi, float lo, long n)
+{
+    float acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) {
+            const float d = (p[i + j] - hi) - lo;
+            acc[j] += d * d;
+        }
+    for (int j = 0; i < n; i++, j++) {
+        const float d = (p[i] - hi) - lo;
+        acc[j] += d * d;
+    }
     return dtkd_lanes_total(acc);
 }
 

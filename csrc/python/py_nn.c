@@ -57,9 +57,9 @@ static PyObject *raise_x_status(int st, const char *context)
 static PyObject *raise_batchnorm_status(int st, const char *context)
 {
     if (st == DTKD_ERR_VALUE)
-        return DTKD_VALUE_ERR("%s: the output is not finite in float32: gamma, beta, the "
-                              "running statistics or eps give a scale or shift beyond float32's "
-                              "range", context);
+        return DTKD_VALUE_ERR("%s: the output or the batch statistics leave float32's range "
+                              "(|v| <= 3.4e38): x's variance, gamma, beta, the running "
+                              "statistics or eps give a value beyond it", context);
     return raise_x_status(st, context);
 }
 

@@ -3,7 +3,58 @@
  * stays exact (conv3x3_backward_weight / im2col in conv.c), see winograd.h. */
 #include "boundary.h"
 
+#include "kernels/conv.h"
+#include "kernels/elementwise.h"
 #include "kernels/winograd.h"
+
+#include <float.h>
+#include <math.h>
+
+/* ---- float32 range of the Winograd transforms ---------------------------------------------
+ * F(m x m, 3x3) multiplies values on their way through: the input transform B^T d B by up to
+ * ||B^T||_inf^2, the weight transform G g G^T by ||G||_inf^2, the output transform A^T M A by
+ * ||A^T||_inf^2, and the channel sum by the channel count (row sums of the matrices in
+ * csrc/kernels/winograd.c: m = 2: B 2, G 1.5, A 3; m = 4: B 10, G 1, A 19). Below
+ * max|x| * max|w| * growth * channels (+ max|b| + max|residual|) <= FLT_MAX no intermediate can
+ * overflow; beyond it (inputs near 1e33 / (C |w|)) Winograd overflowed to Inf where the direct
+ * convolution stays finite, so those calls run the direct convolution instead (the probe of
+ * issue 13: 1e37 inputs). */
+static double winograd_growth(int m) { return m == 2 ? 2.25 * 4.0 * 9.0 : 100.0 * 361.0; }
+
+/* The finiteness check of a float32 input and its max |value| in one pass: ValueError naming
+ * the argument for NaN/Inf, else *max_abs. */
+static int finite_max_abs(PyArrayObject *arr, const char *name, double *max_abs)
+{
+    const float *p = (const float *)PyArray_DATA(arr);
+    const npy_intp n = PyArray_SIZE(arr);
+    float m = 0.0f;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp i = 0; i < n; i++) {
+        const float v = fabsf(p[i]);
+        bad |= !(v <= FLT_MAX);
+        m = v > m ? v : m;
+    }
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        dtkd_raise(PyExc_ValueError, "%s: contains NaN or Inf", name);
+        return -1;
+    }
+    *max_abs = m;
+    return 0;
+}
+
+static int in_winograd_range(double max_in, double max_w, long channels, int m, double added)
+{
+    return max_in * max_w * winograd_growth(m) * (double)channels + added <= FLT_MAX;
+}
+
+/* The output check of the direct fallback: finite inputs whose true result is beyond float32. */
+static PyObject *raise_output_range(const char *context)
+{
+    return DTKD_VALUE_ERR("%s: the output exceeds float32's range (|y| <= 3.4e38) for finite "
+                          "inputs: x, w (or dy) and b are too large together", context);
+}
 
 static int check_tile(int m)
 {
@@ -16,7 +67,8 @@ static int check_tile(int m)
 
 /* w (O, C, 3, 3) float32 -> u (a*a, C, O), a = m + 2; for backward, (a*a, O, C) of the
  * rotated kernel. */
-static PyArrayObject *transform_weights(PyObject *w_obj, int m, int backward)
+static PyArrayObject *transform_weights(PyObject *w_obj, int m, int backward, double *max_w,
+                                        PyArrayObject **w_out)
 {
     const npy_intp w_shape[4] = {-1, -1, 3, 3};
     PyArrayObject *w = dtkd_check_shape(w_obj, "w", NPY_FLOAT32, 4, w_shape);
@@ -27,7 +79,10 @@ static PyArrayObject *transform_weights(PyObject *w_obj, int m, int backward)
                      "(%ld, %ld, 3, 3)", (long)O, (long)C);
         return NULL;
     }
-    if (dtkd_check_finite(w, "w")) return NULL;
+    double mw;
+    if (finite_max_abs(w, "w", &mw)) return NULL;
+    if (max_w) *max_w = mw;
+    if (w_out) *w_out = w;
     const npy_intp u_shape[3] = {(npy_intp)(m + 2) * (m + 2), backward ? O : C, backward ? C : O};
     PyArrayObject *u = (PyArrayObject *)PyArray_SimpleNew(3, u_shape, NPY_FLOAT32);
     if (!u) return NULL;
@@ -52,8 +107,35 @@ static int overlap(PyArrayObject *a, PyArrayObject *b)
 
 /* y = relu?(conv3x3(x, u) + b + residual) with u from transform_weights; u's first dim
  * gives m. y is out if given (reused buffers: no page faults of a fresh array per call). */
+/* y = relu?(conv3x3(x, w) + b + residual) by the direct convolution (the fallback for values
+ * beyond the Winograd range); y may be residual itself. */
+static int direct_forward(float *y, const float *x, const float *w, const float *bias,
+                          const float *residual, int relu, long N, long C, long H, long W, long O)
+{
+    struct dtkd_conv2d_dims d = {N, C, H, W, O, 3, 3, 1, 1, 1, 1, 1, 0, 0};
+    int st = dtkd_conv2d_dims_init(&d);
+    if (st) return st;
+    const long n = N * O * H * W;
+    float *tmp = NULL, *dst = y;
+    if (residual == y) { /* the convolution must not overwrite the residual before it is added */
+        tmp = dtkd_malloc_array((size_t)n, sizeof *tmp);
+        if (!tmp) return DTKD_ERR_NOMEM;
+        dst = tmp;
+    }
+    const long len = dtkd_conv2d_forward_workspace(&d, dtkd_get_num_threads());
+    float *ws = len ? dtkd_workspace_acquire((size_t)len) : NULL;
+    st = len && !ws ? DTKD_ERR_NOMEM : dtkd_conv2d_forward(dst, ws, len, x, w, bias, &d);
+    dtkd_workspace_release(ws);
+    if (!st && residual) st = (relu ? dtkd_add_relu_forward : dtkd_add_forward)(y, dst, residual, n);
+    else if (!st && relu) st = dtkd_relu_forward(y, dst, n);
+    dtkd_free(tmp);
+    if (!st && !dtkd_all_finite(y, n)) st = DTKD_ERR_RANGE;
+    return st;
+}
+
 static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject *b_obj,
-                                     PyObject *residual_obj, int relu, PyObject *out_obj)
+                                     PyObject *residual_obj, int relu, PyObject *out_obj,
+                                     PyArrayObject *w, double max_w)
 {
     const npy_intp a2 = PyArray_DIM(u, 0);
     if (a2 != 16 && a2 != 36)
@@ -70,19 +152,38 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
     if (N == 0 || H == 0 || W == 0)
         return DTKD_VALUE_ERR("x: expected a non-empty (N, C, H, W) array, got (%ld, %ld, %ld, "
                               "%ld)", (long)N, (long)C, (long)H, (long)W);
-    if (dtkd_check_finite(x, "x")) return NULL;
+    double max_x, max_b = 0.0, max_r = 0.0;
+    if (finite_max_abs(x, "x", &max_x)) return NULL;
     const float *bias = NULL;
     if (b_obj != Py_None) {
         const npy_intp b_shape[1] = {O};
         PyArrayObject *b = dtkd_check_shape(b_obj, "b", NPY_FLOAT32, 1, b_shape);
-        if (!b || dtkd_check_finite(b, "b")) return NULL;
+        if (!b || finite_max_abs(b, "b", &max_b)) return NULL;
         bias = (const float *)PyArray_DATA(b);
     }
     const npy_intp y_shape[4] = {N, O, H, W};
     PyArrayObject *r = NULL, *y = NULL;
     if (residual_obj != Py_None) {
         r = dtkd_check_shape(residual_obj, "residual", NPY_FLOAT32, 4, y_shape);
-        if (!r || dtkd_check_finite(r, "residual")) return NULL;
+        if (!r || finite_max_abs(r, "residual", &max_r)) return NULL;
+    }
+    /* beyond the Winograd range: the direct convolution when the weights are at hand, else
+     * (u given pre-transformed) an error naming x. max|u| is read only for such inputs. */
+    int winograd = 1;
+    if (!in_winograd_range(max_x, w ? max_w : 1.0, (long)C, m, max_b + max_r)) {
+        if (w) {
+            winograd = 0;
+        } else {
+            double max_u;
+            if (finite_max_abs(u, "u", &max_u)) return NULL;
+            const double g2 = m == 2 ? 2.25 : 1.0; /* u already holds G g G^T */
+            if (!in_winograd_range(max_x, max_u / g2, (long)C, m, max_b + max_r))
+                return DTKD_VALUE_ERR(
+                    "x: max |x| = %g is beyond float32's range for the Winograd transform of "
+                    "these weights (max |x| * max |u| * %g * C must stay below 3.4e38); use "
+                    "dtkd.nn.set_conv_algorithm(\"direct\") for such inputs", max_x,
+                    winograd_growth(m) / g2);
+        }
     }
     if (out_obj != Py_None) {
         y = dtkd_check_output(out_obj, "out", NPY_FLOAT32, 4, y_shape);
@@ -99,6 +200,20 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
         if (!y) return NULL;
     }
     const float *residual = r ? (const float *)PyArray_DATA(r) : NULL;
+    if (!winograd) {
+        int st;
+        DTKD_BEGIN_NOGIL
+        st = direct_forward((float *)PyArray_DATA(y), (const float *)PyArray_DATA(x),
+                            (const float *)PyArray_DATA(w), bias, residual, relu, (long)N,
+                            (long)C, (long)H, (long)W, (long)O);
+        DTKD_END_NOGIL
+        if (st) {
+            Py_DECREF(y);
+            return st == DTKD_ERR_RANGE ? raise_output_range("winograd_conv3x3_forward")
+                                        : dtkd_raise_status(st, "winograd_conv3x3_forward");
+        }
+        return (PyObject *)y;
+    }
 
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)C, (long)H, (long)W,
                                                        (long)O, m, dtkd_get_num_threads());
@@ -128,7 +243,7 @@ static PyObject *py_winograd_transform_weights(PyObject *self, PyObject *args)
     int m = 4;
     if (!PyArg_ParseTuple(args, "O|i:winograd_transform_weights", &w_obj, &m)) return NULL;
     if (check_tile(m)) return NULL;
-    return (PyObject *)transform_weights(w_obj, m, 0);
+    return (PyObject *)transform_weights(w_obj, m, 0, NULL, NULL);
 }
 
 static PyObject *py_winograd_transform_weights_backward(PyObject *self, PyObject *args)
@@ -138,7 +253,7 @@ static PyObject *py_winograd_transform_weights_backward(PyObject *self, PyObject
     if (!PyArg_ParseTuple(args, "O|i:winograd_transform_weights_backward", &w_obj, &m))
         return NULL;
     if (check_tile(m)) return NULL;
-    return (PyObject *)transform_weights(w_obj, m, 1);
+    return (PyObject *)transform_weights(w_obj, m, 1, NULL, NULL);
 }
 
 /* dx (N, C, H, W) for y = conv3x3(x, w) and dy (N, O, H, W). */
@@ -149,7 +264,9 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
     if (!PyArg_ParseTuple(args, "OO|i:winograd_conv3x3_backward_input", &dy_obj, &w_obj, &m))
         return NULL;
     if (check_tile(m)) return NULL;
-    PyArrayObject *u = transform_weights(w_obj, m, 1);
+    double max_w;
+    PyArrayObject *w;
+    PyArrayObject *u = transform_weights(w_obj, m, 1, &max_w, &w);
     if (!u) return NULL;
     const npy_intp O = PyArray_DIM(u, 1), C = PyArray_DIM(u, 2);
     const npy_intp dy_shape[4] = {-1, O, -1, -1};
@@ -161,7 +278,37 @@ static PyObject *py_winograd_conv3x3_backward_input(PyObject *self, PyObject *ar
                      "%ld, %ld, %ld)", (long)N, (long)O, (long)H, (long)W);
         goto fail;
     }
-    if (dtkd_check_finite(dy, "dy")) goto fail;
+    double max_dy;
+    if (finite_max_abs(dy, "dy", &max_dy)) goto fail;
+    if (!in_winograd_range(max_dy, max_w, (long)O, m, 0.0)) {
+        /* beyond the Winograd range: dx by the direct convolution of dy with the flipped,
+         * transposed kernel (the input gradient of a 3x3 stride-1 pad-1 convolution) */
+        Py_DECREF(u);
+        const npy_intp dx_shape[4] = {N, C, H, W};
+        PyArrayObject *dx = (PyArrayObject *)PyArray_SimpleNew(4, dx_shape, NPY_FLOAT32);
+        if (!dx) return NULL;
+        int st = DTKD_OK;
+        DTKD_BEGIN_NOGIL
+        float *wt = dtkd_malloc_array((size_t)(C * O * 9), sizeof *wt);
+        if (!wt) {
+            st = DTKD_ERR_NOMEM;
+        } else {
+            const float *wp = (const float *)PyArray_DATA(w);
+            for (long o = 0; o < (long)O; o++)
+                for (long c = 0; c < (long)C; c++)
+                    for (int k = 0; k < 9; k++) wt[(c * O + o) * 9 + 8 - k] = wp[(o * C + c) * 9 + k];
+            st = direct_forward((float *)PyArray_DATA(dx), (const float *)PyArray_DATA(dy), wt,
+                                NULL, NULL, 0, (long)N, (long)O, (long)H, (long)W, (long)C);
+            dtkd_free(wt);
+        }
+        DTKD_END_NOGIL
+        if (st) {
+            Py_DECREF(dx);
+            return st == DTKD_ERR_RANGE ? raise_output_range("winograd_conv3x3_backward_input")
+                                        : dtkd_raise_status(st, "winograd_conv3x3_backward_input");
+        }
+        return (PyObject *)dx;
+    }
     const size_t ws_floats = winograd_workspace_floats((long)N, (long)O, (long)H, (long)W,
                                                        (long)C, m, dtkd_get_num_threads());
     float *ws = dtkd_workspace_acquire(ws_floats);
@@ -203,9 +350,11 @@ static PyObject *py_winograd_conv3x3_forward(PyObject *self, PyObject *args, PyO
                                      &x_obj, &w_obj, &b_obj, &m, &residual_obj, &relu, &out_obj))
         return NULL;
     if (check_tile(m)) return NULL;
-    PyArrayObject *u = transform_weights(w_obj, m, 0);
+    double max_w;
+    PyArrayObject *w;
+    PyArrayObject *u = transform_weights(w_obj, m, 0, &max_w, &w);
     if (!u) return NULL;
-    PyObject *y = forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj);
+    PyObject *y = forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj, w, max_w);
     Py_DECREF(u);
     return y;
 }
@@ -222,7 +371,7 @@ static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObjec
         return NULL;
     PyArrayObject *u = dtkd_check_array(u_obj, "u", NPY_FLOAT32, 3);
     if (!u) return NULL;
-    return forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj);
+    return forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj, NULL, 0.0);
 }
 
 PyMethodDef dtkd_winograd_methods[] = {

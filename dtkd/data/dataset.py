@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import check_normalization
+
 
 class Dataset:
     """Images, labels and their metadata, all in memory.
@@ -51,8 +53,7 @@ class Dataset:
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean, std: expected {channels} values (one per channel), got "
                              f"{len(mean)} and {len(std)}")
-        if not all(np.isfinite(mean)) or not all(np.isfinite(s) and s > 0 for s in std):
-            raise ValueError(f"mean, std: must be finite with std > 0, got {mean}, {std}")
+        check_normalization(mean, std)
         self.images = np.ascontiguousarray(images)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         self.classes = classes

@@ -9,6 +9,8 @@ IDX format: a 4-byte magic (0, 0, type code 0x08 = uint8, number of dimensions),
 dimension as a big-endian uint32, then the values in C order.
 """
 import gzip
+import math
+import struct
 import zlib
 from pathlib import Path
 
@@ -35,36 +37,80 @@ MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
 
 
+#: deflate's largest expansion is 1032:1; a .gz IDX file whose header declares more data than
+#: that is refused before decompressing anything (the probe's 204 KB bomb peaked at 434 MB)
+GZIP_MAX_RATIO = 1032
+_CHUNK = 1 << 20
+
+
 def read_idx(path, ndim):
     """The uint8 array in an IDX file (``.gz`` is decompressed), checked to have ``ndim``
-    dimensions and exactly as many bytes as its header declares. Errors name the file."""
+    dimensions and exactly as many bytes as its header declares. Errors name the file.
+
+    The header's size (a product of uint32 dims, in Python ints) is checked against what the
+    file can hold before any data is read: the file's size, or for ``.gz`` files
+    :data:`GZIP_MAX_RATIO` times it. Decompression streams into the declared size and stops
+    at the first byte beyond it, so memory never exceeds the declared (plausible) size."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such IDX file")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: cannot decompress ({type(e).__name__}: {e}); truncated "
-                             f"or not gzip?") from None
-    if len(raw) < 4:
-        raise ValueError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
+    gz = path.suffix == ".gz"
+    size = path.stat().st_size
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            return _read_idx_stream(f, path, ndim, size, gz)
+    except (OSError, EOFError, zlib.error) as e:
+        if not gz:
+            raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: cannot decompress ({type(e).__name__}: {e}); truncated "
+                         f"or not gzip?") from None
+
+
+def _read_into(f, view):
+    """Fill ``view`` from ``f`` in chunks; the number of bytes read (short at end of file)."""
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:done + _CHUNK])
+        if not n:
+            break
+        done += n
+    return done
+
+
+def _read_idx_stream(f, path, ndim, size, gz):
+    header = 4 + 4 * ndim
+    head = f.read(header)
+    if len(head) < 4:
+        raise ValueError(f"{path}: only {len(head)} bytes, too short for an IDX header")
     want_magic = bytes((0, 0, 0x08, ndim))
-    if raw[:4] != want_magic:
-        raise ValueError(f"{path}: bad magic 0x{raw[:4].hex()}, expected 0x{want_magic.hex()} "
+    if head[:4] != want_magic:
+        raise ValueError(f"{path}: bad magic 0x{head[:4].hex()}, expected 0x{want_magic.hex()} "
                          f"(IDX uint8, {ndim}-D); not a Fashion-MNIST "
                          f"{'images' if ndim == 3 else 'labels'} file?")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    need = int(np.prod(dims, dtype=np.int64))
-    have = len(raw) - header
-    if have != need:
-        raise ValueError(f"{path}: header declares shape {dims} = {need} bytes of data, file has "
-                         f"{have} ({'truncated' if have < need else 'trailing bytes'})")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if len(head) < header:
+        raise ValueError(f"{path}: truncated header ({len(head)} bytes, need {header})")
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    need = math.prod(dims)  # Python ints: no overflow
+    can_hold = GZIP_MAX_RATIO * size if gz else size - header
+    if need > can_hold and gz:
+        raise ValueError(
+            f"{path}: corrupt or implausible IDX header: shape {dims} declares {need} bytes of "
+            f"data, more than a gzip file of {size} bytes can decompress to (deflate expands "
+            f"at most {GZIP_MAX_RATIO}x)")
+    if need > can_hold:
+        raise ValueError(f"{path}: header declares shape {dims} = {need} bytes of data, file "
+                         f"has {can_hold} (truncated, or a corrupt or implausible header)")
+    data = np.empty(need, np.uint8)
+    have = _read_into(f, memoryview(data))
+    if have == need:
+        extra = len(f.read(_CHUNK))  # trailing bytes: look at one chunk at most
+        if extra:
+            raise ValueError(f"{path}: header declares shape {dims} = {need} bytes of data, "
+                             f"file has {'at least ' if extra == _CHUNK else ''}{need + extra} "
+                             f"(trailing bytes)")
+        return data.reshape(dims)
+    raise ValueError(f"{path}: header declares shape {dims} = {need} bytes of data, file has "
+                     f"{have} (truncated)")
 
 
 def search_dirs(root=None):

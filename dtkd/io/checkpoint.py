@@ -37,6 +37,9 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _META = "__dtkd__"
 _ARRAY = "__array__"
+#: the deepest tree (nested dicts / lists) save writes and load reads: a bound on the recursion
+#: of encoding, decoding and checksumming (a crafted header could otherwise nest 100,000 deep)
+MAX_DEPTH = 200
 
 
 class CheckpointError(ValueError):
@@ -46,6 +49,9 @@ class CheckpointError(ValueError):
 def save(path, tree):
     """Write ``tree`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
     path = Path(path)
+    if _depth(tree) > MAX_DEPTH:
+        raise ValueError(f"save: tree nests deeper than {MAX_DEPTH} levels of dicts / lists "
+                         "(a dtkd checkpoint holds at most that)")
     arrays = {}
     encoded = _encode(tree, arrays, "tree")
     meta = {"format": FORMAT, "version": VERSION, "checksum": _checksum(encoded, arrays),
@@ -61,7 +67,18 @@ def load(path):
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic == b"\x93NUM":
+            raise CheckpointError(f"{path}: not a dtkd checkpoint: a plain .npy array file "
+                                  "(written by np.save; dtkd.io.load reads the .npz files "
+                                  "written by dtkd.io.save)")
+        if magic[:2] != b"PK":
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a zip archive"
+                                  f"{'; the file is empty' if not magic else ''})")
         with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"{path}: not a dtkd checkpoint (not an .npz archive)")
             if _META not in archive.files:
                 raise CheckpointError(f"{path}: not a dtkd checkpoint (no {_META!r} member; "
                                       f"members: {', '.join(archive.files[:8])})")
@@ -76,20 +93,67 @@ def load(path):
                     f"{path}: checkpoint format version {version!r}; this dtkd reads versions "
                     f"{', '.join(map(str, READABLE_VERSIONS))}"
                     + (" (the file was written by a newer dtkd: upgrade dtkd)" if newer else ""))
-            arrays = {name: archive[name] for name in archive.files if name != _META}
+            if "tree" not in meta:
+                raise CheckpointError(f"{path}: malformed header (no 'tree' entry)")
+            if _depth(meta["tree"]) > MAX_DEPTH:
+                raise CheckpointError(f"{path}: malformed header (its tree nests deeper than "
+                                      f"{MAX_DEPTH} levels)")
+            arrays = {name: _member(archive, name, path) for name in archive.files
+                      if name != _META}
             if version >= 2 and meta.get("checksum") != _checksum(meta.get("tree"), arrays):
                 raise CheckpointError(f"{path}: corrupt or truncated checkpoint (its contents do "
                                       f"not match the checksum in its header)")
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError,
-            NotImplementedError, RuntimeError, zlib.error, lzma.LZMAError) as e:
+            NotImplementedError, RuntimeError, MemoryError, zlib.error, lzma.LZMAError) as e:
         # zipfile: NotImplementedError for an unknown compression method, RuntimeError for a
         # member flagged as encrypted (both found by the checkpoint fuzz harness), zlib / lzma
         # errors for a member flagged compressed whose bytes are not (the .pth harness's find)
+        # RuntimeError covers RecursionError (json's own on a deep header), MemoryError a
+        # member whose size the zip directory and its .npy header both inflate
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
-                              f"({type(e).__name__}: {e})") from None
+                              f"({type(e).__name__}: {str(e)[:200]})") from None
     return _decode(meta["tree"], arrays, path)
+
+
+def _depth(node):
+    """How deeply ``node``'s dicts and lists nest (iterative: no recursion on any input)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node \
+            if isinstance(node, (list, tuple)) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _member(archive, name, path):
+    """The array member ``name``, after checking that its .npy header's size (in Python ints)
+    fits the bytes the zip directory gives it: a header claiming 1 TiB is refused before
+    NumPy allocates for it."""
+    try:
+        info = archive.zip.getinfo(name + ".npy")
+    except (AttributeError, KeyError):
+        return archive[name]
+    with archive.zip.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+        header = f.tell() if f.seekable() else 0
+    declared = dtype.itemsize
+    for n in shape:
+        declared *= int(n)
+    if not dtype.hasobject and declared > info.file_size - header:
+        raise CheckpointError(f"{path}: corrupt checkpoint (member {name!r} claims {declared} "
+                              f"bytes of {dtype} {tuple(shape)} in a member of "
+                              f"{info.file_size} bytes)")
+    return archive[name]
 
 
 def _checksum(encoded_tree, arrays):
@@ -131,7 +195,7 @@ def _decode(node, arrays, path):
         if set(node) == {_ARRAY}:
             try:
                 return arrays[node[_ARRAY]]
-            except KeyError:
+            except (KeyError, TypeError):  # a missing member or a non-string reference
                 raise CheckpointError(f"{path}: corrupt checkpoint (member {node[_ARRAY]!r} missing)") from None
         return {k: _decode(v, arrays, path) for k, v in node.items()}
     if isinstance(node, list):

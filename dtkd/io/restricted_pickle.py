@@ -58,12 +58,33 @@ def _reconstruct(subtype, shape, dtype):
     return _multiarray._reconstruct(np.ndarray, shape, _numeric_dtype(dtype))
 
 
+def _frombuffer(buf, dtype, shape, order, axis_order=None):
+    """NumPy's protocol-5 array constructor (``numpy._core.numeric._frombuffer``): the array's
+    bytes travel in the pickle as a bytearray (in band; out-of-band buffers are refused by the
+    unpickler itself, which is given none). A view of those bytes -- no allocation beyond what
+    the file holds -- of a numeric dtype, reshaped as NumPy does."""
+    if not isinstance(buf, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
+        raise pickle.UnpicklingError(f"refusing a protocol-5 array over a "
+                                     f"{type(buf).__name__} (expected the array's bytes)")
+    if order not in ("C", "F", "K"):
+        raise pickle.UnpicklingError(f"refusing a protocol-5 array of order {order!r}")
+    try:
+        array = np.frombuffer(buf, dtype=_numeric_dtype(dtype))
+        if order == "K" and axis_order is not None:
+            return array.reshape(shape, order="C").transpose(axis_order)
+        return array.reshape(shape, order=order)
+    except (ValueError, TypeError) as e:
+        raise pickle.UnpicklingError(f"a protocol-5 array whose bytes do not match its shape "
+                                     f"{shape!r} and dtype ({e})") from None
+
+
 def _scalar(dtype, *data):
     return _multiarray.scalar(_numeric_dtype(dtype), *data)
 
 
 # What pickled NumPy arrays and scalars need: array reconstruction (ndarray.__setstate__ then
-# fills in the data, no code), numeric dtypes, and _codecs.encode, with which Python 3 writes
+# fills in the data, no code; protocol 5: a view of an in-band bytearray), numeric dtypes, and
+# _codecs.encode, with which Python 3 writes
 # bytes in protocol 2 (NumPy's array data; torch.save uses protocol 2).
 NUMPY_GLOBALS = {
     ("_codecs", "encode"): codecs.encode,
@@ -73,6 +94,9 @@ NUMPY_GLOBALS = {
     ("numpy._core.multiarray", "scalar"): _scalar,
     ("numpy", "ndarray"): _NdarrayType,
     ("numpy", "dtype"): _array_dtype,
+    # protocol 5 (pickle.dumps(..., protocol=5), Python >= 3.8's highest): arrays as bytearrays
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
 }
 
 
