@@ -397,9 +397,17 @@ int dtkd_batchnorm2d_sync_forward(float *y, float *save_mean, float *save_invstd
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
         const double scale = (double)gamma[c] * save_invstd[c], mean = sum[c] / M;
-        overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL, save_mean[c],
-                                   (float)(mean - save_mean[c]), (float)scale, beta[c], relu,
-                                   HW);
+        /* the same per-channel choice as dtkd_batchnorm2d_act_forward_train, so that shards
+         * round as one process does: centered for far-offset channels or an overflowing shift,
+         * else the original x * scale + shift */
+        const float shift = (float)(beta[c] - save_mean[c] * scale);
+        if (fabsf(save_mean[c]) * save_invstd[c] > OFFSET_RATIO || !(fabsf(shift) <= FLT_MAX))
+            overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL,
+                                       save_mean[c], (float)(mean - save_mean[c]), (float)scale,
+                                       beta[c], relu, HW);
+        else
+            overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL, 0.0f,
+                                       0.0f, (float)scale, shift, relu, HW);
     }
     return overflow ? DTKD_ERR_VALUE : DTKD_OK;
 }
@@ -438,12 +446,17 @@ int dtkd_batchnorm2d_sync_backward(float *dx, const float *g, const float *x, co
     if (local * C >= PARALLEL_MIN_VALUES)
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
-        /* as dtkd_batchnorm2d_act_backward: dx = k * g + kx * (x - mean) + k0 */
+        /* as dtkd_batchnorm2d_act_backward, with its per-channel choice: dx = k * g +
+         * kx * (x - mean) + k0 for far-offset channels, else k * g + kx * x + k0' */
         const float mean = save_mean[c], invstd = save_invstd[c];
         const double k = (double)gamma[c] * invstd, mean_g = sum_g[c] / M;
         const double kxhat = k * invstd * (sum_g_xmu[c] * invstd / M);
-        bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat, (float)(-k * mean_g), mean,
-                  0.0f, HW);
+        if (fabsf(mean) * invstd > OFFSET_RATIO)
+            bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat, (float)(-k * mean_g),
+                      mean, 0.0f, HW);
+        else
+            bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat,
+                      (float)(kxhat * mean - k * mean_g), 0.0f, 0.0f, HW);
     }
     return DTKD_OK;
 }
