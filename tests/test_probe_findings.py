@@ -561,3 +561,33 @@ def test_a_conv2d_layer_trains_on_1e37_inputs_with_finite_results():
     y = conv(x)
     dx = conv.backward(np.ones_like(y))
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+
+
+# ---- load_state_dict: no silent cast (issue 13 probe) -----------------------------------------
+
+@pytest.mark.parametrize("key, value, match", [
+    ("weight", np.array([1e39, 1.0]), "beyond float32's range"),
+    ("running_var", np.array([-1.0, 1.0], np.float32), "must be >= 0"),
+    ("num_batches_tracked", np.array(1.5e30), "do not fit int64"),
+    ("num_batches_tracked", np.array(3.5), "whole numbers"),
+    ("running_mean", np.array([np.nan, 0.0], np.float32), "NaN or Inf"),
+])
+def test_load_state_dict_refuses_values_the_cast_would_change(key, value, match):
+    bn = dtkd.nn.BatchNorm2d(2)
+    before = bn.state_dict()
+    state = dict(before)
+    state[key] = value
+    with pytest.raises(ValueError, match=match) as info:
+        bn.load_state_dict(state)
+    assert repr(key) in str(info.value)
+    after = bn.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before), "a failed load changed state"
+
+
+def test_load_state_dict_accepts_exact_casts():
+    bn = dtkd.nn.BatchNorm2d(2)
+    state = bn.state_dict()
+    state["num_batches_tracked"] = np.array(7.0)  # a float that is a whole number
+    state["weight"] = np.array([0.5, 2.0])        # float64 inside float32's range
+    bn.load_state_dict(state)
+    assert int(bn.num_batches_tracked) == 7 and bn.weight.data.tolist() == [0.5, 2.0]

@@ -15,6 +15,8 @@ class BatchNorm2d(Module):
     variance unbiased) and counts ``num_batches_tracked``; eval mode uses the running statistics.
     """
 
+    _nonnegative_state = ("running_var",)  # load_state_dict refuses a negative variance
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
         self.num_features = check_positive_int(num_features, "num_features", "BatchNorm2d")

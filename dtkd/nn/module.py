@@ -42,6 +42,35 @@ class IncompatibleKeys(tuple):
     unexpected_keys = property(lambda self: self[1])
 
 
+def _check_state_value(name, value, target, owner):
+    """A state_dict entry must survive the cast to its target's dtype unchanged in meaning:
+    finite and inside float32's range for float targets, whole numbers inside the integer
+    range for integer ones (num_batches_tracked), and >= 0 where the owner says so
+    (BatchNorm's running_var); never a silent inf, wrap-around or negative variance."""
+    if target.dtype.kind == "f":
+        if not np.isfinite(value).all():
+            raise ValueError(f"state_dict[{name!r}]: contains NaN or Inf")
+        if value.size and value.dtype.kind == "f" and value.dtype.itemsize > target.dtype.itemsize:
+            big, limit = float(np.max(np.abs(value))), float(np.finfo(target.dtype).max)
+            if big > limit:
+                raise ValueError(f"state_dict[{name!r}]: values beyond {target.dtype}'s range "
+                                 f"(max |v| = {big:.3g} > {limit:.3g})")
+    elif target.dtype.kind in "iu" and value.size:
+        if value.dtype.kind == "f" and not (np.isfinite(value).all()
+                                             and np.array_equal(value, np.floor(value))):
+            raise ValueError(f"state_dict[{name!r}]: expected whole numbers for an "
+                             f"{target.dtype} entry, got {value.dtype} values")
+        info = np.iinfo(target.dtype)
+        lo, hi = float(np.min(value)), float(np.max(value))
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"state_dict[{name!r}]: values {lo:.3g}..{hi:.3g} do not fit "
+                             f"{target.dtype}")
+    if name.rsplit(".", 1)[-1] in getattr(owner, "_nonnegative_state", ()) and value.size \
+            and float(np.min(value)) < 0:
+        raise ValueError(f"state_dict[{name!r}]: must be >= 0 (a variance), got "
+                         f"{float(np.min(value)):.3g}")
+
+
 class Module:
     """Base class of layers and models (see the module docstring)."""
 
@@ -168,6 +197,8 @@ class Module:
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict does not match {type(self).__name__}: "
                            f"missing keys {missing}, unexpected keys {unexpected}")
+        owners = {(f"{mn}.{n}" if mn else n): m for mn, m in self.named_modules()
+                  for n in list(m._parameters) + list(m._buffers)}
         converted = {}
         for name, target in targets.items():
             if name not in state_dict:
@@ -181,8 +212,7 @@ class Module:
             if value.dtype.kind not in "fiub":
                 raise TypeError(f"state_dict[{name!r}]: expected a numeric array, got dtype {value.dtype}")
             converted[name] = value
-            if target.dtype.kind == "f" and not np.isfinite(value).all():
-                raise ValueError(f"state_dict[{name!r}]: contains NaN or Inf")
+            _check_state_value(name, value, target, owners[name])
         for name, value in converted.items():
             np.copyto(targets[name], value, casting="unsafe")
         return IncompatibleKeys(missing, unexpected)
