@@ -114,3 +114,35 @@ def check_normalization(mean, std, scale=255.0):
         if largest > FLOAT32_MAX:
             raise ValueError(f"std: channel {c}: {s:g} with mean {m:g} normalizes pixels to "
                              f"{largest:.3g}, beyond float32's range (|x| <= {FLOAT32_MAX:.3g})")
+
+
+def nesting_depth(tree, limit):
+    """How deeply ``tree``'s dicts, lists and tuples nest (a scalar: 0, ``{"a": 1}``: 1), without
+    recursion on any input. Shared nodes (YAML aliases: a bomb shares one list a billion times)
+    are measured once; the walk stops as soon as the depth passes ``limit``, and a structure
+    that contains itself counts as deeper than ``limit``. Used by the config and checkpoint
+    readers and writers, whose trees come from files."""
+    kinds = (dict, list, tuple)
+
+    def children(node):
+        return [c for c in (node.values() if isinstance(node, dict) else node)
+                if isinstance(c, kinds)]
+
+    height, open_nodes, stack = {}, set(), [(tree, False)]
+    while stack:
+        node, finished = stack.pop()
+        if not isinstance(node, kinds):
+            continue
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            height[key] = 1 + max((height[id(c)] for c in children(node)), default=0)
+            if height[key] > limit:
+                return height[key]
+        elif key in open_nodes:
+            return limit + 1  # a recursive structure (&a [*a], or a list holding itself)
+        elif key not in height:
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children(node))
+    return height.get(id(tree), 0)

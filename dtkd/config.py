@@ -40,6 +40,8 @@ from pathlib import Path
 
 import yaml
 
+from ._validate import nesting_depth
+
 __all__ = ["CfgNode", "ConfigError", "get_default_config", "load_config", "resolve_config_path",
            "shipped_configs", "CONFIG_DIR", "PATH_KEYS"]
 
@@ -145,7 +147,7 @@ class CfgNode(dict):
             tree = _TOO_DEEP
         # a config is a few levels deep; whether a deep file overflows the parser's recursion
         # depends on the caller's stack, so the depth itself is the rule
-        if tree is _TOO_DEEP or _depth(tree) > MAX_DEPTH:
+        if tree is _TOO_DEEP or nesting_depth(tree, MAX_DEPTH) > MAX_DEPTH:
             raise ConfigError(f"{path}: not a config file: its YAML nests lists / mappings "
                               f"too deeply (more than {MAX_DEPTH} levels)") from None
         if tree is None:
@@ -306,36 +308,6 @@ def _number_or_text(text):
 # Deepest nesting of lists / mappings a config file may have (the shipped ones use 3).
 MAX_DEPTH = 32
 _TOO_DEEP = object()
-
-
-def _depth(tree):
-    """Nesting depth of lists / tuples / dicts in ``tree``, without recursion. Shared nodes (YAML
-    aliases: an alias bomb shares one list a billion times) are measured once; a node that
-    contains itself counts as too deep."""
-    kinds = (dict, list, tuple)
-
-    def children(node):
-        return [c for c in (node.values() if isinstance(node, dict) else node)
-                if isinstance(c, kinds)]
-
-    height, open_nodes, stack = {}, set(), [(tree, False)]
-    while stack:
-        node, finished = stack.pop()
-        if not isinstance(node, kinds):
-            continue
-        key = id(node)
-        if finished:
-            open_nodes.discard(key)
-            height[key] = 1 + max((height[id(c)] for c in children(node)), default=0)
-            if height[key] > MAX_DEPTH:
-                return height[key]
-        elif key in open_nodes:
-            return MAX_DEPTH + 1  # a recursive structure (&a [*a])
-        elif key not in height:
-            open_nodes.add(key)
-            stack.append((node, True))
-            stack.extend((c, False) for c in children(node))
-    return height.get(id(tree), 0)
 
 
 def _parse_text(text):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import nesting_depth
 from .atomic import atomic_write
 
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
@@ -49,7 +50,7 @@ class CheckpointError(ValueError):
 def save(path, tree):
     """Write ``tree`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
     path = Path(path)
-    if _depth(tree) > MAX_DEPTH:
+    if nesting_depth(tree, MAX_DEPTH) > MAX_DEPTH:
         raise ValueError(f"save: tree nests deeper than {MAX_DEPTH} levels of dicts / lists "
                          "(a dtkd checkpoint holds at most that)")
     arrays = {}
@@ -95,7 +96,7 @@ def load(path):
                     + (" (the file was written by a newer dtkd: upgrade dtkd)" if newer else ""))
             if "tree" not in meta:
                 raise CheckpointError(f"{path}: malformed header (no 'tree' entry)")
-            if _depth(meta["tree"]) > MAX_DEPTH:
+            if nesting_depth(meta["tree"], MAX_DEPTH) > MAX_DEPTH:
                 raise CheckpointError(f"{path}: malformed header (its tree nests deeper than "
                                       f"{MAX_DEPTH} levels)")
             arrays = {name: _member(archive, name, path) for name in archive.files
@@ -115,22 +116,6 @@ def load(path):
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
                               f"({type(e).__name__}: {str(e)[:200]})") from None
     return _decode(meta["tree"], arrays, path)
-
-
-def _depth(node):
-    """How deeply ``node``'s dicts and lists nest (iterative: no recursion on any input)."""
-    deepest, stack = 0, [(node, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node \
-            if isinstance(node, (list, tuple)) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_DEPTH:
-            break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def _member(archive, name, path):
