@@ -101,3 +101,15 @@ def finite_difference_grad(per_sample_loss, s, h=1e-5):
 def random_logits(rng, n, c, scale=3.0, shift=0.0):
     """float32 logits whose float64 copy is exact (so references see the same numbers)."""
     return (rng.normal(size=(n, c)) * scale + shift).astype(np.float32)
+
+
+def f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def assert_grad_close(grad, expected, rtol=2e-4):
+    """A loss gradient against its reference, tolerance scaled by the largest entry (the
+    loss tests' shared check)."""
+    grad, expected = f64(grad), f64(expected)
+    atol = rtol * max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(grad, expected, rtol=rtol, atol=atol)

@@ -6,18 +6,9 @@ import dtkd
 from dtkd import _C, losses
 
 import losses_reference as ref
+from losses_reference import assert_grad_close, f64
 
 T = 4.0
-
-
-def f64(x):
-    return np.asarray(x, dtype=np.float64)
-
-
-def assert_grad_close(grad, expected, rtol=2e-4):
-    grad, expected = f64(grad), f64(expected)
-    atol = rtol * max(1.0, np.abs(expected).max())
-    np.testing.assert_allclose(grad, expected, rtol=rtol, atol=atol)
 
 
 @pytest.fixture

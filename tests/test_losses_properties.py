@@ -8,12 +8,9 @@ from hypothesis import given, settings, strategies as st
 from dtkd import losses
 
 import losses_reference as ref
+from losses_reference import f64
 
 T = 4.0
-
-
-def f64(x):
-    return np.asarray(x, dtype=np.float64)
 
 
 batches = st.tuples(

@@ -6,20 +6,11 @@ import pytest
 from dtkd import losses
 
 import losses_reference as ref
+from losses_reference import assert_grad_close, f64
 from kernel_testing import num_threads
 
 T = 4.0
 EDGE = 1e-6  # the C solver's bracket: delta in [-(1 - EDGE) T, (1 - EDGE) T]
-
-
-def f64(x):
-    return np.asarray(x, dtype=np.float64)
-
-
-def assert_grad_close(grad, expected, rtol=2e-4):
-    grad, expected = f64(grad), f64(expected)
-    atol = rtol * max(1.0, np.abs(expected).max())
-    np.testing.assert_allclose(grad, expected, rtol=rtol, atol=atol)
 
 
 # ---- the reference solver: plain bisection in float64 ----
