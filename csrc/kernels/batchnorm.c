@@ -69,6 +69,13 @@ static int affine_act_run(float *restrict q, const float *restrict p, const floa
  * save_mean and save_invstd. */
 #define OFFSET_RATIO 64.0f
 
+/* The one test of that choice, shared by the forward, the backward and their synchronized
+ * versions (so shards round as one process does) */
+static inline int far_offset(float mean, float invstd)
+{
+    return fabsf(mean) * invstd > OFFSET_RATIO;
+}
+
 static int channel_moments(double *mean_out, double *ssd_out, const float *x, long N, long stride,
                            long HW)
 {
@@ -150,7 +157,7 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
         if (!exact) {
             const double inv0 = 1.0 / sqrt(ssd / M + eps);
             const double shift0 = beta[c] - (float)mean * ((double)gamma[c] * (float)inv0);
-            exact = fabsf((float)mean) * (float)inv0 > OFFSET_RATIO || !(fabs(shift0) <= FLT_MAX);
+            exact = far_offset((float)mean, (float)inv0) || !(fabs(shift0) <= FLT_MAX);
         }
         if (exact && channel_moments(&mean, &ssd, x + c * HW, N, C * HW, HW)) {
             bad = 1;
@@ -166,7 +173,7 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
         }
         save_mean[c] = (float)mean;
         save_invstd[c] = (float)invstd;
-        exact = fabsf(save_mean[c]) * save_invstd[c] > OFFSET_RATIO || exact;
+        exact = far_offset(save_mean[c], save_invstd[c]) || exact;
         if (exact) { /* ((x - hi) - lo) * scale + beta */
             hi[c] = save_mean[c];
             lo[c] = (float)(mean - save_mean[c]);
@@ -288,7 +295,7 @@ int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, fl
             /* sum_g = sum g, sum_g_xhat = sum g * xhat, xhat = (x - mean) * invstd. save_mean
              * is the batch mean rounded to float32 (off by up to 0.5 at 1e7): its low part,
              * lo = mean(x - save_mean), comes from a sum over the same run (in L1) */
-            const int exact = fabsf(mean) * invstd > OFFSET_RATIO; /* as the forward chose */
+            const int exact = far_offset(mean, invstd); /* as the forward chose */
             double sum_g = 0.0, sum_g_xhat = 0.0, sum_dev = 0.0;
             for (long n = 0; n < N; n++) {
                 const long at = (n * C + c) * HW;
@@ -401,7 +408,7 @@ int dtkd_batchnorm2d_sync_forward(float *y, float *save_mean, float *save_invstd
          * round as one process does: centered for far-offset channels or an overflowing shift,
          * else the original x * scale + shift */
         const float shift = (float)(beta[c] - save_mean[c] * scale);
-        if (fabsf(save_mean[c]) * save_invstd[c] > OFFSET_RATIO || !(fabsf(shift) <= FLT_MAX))
+        if (far_offset(save_mean[c], save_invstd[c]) || !(fabsf(shift) <= FLT_MAX))
             overflow |= affine_act_run(y + at, x + at, residual ? residual + at : NULL,
                                        save_mean[c], (float)(mean - save_mean[c]), (float)scale,
                                        beta[c], relu, HW);
@@ -451,7 +458,7 @@ int dtkd_batchnorm2d_sync_backward(float *dx, const float *g, const float *x, co
         const float mean = save_mean[c], invstd = save_invstd[c];
         const double k = (double)gamma[c] * invstd, mean_g = sum_g[c] / M;
         const double kxhat = k * invstd * (sum_g_xmu[c] * invstd / M);
-        if (fabsf(mean) * invstd > OFFSET_RATIO)
+        if (far_offset(mean, invstd))
             bn_dx_run(dx + at, g + at, x + at, (float)k, (float)-kxhat, (float)(-k * mean_g),
                       mean, 0.0f, HW);
         else
