@@ -179,6 +179,29 @@ def test_temperatures_outside_float32_name_its_range(T):
         losses.dtkd(S4, _masked_teacher(-1.0), temperature=T)
 
 
+@pytest.mark.parametrize("rule", ["official", "exact"])
+def test_a_dynamic_temperature_beyond_float32_falls_back_to_the_reference(isa, rule):
+    """Found by atheris in CI (losses harness): at temperature=3.4e38 a teacher whose max logit
+    dwarfs the student's derives T_t = 2 m_t / (m_s + m_t) T ~ 6.8e38, finite in double but inf
+    once stored as float32. Such a sample falls back to T_s = T_t = T, like any other sample
+    whose derived temperatures are unusable, and is counted."""
+    s = np.array([[124, -48, 0, 26], [71, -45, 39, 137]], np.float32)
+    t = np.array([[1e6, -6e5, -1e6, -5e5], [8e5, -5e5, -2e5, -4e5]], np.float32)
+    T = 3.4e38
+    for detach in (False, True):
+        r = losses.dtkd(s, t, temperature=T, rule=rule, detach_temperature=detach)
+        for name in ("loss", "grad", "t_student", "t_teacher"):
+            assert np.all(np.isfinite(getattr(r, name))), name
+        np.testing.assert_array_equal(r.t_teacher, np.float32(T))
+        np.testing.assert_array_equal(r.t_student, np.float32(T))
+        assert r.n_fallback == 2
+    # at T = 1e38 the official rule's temperatures are storable: no fallback
+    if rule == "official":
+        r = losses.dtkd(s, t, temperature=1e38, rule=rule)
+        assert r.n_fallback == 0 and np.all(r.t_teacher > 1e38)
+        assert np.all(np.isfinite(r.t_teacher))
+
+
 @pytest.mark.parametrize("fn", [losses.logsumexp, losses.sharpness, losses.log_softmax])
 def test_logits_over_t_beyond_float32_raise_naming_the_range(isa, fn):
     """Found by atheris (losses harness): sharpness/logsumexp returned inf for finite logits

@@ -662,8 +662,9 @@ INLINE void pair_backward_row(float *ds, const float *s, const float *t,
     }
 }
 
-/* A temperature usable as a divisor: finite, > 0, and 1/T representable in float. */
-INLINE int usable_temperature(double T) { return isfinite(T) && T > 0.0 && 1.0 / T <= FLT_MAX; }
+/* A temperature usable as a divisor and storable: T and 1/T both within float32's range (a
+ * dynamic temperature derived in double from a reference T near FLT_MAX can exceed it). */
+INLINE int usable_temperature(double T) { return T > 0.0 && T <= FLT_MAX && 1.0 / T <= FLT_MAX; }
 
 /* The official DTKD rule; returns 1 (and T_s = T_t = T) for a fallback sample. */
 INLINE int dynamic_temperature_pair(double m_s, double m_t, double T, double *t_s, double *t_t)
@@ -777,6 +778,7 @@ INLINE int exact_temperature_pair(const float *s, const float *t, float m_s, flo
     /* slope: -f' at the last evaluated point, within EXACT_TOL T of the root (the gradient
      * recomputes D at the root from the loss's own moments) */
     if (!settled || slope == 0.0 || !isfinite(slope)) return 0;
+    if (!usable_temperature(T + delta) || !usable_temperature(T - delta)) return 0;
     *t_s = T + delta;
     *t_t = T - delta;
     return 1;
