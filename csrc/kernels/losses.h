@@ -16,8 +16,10 @@
  * should use a large finite negative. A row whose temperature is large (> DTKD_PRECISE_T, where
  * float32 exps lose the KL to cancellation) or whose (x - max) / T overflows float32 is computed
  * in double; a result (loss, gradient) beyond float32's range is DTKD_ERR_RANGE.
- * A sample with m_s + m_t <= DTKD_TEMPERATURE_EPS, or a temperature that is not finite and > 0,
- * falls back to T_s = T_t = T (counted; no gradient through its temperatures). Otherwise the
+ * A sample with m_s + m_t <= DTKD_TEMPERATURE_EPS, or a derived temperature that is not > 0
+ * with it and its inverse within float32's range (T_t ~ 2T when m_t >> m_s, beyond FLT_MAX for
+ * a reference T above FLT_MAX / 2), falls back to T_s = T_t = T (counted; no gradient through
+ * its temperatures). Otherwise the
  * exact gradient flows through m_s into T_s and T_t: max passes it to the arg-max entry of s
  * (the first index on ties), unless the temperatures are detached.
  *
