@@ -562,6 +562,45 @@ def test_winograd_beyond_its_float32_range_runs_the_direct_convolution(m, scale)
     np.testing.assert_allclose(dx, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_input_near_float32_max_with_tiny_weights_runs_the_direct_convolution(m):
+    """Found by atheris (nn harness): one x of 3.4e38 with weights ~1e-30 passed the product
+    bound (max|x| max|w| growth C ~ 1e14) but the input transform alone (up to 100 max|x|)
+    overflowed to Inf, and Inf * tiny weights - Inf gave NaN outputs. Each stage is bounded now."""
+    from dtkd import _C
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 2, 4)).astype(np.float32)
+    x[1, 7, 0, 0] = 3.4e38
+    w = (rng.standard_normal((3, 8, 3, 3)) * 1e-30).astype(np.float32)
+    direct = _C.conv2d_forward(x, w, None, 1, 1, 1, 1, 1)
+    assert np.all(np.isfinite(direct))
+    np.testing.assert_array_equal(_C.winograd_conv3x3_forward(x, w, None, m), direct)
+    dy = x[:, 5:].copy()  # holds the 3.4e38; the input gradient sees the same stage bound (C and O swapped)
+    dx = _C.winograd_conv3x3_backward_input(dy, w, m)
+    assert np.all(np.isfinite(dx))
+    dw = np.zeros(w.shape, np.float32)  # and the weight gradient: finite, the exact sum's
+    _C.winograd_conv3x3_backward_weight(np.ones_like(direct) * 1e-30, x, dw, m)
+    exact = np.zeros(w.shape, np.float32)
+    _C.conv3x3_backward_weight(np.ones_like(direct) * 1e-30, x, exact)
+    assert np.all(np.isfinite(dw))
+    np.testing.assert_array_equal(dw, exact)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_a_winograd_weight_gradient_beyond_float32_is_a_range_error_leaving_dw(m):
+    """Found by the seeded nn harness: dy ~1e20 with x ~1e37 has a true weight gradient beyond
+    float32; the call raises naming the range and leaves the accumulated dw as it was."""
+    from dtkd import _C
+    x = np.full((2, 3, 4, 4), 1e37, np.float32)
+    dy = np.full((2, 2, 4, 4), -1e20, np.float32)
+    dw = np.arange(2 * 3 * 9, dtype=np.float32).reshape(2, 3, 3, 3)
+    before = dw.copy()
+    with pytest.raises(ValueError, match=r"weight gradient exceeds float32's range .* \(dw is "
+                                         r"unchanged\)"):
+        _C.winograd_conv3x3_backward_weight(dy, x, dw, m)
+    np.testing.assert_array_equal(dw, before)
+
+
 def test_winograd_results_beyond_float32_are_a_range_error_naming_it():
     from dtkd import _C
     x = np.full((1, 4, 5, 5), 3e38, np.float32)

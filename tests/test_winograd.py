@@ -1,6 +1,6 @@
 """Winograd F(2x2,3x3) / F(4x4,3x3) convolution (csrc/kernels/winograd.c) against a float64
-NumPy direct convolution written here. The family serves inference: forward and the input
-gradient (no weight gradient; training uses the direct convolution)."""
+NumPy direct convolution written here: the forward, the input gradient and the weight
+gradient."""
 import numpy as np
 import pytest
 
@@ -262,6 +262,106 @@ def test_input_gradient_rejects_bad_dy():
         _C.winograd_conv3x3_backward_input(np.zeros((0, 4, 5, 5), np.float32), w)
     with pytest.raises(ValueError, match="m: output tile size must be 2 or 4"):
         _C.winograd_conv3x3_backward_input(np.zeros((2, 4, 5, 5), np.float32), w, 5)
+
+
+# ---- weight gradient (the forward's bilinear form transposed, summed over tiles) ----
+
+def conv3x3_weight_grad_reference(dy, x):
+    """d/dw of sum(y * dy) for y = conv3x3_reference(x, w), in float64: dw[o,c,i,j] =
+    sum_n,h,w' dy[n,o,h,w'] * xpad[n,c,h+i,w'+j]."""
+    dy = np.asarray(dy, np.float64)
+    x = np.asarray(x, np.float64)
+    n, c, h, wd = x.shape
+    xp = np.zeros((n, c, h + 2, wd + 2))
+    xp[:, :, 1:-1, 1:-1] = x
+    dw = np.zeros((dy.shape[1], c, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", dy, xp[:, :, i:i + h, j:j + wd],
+                                       optimize=True)
+    return dw
+
+
+def winograd_weight_grad(dy, x, m, start=None):
+    dw = np.zeros((dy.shape[1], x.shape[1], 3, 3), np.float32) if start is None else start.copy()
+    assert _C.winograd_conv3x3_backward_weight(dy, x, dw, m) is None
+    return dw
+
+
+@pytest.mark.parametrize("m", TILE_SIZES)
+def test_weight_gradient_matches_finite_differences(m):
+    rng = np.random.default_rng(20)
+    x, w, _ = random_problem(rng, 2, 3, 5, 6, 4, bias=False)
+    dy = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    w64 = w.astype(np.float64)
+    fd = numeric_grad(lambda: float(np.sum(conv3x3_reference(x, w64) * dy)), w64)
+    np.testing.assert_allclose(winograd_weight_grad(dy, x, m), fd, rtol=1e-4,
+                               atol=1e-4 * np.abs(fd).max())
+
+
+# Odd sizes (partial edge tiles), channel counts off the 16-lane vectors, one pixel, and the
+# resnet widths.
+WEIGHT_GRAD_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 4), (3, 17, 9, 6, 20), (2, 40, 8, 8, 33),
+                      (4, 16, 32, 32, 16), (2, 64, 16, 16, 64)]
+
+
+@pytest.mark.parametrize("m", TILE_SIZES)
+@pytest.mark.parametrize("shape", WEIGHT_GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_weight_gradient_matches_reference_on_every_isa(shape, m, isa_limit):
+    n, c, h, wd, o = shape
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+    dy = rng.standard_normal((n, o, h, wd)).astype(np.float32)
+    ref = conv3x3_weight_grad_reference(dy, x)
+    # per entry, relative to sum |dy| |x| over the same products, as for the forward
+    scale = conv3x3_weight_grad_reference(np.abs(dy), np.abs(x))
+    for isa in available_isas():
+        isa_limit(isa)
+        for threads in (1, 2):
+            with num_threads(threads):
+                dw = winograd_weight_grad(dy, x, m)
+            err = np.abs(dw - ref)
+            bound = ERROR_BOUND[m] * (scale + 1e-6 * scale.max())
+            assert np.all(err <= bound), (isa, threads, float((err / bound).max()))
+
+
+@pytest.mark.parametrize("m", TILE_SIZES)
+def test_weight_gradient_accumulates_and_is_deterministic(m):
+    """dw += like the exact kernel (a network's gradient is summed over its uses), and the
+    same inputs give the same bits on the same thread count (fixed tile ranges per thread)."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
+    dy = rng.standard_normal((8, 48, 12, 12)).astype(np.float32)
+    start = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)
+    for threads in (1, 2):
+        with num_threads(threads):
+            once = winograd_weight_grad(dy, x, m)
+            np.testing.assert_array_equal(winograd_weight_grad(dy, x, m), once)
+            np.testing.assert_allclose(winograd_weight_grad(dy, x, m, start), start + once,
+                                       rtol=1e-6, atol=1e-6)
+
+
+def test_weight_gradient_rejects_bad_input():
+    x, w, _ = good_args()
+    dy = np.zeros((2, 4, 5, 5), np.float32)
+    dw = np.zeros(w.shape, np.float32)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(2, \*, 5, 5\)"):
+        _C.winograd_conv3x3_backward_weight(dy[:1], x, dw)
+    with pytest.raises(ValueError, match=r"dw: expected shape \(4, 3, 3, 3\)"):
+        _C.winograd_conv3x3_backward_weight(dy, x, dw[:3])
+    with pytest.raises(TypeError, match="x"):
+        _C.winograd_conv3x3_backward_weight(dy, x.astype(np.float64), dw)
+    bad = dy.copy()
+    bad[1, 2, 3, 4] = np.inf
+    with pytest.raises(ValueError, match="dy: contains NaN or Inf"):
+        _C.winograd_conv3x3_backward_weight(bad, x, dw)
+    with pytest.raises(ValueError, match="x: expected a non-empty"):
+        _C.winograd_conv3x3_backward_weight(dy[:0], x[:0], dw)
+    with pytest.raises(ValueError, match="m: output tile size must be 2 or 4"):
+        _C.winograd_conv3x3_backward_weight(dy, x, dw, 3)
+    with pytest.raises(ValueError, match="dw"):
+        _C.winograd_conv3x3_backward_weight(dy, x, np.zeros(w.shape, np.float32)[..., ::-1])
+    np.testing.assert_array_equal(dw, 0)  # nothing written on any of these
 
 
 # ---- bad inputs: clear exceptions naming the argument, never a crash ----

@@ -164,6 +164,8 @@ static long choose_block_tiles(long c_pad, long o_pad, long O, int a, long tiles
     return best;
 }
 
+static void geom_layout(struct wino_geom *g);
+
 static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O, int m,
                      int nthreads)
 {
@@ -176,6 +178,14 @@ static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O
     g->c_pad = (long)round_up((size_t)C, LANES);
     g->o_pad = (long)round_up((size_t)O, LANES);
     g->block_tiles = choose_block_tiles(g->c_pad, g->o_pad, O, g->a, g->tiles, nthreads);
+    geom_layout(g);
+    return DTKD_OK;
+}
+
+/* The workspace layout for g->block_tiles tiles per block. */
+static void geom_layout(struct wino_geom *g)
+{
+    const int m = g->m;
     g->blocks = (g->tiles + g->block_tiles - 1) / g->block_tiles;
     g->strip_w = g->tiles_w * m + 2;
     const size_t aa = (size_t)g->a * g->a;
@@ -188,7 +198,6 @@ static int geom_init(struct wino_geom *g, long N, long C, long H, long W, long O
     g->in_strip_floats = round_up((size_t)g->a * g->strip_w * LANES, ALIGN_FLOATS);
     g->out_strip_floats = round_up((size_t)m * g->tiles_w * m * LANES, ALIGN_FLOATS);
     g->per_thread = g->v_floats + g->m_floats + g->in_strip_floats + g->out_strip_floats;
-    return DTKD_OK;
 }
 
 size_t winograd_workspace_floats(long N, long C, long H, long W, long O, int m, int nthreads)
@@ -468,16 +477,14 @@ output_transform(float *tile, size_t row_stride, const float *mt, size_t m_strid
         t_ += tw1 - tw0;                                                                         \
     }
 
-static inline __attribute__((always_inline)) int
-process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
-              const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512)
+/* V[xi][t][c] = (B^T d B)[xi] for the tiles [t0, t1) of x (N, C, H, W), 16 channels at a
+ * time through the channel-last strip. */
+static inline __attribute__((always_inline)) void
+transform_input_block(const struct wino_geom *g, float *V, const float *x, long t0, long t1,
+                      float *in_strip, int avx512)
 {
-    const int m = g->m, a = g->a, aa = a * a;
-    const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
-    float *V = ws, *M = V + g->v_floats, *in_strip = M + g->m_floats;
-    float *out_strip = in_strip + g->in_strip_floats;
-    const size_t v_stride = g->v_stride, m_stride = g->m_stride;
-
+    const int m = g->m, a = g->a;
+    const long C = g->C, H = g->H, W = g->W;
     for (long c0 = 0; c0 < g->c_pad; c0 += LANES)
         FOR_EACH_ROW_SEGMENT(g, t0, t1, {
             const long cols = (tw1 - tw0) * m + 2;
@@ -488,9 +495,22 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
                 pack_input_strip(in_strip, g->strip_w, x + (size_t)n * C * H * W, c0, C, H, W,
                                  th * m - 1, tw0 * m - 1, a, cols);
             for (long tw = tw0; tw < tw1; tw++)
-                input_transform(V + (size_t)(t_local + tw - tw0) * g->c_pad + c0, v_stride,
+                input_transform(V + (size_t)(t_local + tw - tw0) * g->c_pad + c0, g->v_stride,
                                 in_strip + (tw - tw0) * m * LANES, (size_t)g->strip_w * LANES, m);
         })
+}
+
+static inline __attribute__((always_inline)) int
+process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
+              const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512)
+{
+    const int m = g->m, a = g->a, aa = a * a;
+    const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
+    float *V = ws, *M = V + g->v_floats, *in_strip = M + g->m_floats;
+    float *out_strip = in_strip + g->in_strip_floats;
+    const size_t v_stride = g->v_stride, m_stride = g->m_stride;
+
+    transform_input_block(g, V, x, t0, t1, in_strip, avx512);
 
     /* Columns O..o_pad of M are never written: the output transform computes garbage lanes
      * there that the output copy drops. */
@@ -594,4 +614,219 @@ int winograd_conv3x3_backward_input(float *dx, const float *dy, const float *u_b
 {
     return winograd_conv3x3_forward(dx, dy, u_backward, NULL, NULL, N, O, H, W, C, m, 0,
                                     workspace, workspace_floats);
+}
+
+/* ---- weight gradient ----
+ * Per tile the forward is y = A^T [(G g G^T) .* (B^T d B)] A, so (transposing each linear map)
+ *   dL/dg = sum over tiles of  G^T [(A dY A^T) .* (B^T d B)] G,
+ * dY the tile's m x m output gradient (zero beyond the image, where the forward's partial tiles
+ * are cut). The sum over tiles moves inside the transform: per point xi,
+ *   Q[xi] (O x C) = sum_t P[xi][t][o] V[xi][t][c],   P = A dY A^T,  V = B^T d B,
+ * a*a GEMMs with the tiles as their inner dimension (36 / 16 products per 9 m^2 of the direct
+ * sum: 4x / 2.25x fewer for m = 4 / 2), then dW[o][c] = G^T Q[.][o][c] G once, in double.
+ * Threads own fixed ranges of tiles (so the result does not depend on scheduling), each with
+ * its own Q; the per-thread Qs are summed in double in a fixed order. */
+
+/* 1-D gradient transform A d (m values -> a): the transpose of output_1d_f*. */
+static inline __attribute__((always_inline)) void gradient_1d(vec16 *r, const vec16 *d, int m)
+{
+    if (m == 2) {
+        r[0] = d[0];
+        r[1] = d[0] + d[1];
+        r[2] = d[0] - d[1];
+        r[3] = -d[1];
+    } else {
+        const vec16 s02 = d[0] + d[2], s13 = d[1] + d[3];
+        const vec16 t02 = d[0] + 4.0f * d[2], t13 = 2.0f * d[1] + 8.0f * d[3];
+        r[0] = d[0];
+        r[1] = s02 + s13;
+        r[2] = s02 - s13;
+        r[3] = t02 + t13;
+        r[4] = t02 - t13;
+        r[5] = d[3];
+    }
+}
+
+/* P[xi * p_stride] = (A dY A^T)[xi] for one m x m tile of dY at `patch` (row stride
+ * row_stride floats in a strip). */
+static inline __attribute__((always_inline)) void
+gradient_transform(float *p, size_t p_stride, const float *patch, size_t row_stride, int m)
+{
+    const int a = m + 2;
+    vec16 rows[4][MAX_A]; /* rows[k][j] = (dY A^T)[k][j] */
+    for (int k = 0; k < m; k++) {
+        vec16 d[4];
+        for (int l = 0; l < m; l++) d[l] = LD(patch + k * row_stride + l * LANES);
+        gradient_1d(rows[k], d, m);
+    }
+    for (int j = 0; j < a; j++) {
+        vec16 col[4], out[MAX_A];
+        for (int k = 0; k < m; k++) col[k] = rows[k][j];
+        gradient_1d(out, col, m);
+        for (int i = 0; i < a; i++) ST(p + (size_t)(i * a + j) * p_stride, out[i]);
+    }
+}
+
+/* Q[xi] (O x C, row stride C) += P[xi]^T V[xi] over the tiles [t0, t1). The workspace holds V,
+ * P (in the place of the forward's M) and the strip. */
+static inline __attribute__((always_inline)) int
+weight_block(const struct wino_geom *g, float *q, const float *x, const float *dy, long t0,
+             long t1, float *ws, int avx512)
+{
+    const int m = g->m, a = g->a, aa = a * a;
+    const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
+    float *V = ws, *P = V + g->v_floats, *strip = P + g->m_floats;
+
+    transform_input_block(g, V, x, t0, t1, strip, avx512);
+    for (long o0 = 0; o0 < g->o_pad; o0 += LANES)
+        FOR_EACH_ROW_SEGMENT(g, t0, t1, {
+            const long cols = (tw1 - tw0) * m;
+            const float *image = dy + (size_t)n * O * H * W;
+            if (avx512)
+                pack_input_strip_avx512(strip, g->strip_w, image, o0, O, H, W, th * m, tw0 * m, m,
+                                        cols);
+            else
+                pack_input_strip(strip, g->strip_w, image, o0, O, H, W, th * m, tw0 * m, m, cols);
+            for (long tw = tw0; tw < tw1; tw++)
+                gradient_transform(P + (size_t)(t_local + tw - tw0) * g->o_pad + o0, g->m_stride,
+                                   strip + (tw - tw0) * m * LANES, (size_t)g->strip_w * LANES, m);
+        })
+    for (int xi = 0; xi < aa; xi++) {
+        int st = dtkd_sgemm(1, 0, O, C, nt, 1.0f, P + xi * g->m_stride, g->o_pad,
+                            V + xi * g->v_stride, g->c_pad, 1.0f, q + (size_t)xi * O * C, C);
+        if (st != DTKD_OK) return st;
+    }
+    return DTKD_OK;
+}
+
+#define DEFINE_WEIGHT_BLOCK_FN(name, attr, avx512)                                              \
+    attr static int name(const struct wino_geom *g, float *q, const float *x, const float *dy, \
+                         long t0, long t1, float *ws)                                           \
+    {                                                                                           \
+        struct wino_geom fixed = *g;                                                            \
+        if (g->m == 2) {                                                                        \
+            fixed.m = 2, fixed.a = 4;                                                           \
+            return weight_block(&fixed, q, x, dy, t0, t1, ws, avx512);                          \
+        }                                                                                       \
+        fixed.m = 4, fixed.a = 6;                                                               \
+        return weight_block(&fixed, q, x, dy, t0, t1, ws, avx512);                              \
+    }
+
+DEFINE_WEIGHT_BLOCK_FN(weight_block_avx512, DTKD_TARGET_AVX512, 1)
+DEFINE_WEIGHT_BLOCK_FN(weight_block_avx2, DTKD_TARGET_AVX2, 0)
+DEFINE_WEIGHT_BLOCK_FN(weight_block_portable, , 0)
+
+/* out[r] = (G^T q)[r], r < 3, for the a values q[i * stride]. */
+static void weight_gradient_1d(double out[3], const double *q, int m, long stride)
+{
+    double v[MAX_A];
+    for (int i = 0; i < m + 2; i++) v[i] = q[i * stride];
+    if (m == 2) {
+        out[0] = v[0] + 0.5 * (v[1] + v[2]);
+        out[1] = 0.5 * (v[1] - v[2]);
+        out[2] = 0.5 * (v[1] + v[2]) + v[3];
+    } else {
+        out[0] = v[0] / 4.0 - (v[1] + v[2]) / 6.0 + (v[3] + v[4]) / 24.0;
+        out[1] = -(v[1] - v[2]) / 6.0 + (v[3] - v[4]) / 12.0;
+        out[2] = -(v[1] + v[2]) / 6.0 + (v[3] + v[4]) / 6.0 + v[5];
+    }
+}
+
+/* Tiles per block of the weight gradient: V and P of a block (a*a*tiles*(C+O) floats) in 3/4
+ * of L2, as in the forward, but at least 64 tiles (the tiles are the GEMMs' inner dimension:
+ * each block reads and writes Q, O*C floats per point, once per block) and at most a thread's
+ * share. */
+static long weight_block_tiles(const struct wino_geom *g, int nthreads)
+{
+    const long l2_floats = dtkd_sgemm_machine(dtkd_isa())->l2.size / (long)sizeof(float) * 3 / 4;
+    long t = l2_floats / ((long)g->a * g->a * (g->c_pad + g->o_pad));
+    if (t < 64) t = 64;
+    if (t > 512) t = 512;
+    const long share = (g->tiles + nthreads - 1) / nthreads;
+    return t < share ? t : share;
+}
+
+static int weight_geom_init(struct wino_geom *g, long N, long C, long H, long W, long O, int m,
+                            int nthreads)
+{
+    int st = geom_init(g, N, C, H, W, O, m, nthreads);
+    if (st != DTKD_OK) return st;
+    g->block_tiles = weight_block_tiles(g, nthreads);
+    geom_layout(g);
+    /* + Q (a*a x O x C), rounded to keep the next thread's slice aligned */
+    g->per_thread += round_up((size_t)g->a * g->a * O * C, ALIGN_FLOATS);
+    return DTKD_OK;
+}
+
+size_t winograd_backward_weight_workspace_floats(long N, long C, long H, long W, long O, int m,
+                                                 int nthreads)
+{
+    struct wino_geom g;
+    if (nthreads < 1 || weight_geom_init(&g, N, C, H, W, O, m, nthreads) != DTKD_OK) return 0;
+    return g.per_thread * (size_t)nthreads + ALIGN_FLOATS;
+}
+
+int winograd_conv3x3_backward_weight(float *dw, const float *x, const float *dy, long N, long C,
+                                     long H, long W, long O, int m, float *workspace,
+                                     size_t workspace_floats)
+{
+    struct wino_geom g;
+    int nthreads = dtkd_get_num_threads();
+    int st = weight_geom_init(&g, N, C, H, W, O, m, nthreads);
+    if (st != DTKD_OK) return st;
+    if (workspace_floats < winograd_backward_weight_workspace_floats(N, C, H, W, O, m, nthreads)) {
+        nthreads = 1;
+        weight_geom_init(&g, N, C, H, W, O, m, 1);
+        if (workspace_floats < winograd_backward_weight_workspace_floats(N, C, H, W, O, m, 1))
+            return DTKD_ERR_WORKSPACE;
+    }
+    if ((uintptr_t)workspace % sizeof(float)) return DTKD_ERR_WORKSPACE;
+    float *ws = workspace + ((-(uintptr_t)workspace / sizeof(float)) & (ALIGN_FLOATS - 1));
+    int (*block_fn)(const struct wino_geom *, float *, const float *, const float *, long, long,
+                    float *);
+    switch (dtkd_isa()) {
+    case DTKD_ISA_AVX512: block_fn = weight_block_avx512; break;
+    case DTKD_ISA_AVX2: block_fn = weight_block_avx2; break;
+    default: block_fn = weight_block_portable; break;
+    }
+    const int a = g.a, aa = a * a;
+    const size_t q_floats = (size_t)aa * O * C;
+    const size_t q_offset = g.per_thread - round_up(q_floats, ALIGN_FLOATS);
+    int status = DTKD_OK;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int t = omp_get_thread_num();
+        float *my_ws = ws + (size_t)t * g.per_thread, *q = my_ws + q_offset;
+        memset(q, 0, q_floats * sizeof *q);
+        const long lo = g.tiles * t / nthreads, hi = g.tiles * (t + 1) / nthreads;
+        for (long t0 = lo; t0 < hi; t0 += g.block_tiles) {
+            const long t1 = t0 + g.block_tiles < hi ? t0 + g.block_tiles : hi;
+            int s = block_fn(&g, q, x, dy, t0, t1, my_ws);
+            if (s != DTKD_OK) {
+#pragma omp atomic write
+                status = s;
+                break;
+            }
+        }
+#pragma omp barrier
+        if (status == DTKD_OK) {
+#pragma omp for schedule(static)
+            for (long oc = 0; oc < O * C; oc++) {
+                double full[MAX_A * MAX_A], half[MAX_A][3], out[3], col[MAX_A];
+                for (int xi = 0; xi < aa; xi++) {
+                    double sum = 0.0;
+                    for (int k = 0; k < nthreads; k++)
+                        sum += ws[(size_t)k * g.per_thread + q_offset + (size_t)xi * O * C + oc];
+                    full[xi] = sum;
+                }
+                for (int i = 0; i < a; i++) weight_gradient_1d(half[i], full + i * a, g.m, 1);
+                for (int s = 0; s < 3; s++) {
+                    for (int i = 0; i < a; i++) col[i] = half[i][s];
+                    weight_gradient_1d(out, col, g.m, 1);
+                    for (int r = 0; r < 3; r++) dw[oc * 9 + r * 3 + s] += (float)out[r];
+                }
+            }
+        }
+    }
+    return status;
 }

@@ -48,4 +48,19 @@ int winograd_conv3x3_backward_input(float *dx, const float *dy, const float *u_b
                                     long C, long H, long W, long O, int m, float *workspace,
                                     size_t workspace_floats);
 
+/* Floats of workspace winograd_conv3x3_backward_weight needs on `nthreads` threads (0 if a
+ * size is invalid). */
+size_t winograd_backward_weight_workspace_floats(long N, long C, long H, long W, long O, int m,
+                                                 int nthreads);
+
+/* dw (O, C, 3, 3) += gradient of sum(y * dy) with respect to w for y = conv3x3(x (N, C, H, W),
+ * w), stride 1, pad 1, dy (N, O, H, W), by Winograd F(m x m, 3x3): the forward's bilinear form
+ * transposed, G^T [(A dY A^T) .* (B^T d B)] G summed over tiles (the sum inside the transform:
+ * a*a GEMMs over the tiles). Exact in exact arithmetic; in float32 it adds the transforms'
+ * rounding (see the top of this file). Deterministic for a given thread count.
+ * Returns DTKD_OK, DTKD_ERR_SHAPE, DTKD_ERR_VALUE (m) or DTKD_ERR_NOMEM / DTKD_ERR_WORKSPACE. */
+int winograd_conv3x3_backward_weight(float *dw, const float *x, const float *dy, long N, long C,
+                                     long H, long W, long O, int m, float *workspace,
+                                     size_t workspace_floats);
+
 #endif

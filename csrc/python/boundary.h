@@ -53,6 +53,9 @@ PyObject *dtkd_raise_status(int status, const char *context);
  * SystemError) and return NULL. The compiler checks the arguments against the format. Use it,
  * or the two shorthands below, for every message with a number in it. */
 PyObject *dtkd_raise(PyObject *type, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The float32 data of a checked array. */
+#define F32(a) ((float *)PyArray_DATA(a))
+
 #define DTKD_VALUE_ERR(...) dtkd_raise(PyExc_ValueError, __VA_ARGS__)
 #define DTKD_TYPE_ERR(...) dtkd_raise(PyExc_TypeError, __VA_ARGS__)
 

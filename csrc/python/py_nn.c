@@ -11,8 +11,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-#define F32(a) ((float *)PyArray_DATA(a))
-
 static PyArrayObject *new_f32(int nd, const npy_intp *dims)
 {
     return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);

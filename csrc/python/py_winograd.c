@@ -1,6 +1,6 @@
-/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c): the forward and the
- * input gradient. dtkd.nn uses them in eval (BN folded) and in training; the weight gradient
- * stays exact (conv3x3_backward_weight / im2col in conv.c), see winograd.h. */
+/* Bindings for the Winograd 3x3 convolution (csrc/kernels/winograd.c): the forward, the input
+ * gradient and the weight gradient. dtkd.nn uses them in eval (BN folded) and in training (see
+ * dtkd/nn/conv.py for which weight gradient it takes). */
 #include "boundary.h"
 
 #include "kernels/conv.h"
@@ -9,17 +9,21 @@
 
 #include <float.h>
 #include <math.h>
+#include <string.h>
 
 /* ---- float32 range of the Winograd transforms ---------------------------------------------
  * F(m x m, 3x3) multiplies values on their way through: the input transform B^T d B by up to
  * ||B^T||_inf^2, the weight transform G g G^T by ||G||_inf^2, the output transform A^T M A by
  * ||A^T||_inf^2, and the channel sum by the channel count (row sums of the matrices in
- * csrc/kernels/winograd.c: m = 2: B 2, G 1.5, A 3; m = 4: B 10, G 1, A 19). Below
- * max|x| * max|w| * growth * channels (+ max|b| + max|residual|) <= FLT_MAX no intermediate can
- * overflow; beyond it (inputs near 1e33 / (C |w|)) Winograd overflowed to Inf where the direct
- * convolution stays finite, so those calls run the direct convolution instead (the probe of
- * issue 13: 1e37 inputs). */
-static double winograd_growth(int m) { return m == 2 ? 2.25 * 4.0 * 9.0 : 100.0 * 361.0; }
+ * csrc/kernels/winograd.c: m = 2: B 2, G 1.5, A 3; m = 4: B 10, G 1, A 19). Each stage must stay
+ * within float32: the transformed input alone (max|x| * B^2: x near 3.4e38 overflowed there
+ * even with tiny weights, found by atheris), the transformed weights, and the whole product
+ * max|x| * max|w| * B^2 G^2 A^2 * channels (+ max|b| + max|residual|). Beyond it (inputs near
+ * 1e33 / (C |w|)) Winograd overflowed to Inf where the direct convolution stays finite, so
+ * those calls run the direct convolution instead (the probe of issue 13: 1e37 inputs). */
+static double input_growth(int m) { return m == 2 ? 4.0 : 100.0; }
+static double weight_growth(int m) { return m == 2 ? 2.25 : 1.0; }
+static double winograd_growth(int m) { return input_growth(m) * weight_growth(m) * (m == 2 ? 9.0 : 361.0); }
 
 /* The finiteness check of a float32 input and its max |value| in one pass: ValueError naming
  * the argument for NaN/Inf, else *max_abs. */
@@ -46,7 +50,8 @@ static int finite_max_abs(PyArrayObject *arr, const char *name, double *max_abs)
 
 static int in_winograd_range(double max_in, double max_w, long channels, int m, double added)
 {
-    return max_in * max_w * winograd_growth(m) * (double)channels + added <= FLT_MAX;
+    return max_in * input_growth(m) <= FLT_MAX && max_w * weight_growth(m) <= FLT_MAX &&
+           max_in * max_w * winograd_growth(m) * (double)channels + added <= FLT_MAX;
 }
 
 /* The output check of the direct fallback: finite inputs whose true result is beyond float32. */
@@ -176,7 +181,7 @@ static PyObject *forward_transformed(PyObject *x_obj, PyArrayObject *u, PyObject
         } else {
             double max_u;
             if (finite_max_abs(u, "u", &max_u)) return NULL;
-            const double g2 = m == 2 ? 2.25 : 1.0; /* u already holds G g G^T */
+            const double g2 = weight_growth(m); /* u already holds G g G^T */
             if (!in_winograd_range(max_x, max_u / g2, (long)C, m, max_b + max_r))
                 return DTKD_VALUE_ERR(
                     "x: max |x| = %g is beyond float32's range for the Winograd transform of "
@@ -374,6 +379,75 @@ static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObjec
     return forward_transformed(x_obj, u, b_obj, residual_obj, relu, out_obj, NULL, 0.0);
 }
 
+/* Growth of the gradient transform A dY A^T (row sums of A, the transpose of A^T: m = 2: 2,
+ * m = 4: 15), squared. */
+static double winograd_gradient_growth(int m) { return m == 2 ? 4.0 : 225.0; }
+
+/* dw (O, C, 3, 3) += weight gradient of y = conv3x3(x, w) (stride 1, pad 1) for dy, by
+ * Winograd; by the exact sum (conv3x3_backward_weight) where the transformed products could
+ * leave float32's range. */
+static PyObject *py_winograd_conv3x3_backward_weight(PyObject *self, PyObject *args)
+{
+    PyObject *dy_obj, *x_obj, *dw_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "OOO|i:winograd_conv3x3_backward_weight", &dy_obj, &x_obj,
+                          &dw_obj, &m))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    PyArrayObject *x = dtkd_check_array(x_obj, "x", NPY_FLOAT32, 4);
+    if (!x) return NULL;
+    const npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2),
+                   W = PyArray_DIM(x, 3);
+    if (N == 0 || C == 0 || H == 0 || W == 0)
+        return DTKD_VALUE_ERR("x: expected a non-empty (N, C, H, W) array, got (%ld, %ld, %ld, "
+                              "%ld)", (long)N, (long)C, (long)H, (long)W);
+    const npy_intp dy_shape[4] = {N, -1, H, W};
+    PyArrayObject *dy = dtkd_check_shape(dy_obj, "dy", NPY_FLOAT32, 4, dy_shape);
+    if (!dy) return NULL;
+    const npy_intp O = PyArray_DIM(dy, 1);
+    if (O == 0) return DTKD_VALUE_ERR("dy: expected a non-empty channel dimension");
+    double max_x, max_dy;
+    if (finite_max_abs(x, "x", &max_x) || finite_max_abs(dy, "dy", &max_dy)) return NULL;
+    const npy_intp dw_shape[4] = {O, C, 3, 3};
+    PyArrayObject *dw = dtkd_check_output(dw_obj, "dw", NPY_FLOAT32, 4, dw_shape);
+    if (!dw) return NULL;
+    const long tiles = (long)N * (((long)H + m - 1) / m) * (((long)W + m - 1) / m);
+    /* V = B^T d B, P = A dY A^T, their products summed over the tiles; G^T Q G is in double */
+    const int winograd = max_x * input_growth(m) <= FLT_MAX &&
+                         max_dy * winograd_gradient_growth(m) <= FLT_MAX &&
+                         max_x * input_growth(m) * max_dy * winograd_gradient_growth(m) *
+                                 (double)tiles <= FLT_MAX;
+    /* the gradient goes to scratch first, so dw is left as it was if the sum overflows */
+    const long n_dw = (long)(O * C * 9);
+    int st;
+    DTKD_BEGIN_NOGIL
+    const size_t len = winograd
+        ? winograd_backward_weight_workspace_floats((long)N, (long)C, (long)H, (long)W, (long)O,
+                                                    m, dtkd_get_num_threads())
+        : (size_t)dtkd_conv3x3_backward_weight_workspace(N, C, H, W, O);
+    float *ws = dtkd_workspace_acquire(len + (size_t)n_dw);
+    if (!ws) {
+        st = DTKD_ERR_NOMEM;
+    } else {
+        float *scratch = ws + len;
+        memset(scratch, 0, (size_t)n_dw * sizeof *scratch);
+        st = winograd ? winograd_conv3x3_backward_weight(scratch, F32(x), F32(dy), (long)N,
+                                                         (long)C, (long)H, (long)W, (long)O, m,
+                                                         ws, len)
+                      : dtkd_conv3x3_backward_weight(scratch, ws, (long)len, F32(dy), F32(x), N,
+                                                     C, H, W, O);
+        if (!st) st = dtkd_accumulate_finite(F32(dw), scratch, n_dw);
+    }
+    dtkd_workspace_release(ws);
+    DTKD_END_NOGIL
+    if (st == DTKD_ERR_RANGE)
+        return DTKD_VALUE_ERR("winograd_conv3x3_backward_weight: the weight gradient exceeds "
+                              "float32's range (|dw| <= 3.4e38) for finite inputs: dy and x are "
+                              "too large together (dw is unchanged)");
+    if (st) return dtkd_raise_status(st, "winograd_conv3x3_backward_weight");
+    Py_RETURN_NONE;
+}
+
 PyMethodDef dtkd_winograd_methods[] = {
     {"winograd_transform_weights", py_winograd_transform_weights, METH_VARARGS,
      "winograd_transform_weights(w, m=4) -> u float32 (a*a, C, O), a = m + 2: Winograd "
@@ -400,6 +474,13 @@ PyMethodDef dtkd_winograd_methods[] = {
     {"winograd_conv3x3_backward_input", py_winograd_conv3x3_backward_input, METH_VARARGS,
      "winograd_conv3x3_backward_input(dy, w, m=4) -> dx (N, C, H, W): gradient of sum(y * dy) "
      "with respect to x for y = conv3x3(x, w) (stride 1, pad 1), by Winograd F(m x m, 3x3). "
-     "The weight gradient is conv3x3_backward_weight (exact, not Winograd)."},
+     "The weight gradient is winograd_conv3x3_backward_weight or conv3x3_backward_weight "
+     "(exact)."},
+    {"winograd_conv3x3_backward_weight", py_winograd_conv3x3_backward_weight, METH_VARARGS,
+     "winograd_conv3x3_backward_weight(dy, x, dw, m=4) -> None: dw (O, C, 3, 3) += gradient of "
+     "sum(y * dy) with respect to w for y = conv3x3(x, w) (stride 1, pad 1), by Winograd "
+     "F(m x m, 3x3): G^T [(A dY A^T) .* (B^T d B)] G summed over tiles. 4x (m=4) / 2.25x (m=2) "
+     "fewer products than conv3x3_backward_weight, with the transforms' rounding; where the "
+     "transformed values could exceed float32 it runs the exact sum instead."},
     {NULL, NULL, 0, NULL},
 };

@@ -297,7 +297,7 @@ f32 = ("float32",) * 16 + ("float64", "int64", ">f4", "float16")  # mostly the d
 
 def fuzz_nn(data):
     inp = Input(data)
-    which = inp.int(0, 12)
+    which = inp.int(0, 13)
     geom = [inp.choice([1, 1, 2, 0, -1, 3, 2 ** 40]) for _ in range(2)] + \
            [inp.choice([1, 0, 1, 2, -1, 5]) for _ in range(2)] + [inp.choice([1, 1, 1, 2, 0, 3])]
     N, C, H, W, O = (inp.choice([2, 3, 1, 4, 8, 5, 2, 3, 4, 1, 6, 0]) for _ in range(5))
@@ -352,6 +352,11 @@ def nn_call(inp, which, x, w, dy, vec, geom, C, O):
     elif which == 4:
         strict(call("_C.winograd_conv3x3_backward_input", _C.winograd_conv3x3_backward_input,
                     dy, w, inp.choice([2, 4, 4, 3])), "winograd_conv3x3_backward_input")
+    elif which == 13:
+        dw = inp.array((dy.shape[1] if dy.ndim > 1 else 1, C, 3, 3), ("float32",))
+        call("_C.winograd_conv3x3_backward_weight", _C.winograd_conv3x3_backward_weight, dy, x,
+             dw, inp.choice([2, 4, 4, 3]))
+        strict(dw, "winograd_conv3x3_backward_weight")
     elif which == 5:
         out = call("_C.batchnorm2d_forward_train", _C.batchnorm2d_forward_train, x, vec(C),
                    vec(C), vec(C) if inp.bool() else None, vec(C) if inp.bool() else None,
