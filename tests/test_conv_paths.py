@@ -1,5 +1,6 @@
-"""The two convolution algorithms of dtkd.nn (set_conv_algorithm 'auto' = Winograd for 3x3
-stride-1 convs, 'direct' = im2col + SGEMM): layer accuracy against a float64 reference, whole
+"""The convolution algorithms of dtkd.nn (set_conv_algorithm 'auto' = Winograd for 3x3
+stride-1 convs, their weight gradients included on wide layers, 'exact_weight_grad' = the same
+with exact weight gradients, 'direct' = im2col + SGEMM): layer accuracy against a float64 reference, whole
 models against each other in training and eval, and the eval-mode weight cache never serving
 stale weights."""
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 import dtkd.nn as nn
 from dtkd import models
-from dtkd.nn.conv import uses_winograd
+from dtkd.nn.conv import WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS, uses_winograd, uses_winograd_weight_grad
 from dtkd.optim import SGD
 
 
@@ -42,9 +43,45 @@ def test_set_conv_algorithm_validates_and_selects(algorithm):
     assert not uses_winograd(nn.Conv2d(3, 8, 3, padding=1, rng=rng))  # the stem stays direct
     assert not uses_winograd(nn.Conv2d(16, 8, 1, rng=rng))
     assert not uses_winograd(nn.Conv2d(16, 16, 3, padding=1, groups=2, rng=rng))
-    assert algorithm("direct") == "auto"
+    assert not uses_winograd_weight_grad(eligible)  # 8 output channels: the exact sum
+    wide = nn.Conv2d(WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS, WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS, 3,
+                     padding=1, rng=rng)
+    assert uses_winograd_weight_grad(wide)
+    assert algorithm("exact_weight_grad") == "auto"
+    assert uses_winograd(wide) and not uses_winograd_weight_grad(wide)
+    assert algorithm("direct") == "exact_weight_grad"
     assert nn.get_conv_algorithm() == "direct"
-    assert not uses_winograd(eligible)
+    assert not uses_winograd(eligible) and not uses_winograd_weight_grad(wide)
+
+
+def test_winograd_weight_gradient_of_a_wide_layer_matches_the_exact_one(algorithm):
+    """'auto' takes the Winograd weight gradient on a 32 -> 40 channel layer; it equals the
+    float64 sum within F(4x4)'s rounding bound (as the forward: 2e-5 of sum |dy||x|), and
+    'exact_weight_grad' gives the exact sum on the same layer."""
+    rng = np.random.default_rng(3)
+    conv = nn.Conv2d(32, 40, 3, padding=1, rng=rng)
+    x = rng.standard_normal((3, 32, 9, 11)).astype(np.float32)
+    dy = rng.standard_normal((3, 40, 9, 11)).astype(np.float32)
+    xp = np.zeros((3, 32, 11, 13))
+    xp[:, :, 1:-1, 1:-1] = x
+    want, scale = np.zeros((40, 32, 3, 3)), np.zeros((40, 32, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            patch = xp[:, :, i:i + 9, j:j + 11]
+            want[:, :, i, j] = np.einsum("nohw,nchw->oc", dy.astype(np.float64), patch)
+            scale[:, :, i, j] = np.einsum("nohw,nchw->oc", np.abs(dy.astype(np.float64)),
+                                          np.abs(patch))
+    grads = {}
+    for algo in ("auto", "exact_weight_grad"):
+        algorithm(algo)
+        assert uses_winograd_weight_grad(conv) == (algo == "auto")
+        conv.zero_grad()
+        conv(x)
+        conv.backward(dy)
+        grads[algo] = conv.weight.grad.copy()
+    assert np.all(np.abs(grads["auto"] - want) <= 2e-5 * scale)
+    assert np.all(np.abs(grads["exact_weight_grad"] - want) <= 2e-6 * scale)
+    assert not np.array_equal(grads["auto"], grads["exact_weight_grad"])  # two computations
 
 
 @pytest.mark.parametrize("algo", ["auto", "direct"])

@@ -9,8 +9,9 @@
     with nn.no_grad():              # evaluation / a KD teacher: nothing kept for backward
         logits = net.eval()(x)
 
-3x3 stride-1 convolutions run by Winograd F(4x4, 3x3) (forward and input gradient; the weight
-gradient is exact); ``nn.set_conv_algorithm('direct')`` makes every convolution the exact
+3x3 stride-1 convolutions run by Winograd F(4x4, 3x3) (forward, input gradient, and the weight
+gradient of layers with at least 32 channels); ``nn.set_conv_algorithm('exact_weight_grad')``
+keeps every weight gradient an exact sum, ``'direct'`` makes every convolution the exact
 im2col + SGEMM one (``'auto'`` is the default).
 
 Parameters are float32 NumPy arrays in PyTorch's layout and ``state_dict()`` uses PyTorch's

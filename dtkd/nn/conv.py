@@ -2,9 +2,12 @@
 
 Algorithm (``set_conv_algorithm``): under 'auto' (the default), 3x3 stride-1 pad-1 ungrouped
 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input channels run by Winograd
-F(m x m, 3x3) (csrc/kernels/winograd.c): the forward, and in training the input gradient; the
-weight gradient stays the exact im2col + SGEMM sum. Everything else, and everything under
-'direct', runs the im2col + SGEMM convolution (csrc/kernels/conv.c).
+F(m x m, 3x3) (csrc/kernels/winograd.c): the forward, and in training the input gradient and,
+where both channel counts are at least ``WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS``, the weight
+gradient; thinner layers keep the exact weight-gradient sum (padded rows or im2col + SGEMM).
+'exact_weight_grad' is 'auto' with every weight gradient the exact sum (the default before
+2026-12-07). Everything else, and everything under 'direct', runs the im2col + SGEMM
+convolution (csrc/kernels/conv.c).
 """
 import numpy as np
 
@@ -13,7 +16,7 @@ from . import init
 from ._checks import check_activation, check_grad, check_positive_int, pair
 from .module import Module, Parameter
 
-CONV_ALGORITHMS = ("auto", "direct")
+CONV_ALGORITHMS = ("auto", "exact_weight_grad", "direct")
 # Below this many input channels the direct path keeps the conv: at the 3-channel stem
 # Winograd measured 0.67-1.09x the direct conv (benchmarks/results/winograd.md).
 WINOGRAD_MIN_CHANNELS = 16
@@ -24,13 +27,22 @@ WINOGRAD_MIN_CHANNELS = 16
 # with depth, F(4x4)'s medians 8-13% above direct's; so F(4x4) stays the training default.
 WINOGRAD_TILE_EVAL = 4
 WINOGRAD_TILE_TRAIN = 4
+# The Winograd weight gradient computes 1/4 of the exact sum's products (F(4x4)) but transforms
+# x and dy per tile, a cost per channel against the GEMMs' per channel pair: it pays from 32
+# channels. Measured at batch 64, 1 thread, on the AVX-512 and AVX2 paths of a Zen 4
+# (benchmarks/RESULTS.md): C = O = 16 at 32x32 0.56-0.71x the exact padded-row kernel,
+# 32 at 16x16 1.3x, 64 at 8x8 1.6x, 64 at 32x32 1.9-2.2x, 128-256 channels ~2x im2col.
+# Both costs scale with the vector width, so the break-even is a channel count, not a CPU's.
+WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS = 32
 _algorithm = ["auto"]
 
 
 def set_conv_algorithm(name):
-    """``'auto'`` (default: Winograd for the 3x3 stride-1 convolutions, see above) or
-    ``'direct'`` (im2col + SGEMM everywhere: each output an exact float32 sum of products, at
-    ~2-3x the time of those convolutions). Process-wide; returns the previous setting."""
+    """``'auto'`` (default: Winograd for the 3x3 stride-1 convolutions, their weight gradients
+    included where it pays, see above), ``'exact_weight_grad'`` (the same with exact weight
+    gradients) or ``'direct'`` (im2col + SGEMM everywhere: each output an exact float32 sum of
+    products, at ~2-3x the time of those convolutions). Process-wide; returns the previous
+    setting."""
     if name not in CONV_ALGORITHMS:
         raise ValueError(f"set_conv_algorithm: expected one of {CONV_ALGORITHMS}, got {name!r}")
     previous = _algorithm[0]
@@ -45,9 +57,15 @@ def get_conv_algorithm():
 
 def uses_winograd(conv):
     """True when ``conv`` (a Conv2d) runs by Winograd under the current algorithm setting."""
-    return (_algorithm[0] == "auto" and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    return (_algorithm[0] != "direct" and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.groups == 1
             and conv.in_channels >= WINOGRAD_MIN_CHANNELS)
+
+
+def uses_winograd_weight_grad(conv):
+    """True when ``conv``'s weight gradient in training runs by Winograd (see above)."""
+    return (_algorithm[0] == "auto" and uses_winograd(conv)
+            and min(conv.in_channels, conv.out_channels) >= WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS)
 
 
 class Conv2d(Module):
@@ -102,9 +120,13 @@ class Conv2d(Module):
         (sh, sw), (ph, pw) = self.stride, self.padding
         bias_grad = None if self.bias is None else self.bias.grad
         if winograd:
-            # the weight gradient is the exact sum (from padded rows on thin layers, else by
-            # im2col); the input gradient is by Winograd with the forward's tile size
-            _C.conv3x3_backward_weight(dy, x, self.weight.grad)
+            # the weight gradient by Winograd on wide enough layers, else the exact sum (from
+            # padded rows on thin layers, else by im2col); the input gradient by Winograd,
+            # both with the forward's tile size
+            if uses_winograd_weight_grad(self):
+                _C.winograd_conv3x3_backward_weight(dy, x, self.weight.grad, WINOGRAD_TILE_TRAIN)
+            else:
+                _C.conv3x3_backward_weight(dy, x, self.weight.grad)
             if bias_grad is not None:
                 _C.conv2d_backward(dy, x, self.weight.data, sh, sw, ph, pw, 1, None, bias_grad, False)
             return (_C.winograd_conv3x3_backward_input(dy, self.weight.data, WINOGRAD_TILE_TRAIN)
