@@ -3,6 +3,7 @@
 
     python benchmarks/bench_gemm.py                # 1 and 2 threads, everything
     python benchmarks/bench_gemm.py --threads 1 --clock cpu   # 1 thread on a shared machine
+    python benchmarks/bench_gemm.py --autotune     # after dtkd.autotune(save=False)
 
 Every timing is the best of repeated calls (the machine may be shared: the best run is the
 one least disturbed). `--clock cpu` times 1-thread runs by process CPU time, which time
@@ -153,6 +154,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="square sizes only")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: time 1-thread runs by process CPU time (shared machines)")
+    p.add_argument("--autotune", action="store_true",
+                   help="run dtkd.autotune(save=False) first (every path) and print its choice")
     args = p.parse_args()
     feats = _C.cpu_features()
     isas = (["avx512"] if feats["avx512"] else []) + (["avx2"] if feats["avx2_fma"] else [])
@@ -169,6 +172,16 @@ def main():
         print(f"numpy BLAS: {blas[0]['internal_api']} {blas[0]['version']} kernel "
               f"{blas[0].get('architecture')}; OPENBLAS_CORETYPE="
               f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    blocking = lambda: "; ".join(
+        f"{isa} " + ", ".join(f"{k['mr']}x{k['nr']} kc {k['kc']} mc {k['mc']} nc {k['nc']}"
+                              + (" (tuned)" if k["tuned"] else " (model)")
+                              for k in _C.sgemm_configs(isa)["kernels"]) for isa in isas[:-1])
+    if args.autotune:
+        for isa in isas[:-1]:  # autotune tunes the path in use: each SIMD path in turn
+            _C.set_isa(isa)
+            dtkd.autotune(save=False)
+        _C.set_isa(isas[0])
+    print(f"blocking: {blocking()}")
     for threads in args.threads:
         run(threads, isas, problems, args)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")

@@ -7,11 +7,13 @@ on the same thread count, on 1 and 2 threads, with each run's peak RSS and dtkd'
 time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
 
     python benchmarks/bench_train_step.py [--threads 1 2] [--steps 10] [--batch 64] [--out FILE]
-                                          [--conv-algorithm auto|direct] [--no-torch]
+                                          [--conv-algorithm auto|exact_weight_grad|direct]
+                                          [--no-torch]
                                           [--workloads resnet8x4:train ...]
 
 --conv-algorithm sets dtkd.nn.set_conv_algorithm (default 'auto': Winograd for the 3x3
-stride-1 convs; 'direct' measures im2col + SGEMM everywhere, to see Winograd's gain).
+stride-1 convs, weight gradients of wide layers included; 'exact_weight_grad' keeps every weight
+gradient exact; 'direct' measures im2col + SGEMM everywhere, to see Winograd's gain).
 
 Every (framework, workload, threads) runs in its own subprocess, so thread counts are set
 before any pool starts and the peak RSS (ru_maxrss) belongs to that run alone. Times are the
@@ -246,12 +248,14 @@ def spawn(framework, model, mode, threads, steps, n, conv_algorithm):
 
 
 def main():
+    sys.path.insert(0, ROOT)
+    from dtkd.nn.conv import CONV_ALGORITHMS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--out", default=None, help="also write the markdown report to this file")
-    ap.add_argument("--conv-algorithm", choices=["auto", "direct"], default="auto")
+    ap.add_argument("--conv-algorithm", choices=list(CONV_ALGORITHMS), default="auto")
     ap.add_argument("--no-torch", action="store_true", help="time dtkd only")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--workloads", nargs="+", default=[f"{m}:{k}" for m, k in WORKLOADS],

@@ -3,19 +3,21 @@ accuracy against the exact float32 convolution ('direct'), per layer and with de
 whether it changes what a training run reaches.
 
     python benchmarks/bench_winograd_accuracy.py [--part grad|train|both] [--model resnet32]
-        [--batch 32] [--train-images 3000] [--test-images 2000] [--epochs 2] [--seeds 0 1 2]
+        [--batch 32] [--train-images 10000] [--test-images 5000] [--epochs 4] [--seeds 0 1 2]
         [--out FILE]
 
 Part 'grad': one training-mode forward + backward of ``--model`` (random init, random
-32x32x3 batch, cross-entropy on random labels) in dtkd under 'direct', 'auto' with F(2x2) and
-'auto' with F(4x4), each against the same model in float64 PyTorch (same weights; ReLU masks
-not pinned, so a flipped mask shows as error). Per conv layer in forward order: the max-norm
-relative error of its weight gradient, max|g - g64| / max|g64|; plus the logits.
+32x32x3 batch, cross-entropy on random labels) in dtkd under 'direct', 'exact_weight_grad'
+(Winograd F(4x4) forward and input gradient, exact weight gradients), 'auto' with F(2x2) and
+'auto' with F(4x4) (Winograd weight gradients on layers of >= 32 channels), each against the
+same model in float64 PyTorch (same weights; ReLU masks not pinned, so a flipped mask shows as
+error). Per conv layer in forward order: the max-norm relative error of its weight gradient,
+max|g - g64| / max|g64|; plus the logits.
 
 Part 'train': resnet8 on Fashion-MNIST (28x28 padded to 32x32, 1 channel) trained from the
-same seeded init and batch order with 'auto' (F(4x4)) and 'direct', for --epochs epochs on the
-first --train-images training images (SGD lr 0.05, momentum 0.9, wd 5e-4, batch 64, crop+flip
-augmentation), test accuracy on --test-images, for each seed.
+same seeded init and batch order with 'auto', 'exact_weight_grad' and 'direct', for --epochs
+epochs on the first --train-images training images (SGD lr 0.05, momentum 0.9, wd 5e-4, batch
+64, crop+flip augmentation), test accuracy on --test-images, for each seed.
 """
 import argparse
 import os
@@ -32,7 +34,9 @@ import dtkd  # noqa: E402
 from dtkd import losses, models  # noqa: E402
 from dtkd.nn import conv as nn_conv  # noqa: E402
 
-SETTINGS = [("direct", "direct", None), ("F(2x2)", "auto", 2), ("F(4x4)", "auto", 4)]
+SETTINGS = [("direct", "direct", None), ("F(4x4), exact dW", "exact_weight_grad", 4),
+            ("F(2x2)", "auto", 2), ("F(4x4)", "auto", 4)]
+TRAIN_ALGORITHMS = ("auto", "exact_weight_grad", "direct")
 
 
 def use(algorithm, tile):
@@ -82,7 +86,7 @@ def grad_errors(model_name, batch):
 def train_run(algorithm, seed, n_train, n_test, epochs):
     from dtkd.data import DataLoader, load_fashion_mnist
     from dtkd.optim import SGD
-    use(algorithm, 4 if algorithm == "auto" else None)
+    use(algorithm, None if algorithm == "direct" else 4)
     train = load_fashion_mnist("train").subset(n_train, seed=0).padded(32)
     test = load_fashion_mnist("test").subset(n_test, seed=0).padded(32)
     model = models.create("resnet8", num_classes=10, in_channels=1, seed=seed)
@@ -109,9 +113,9 @@ def main():
     ap.add_argument("--part", choices=["grad", "train", "both"], default="both")
     ap.add_argument("--model", default="resnet32")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--train-images", type=int, default=3000)
-    ap.add_argument("--test-images", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-images", type=int, default=10000)
+    ap.add_argument("--test-images", type=int, default=5000)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -142,18 +146,22 @@ def main():
     if args.part in ("train", "both"):
         lines += ["", f"resnet8 on Fashion-MNIST ({args.train_images} train images, "
                   f"{args.epochs} epochs, test on {args.test_images}): test accuracy", "",
-                  "| seed | 'auto' (Winograd F(4x4)) | 'direct' | difference |",
-                  "|---|---|---|---|"]
-        diffs = []
+                  "| seed | " + " | ".join(f"'{a}'" for a in TRAIN_ALGORITHMS)
+                  + " | 'auto' - 'direct' |", "|---|" + "---|" * (len(TRAIN_ALGORITHMS) + 1)]
+        accs = {a: [] for a in TRAIN_ALGORITHMS}
         for seed in args.seeds:
             t0 = time.time()
-            acc = {a: train_run(a, seed, args.train_images, args.test_images, args.epochs)
-                   for a in ("auto", "direct")}
-            diffs.append(acc["auto"] - acc["direct"])
-            lines.append(f"| {seed} | {acc['auto']:.4f} | {acc['direct']:.4f} | "
-                         f"{diffs[-1]:+.4f} |")
+            for a in TRAIN_ALGORITHMS:
+                accs[a].append(train_run(a, seed, args.train_images, args.test_images,
+                                         args.epochs))
+            lines.append(f"| {seed} | " + " | ".join(f"{accs[a][-1]:.4f}" for a in TRAIN_ALGORITHMS)
+                         + f" | {accs['auto'][-1] - accs['direct'][-1]:+.4f} |")
             print(lines[-1], f"({time.time() - t0:.0f} s)", flush=True)
-        lines.append(f"| mean | | | {statistics.mean(diffs):+.4f} |")
+        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+        diffs = [x - y for x, y in zip(accs["auto"], accs["direct"])]
+        lines.append("| mean ± sd | " + " | ".join(
+            f"{statistics.mean(accs[a]):.4f} ± {sd(accs[a]):.4f}" for a in TRAIN_ALGORITHMS)
+            + f" | {statistics.mean(diffs):+.4f} ± {sd(diffs):.4f} |")
         print(lines[-1])
     if args.out:
         with open(args.out, "w") as f:

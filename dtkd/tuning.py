@@ -80,9 +80,12 @@ _applied = [None]
 
 
 def _candidates(model):
+    # around the model, plus kc 512 with small A blocks: on a Zen 4 (1 MB L2) the model's
+    # kc 160 / mc 1224 for the 8x32 AVX-512 tile reached 0.71-0.76 of the FMA peak at 1024^3
+    # and kc 512 / mc 96-256 0.87-0.93 (benchmarks/RESULTS.md, 2026-12-07)
     kc, mc, nc = model["kc"], model["mc"], model["nc"]
-    kcs = sorted({kc, min(2 * kc, 1024), 256})
-    mcs = sorted({mc, max(mc // 2, 1), 96})
+    kcs = sorted({kc, min(2 * kc, 1024), 256, 512})
+    mcs = sorted({mc, max(mc // 2, 1), 96, 256})
     return [(k, m, nc) for k in kcs for m in mcs]
 
 

@@ -16,7 +16,13 @@
  *                  ways, fit in L1's ways minus one (the paper keeps one way for the C tile
  *                  and the next panel's stream);
  *   mc (L2)        the packed A block (mc x kc) fills L2's ways minus one, minus the ways of a
- *                  B micro-panel;
+ *                  B micro-panel, and stays within the first-level data TLB's reach
+ *                  (L1_DTLB_REACH): the A block is streamed once per B micro-panel, and
+ *                  beyond that reach every pass walks the second-level TLB. Measured on a
+ *                  Zen 4 (1 MB L2, so the L2 term alone gave mc 612-1224): SGEMM 1024^3 at
+ *                  0.50 (AVX2 6x16) / 0.77 (AVX-512 8x32) of the FMA peak with the L2 term,
+ *                  0.82 / 0.87 with the A block at 256 KB (benchmarks/RESULTS.md, 2026-12-07);
+ *                  on a 512 KB L2 (Zen 3) the L2 term is the smaller one for kc >= 256;
  *   nc (L3)        the packed B block (kc x nc) fills this thread's share of L3's ways minus
  *                  one (each thread packs its own B block), at most 4096 columns; without an
  *                  L3, 4096.
@@ -29,6 +35,10 @@
 #include <string.h>
 
 #define NC_MAX 4096
+/* Floats the first-level data TLB maps with 4 KB pages: 64 entries, the smallest L1 DTLB of
+ * the x86 cores dtkd targets (Haswell to Golden Cove 64, Zen 1-3 64, Zen 4 72); a floor, so a
+ * larger TLB only leaves some reach unused. */
+#define L1_DTLB_REACH (64L * 4096 / (long)sizeof(float))
 #define KC_STEP 16 /* kc a multiple of 16: the k loops and packing stay aligned */
 
 static long ceil_div(long a, long b) { return (a + b - 1) / b; }
@@ -53,6 +63,8 @@ void dtkd_sgemm_blocking_model(const struct dtkd_sgemm_machine *m, int mr, int n
     long a_ways = m->l2.ways - 1 - ceil_div(k * nr, way2);
     if (a_ways < 1) a_ways = 1;
     long mcv = a_ways * way2 / k / mr * mr;
+    const long tlb_mc = L1_DTLB_REACH / k / mr * mr;
+    if (mcv > tlb_mc) mcv = tlb_mc;
     if (mcv < mr) mcv = mr;
     long ncv = NC_MAX;
     if (m->l3.size > 0 && m->l3.ways > 1) {

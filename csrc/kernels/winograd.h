@@ -2,9 +2,10 @@
  * stride-1, pad-1 convolutions, m = 2 (4x4 input tiles) or m = 4 (6x6 input tiles).
  *
  * dtkd.nn uses it (set_conv_algorithm('auto'), dtkd/nn/conv.py) for the forward of these
- * convolutions in eval and in training, and for their input gradient (the same convolution
- * with the kernel rotated); the weight gradient stays an exact sum of products
- * (dtkd_conv3x3_backward_weight, csrc/kernels/conv.c). The transforms add rounding that grows
+ * convolutions in eval and in training, for their input gradient (the same convolution with
+ * the kernel rotated) and, on layers of >= 32 channels, for their weight gradient (the
+ * forward's bilinear form transposed; thinner layers take the exact sum of
+ * dtkd_conv3x3_backward_weight, csrc/kernels/conv.c). The transforms add rounding that grows
  * with m (F(4x4) loses ~4 bits); measured on resnet32, F(4x4) logits and gradients stay within
  * a quarter of the torch-equivalence tolerance (rtol 1e-4, benchmarks/results/train_step.md).
  *
