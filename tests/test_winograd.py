@@ -355,6 +355,10 @@ def test_weight_gradient_rejects_bad_input():
     bad[1, 2, 3, 4] = np.inf
     with pytest.raises(ValueError, match="dy: contains NaN or Inf"):
         _C.winograd_conv3x3_backward_weight(bad, x, dw)
+    bad_dw = dw.copy()
+    bad_dw[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="dw: contains NaN or Inf"):
+        _C.winograd_conv3x3_backward_weight(dy, x, bad_dw)
     with pytest.raises(ValueError, match="x: expected a non-empty"):
         _C.winograd_conv3x3_backward_weight(dy[:0], x[:0], dw)
     with pytest.raises(ValueError, match="m: output tile size must be 2 or 4"):

@@ -410,7 +410,7 @@ static PyObject *py_winograd_conv3x3_backward_weight(PyObject *self, PyObject *a
     if (finite_max_abs(x, "x", &max_x) || finite_max_abs(dy, "dy", &max_dy)) return NULL;
     const npy_intp dw_shape[4] = {O, C, 3, 3};
     PyArrayObject *dw = dtkd_check_output(dw_obj, "dw", NPY_FLOAT32, 4, dw_shape);
-    if (!dw) return NULL;
+    if (!dw || dtkd_check_finite(dw, "dw")) return NULL; /* else a range error would blame x, dy */
     const long tiles = (long)N * (((long)H + m - 1) / m) * (((long)W + m - 1) / m);
     /* V = B^T d B, P = A dY A^T, their products summed over the tiles; G^T Q G is in double */
     const int winograd = max_x * input_growth(m) <= FLT_MAX &&
