@@ -125,6 +125,9 @@ def worker(args):
     import dtkd
     dtkd.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
+    # as dtkd's trainer does; process-wide, so the torch steps of this process get it too
+    if not args.default_malloc:
+        dtkd.keep_freed_memory()
     teacher_name, student_name, channels = args.pair.split(":")
     channels = int(channels)
     d_step, split, dtkd_models = dtkd_stepper(teacher_name, student_name, channels, args.batch)
@@ -169,6 +172,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--pairs", nargs="+", default=PAIRS, help="TEACHER:STUDENT:CHANNELS")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="do not call dtkd.keep_freed_memory() (glibc's defaults)")
     ap.add_argument("--out", default=None, help="also write the Markdown report to this file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -195,6 +200,8 @@ def main():
                    "--steps", str(args.steps), "--batch", str(args.batch)]
             if args.no_compile:
                 cmd.append("--no-compile")
+            if args.default_malloc:
+                cmd.append("--default-malloc")
             env = dict(os.environ, OMP_NUM_THREADS=str(t))
             out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
             if out.returncode != 0:

@@ -19,6 +19,8 @@ Every (framework, workload, threads) runs in its own subprocess, so thread count
 before any pool starts and the peak RSS (ru_maxrss) belongs to that run alone. Times are the
 median of --steps steps after 2 warm-up steps. The loss is softmax cross-entropy on random
 labels (NumPy for dtkd, F.cross_entropy for PyTorch); SGD lr 0.05, momentum 0.9, wd 5e-4.
+Every worker first calls dtkd.keep_freed_memory() (what dtkd's trainer does; glibc's malloc
+settings, so torch's workers get the same), or not with --default-malloc.
 """
 import argparse
 import json
@@ -224,6 +226,12 @@ def timed_steps(step, steps):
 
 
 def worker(args):
+    # every framework's process keeps its freed memory, as dtkd's trainer does (glibc mallopt,
+    # process-wide; torch's CPU tensors come from the same malloc)
+    sys.path.insert(0, ROOT)
+    import dtkd
+    if not args.default_malloc:
+        dtkd.keep_freed_memory()
     if args.framework == "dtkd":
         result = run_dtkd(args.model, args.mode, args.threads, args.steps, args.batch,
                           args.conv_algorithm)
@@ -236,11 +244,11 @@ def worker(args):
 
 # -- driver ---------------------------------------------------------------------------------------
 
-def spawn(framework, model, mode, threads, steps, n, conv_algorithm):
+def spawn(framework, model, mode, threads, steps, n, conv_algorithm, default_malloc=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, model, mode,
            "--threads", str(threads), "--steps", str(steps), "--batch", str(n),
-           "--conv-algorithm", conv_algorithm]
+           "--conv-algorithm", conv_algorithm] + (["--default-malloc"] if default_malloc else [])
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} {model} {mode} t={threads} failed:\n{out.stderr}")
@@ -258,6 +266,8 @@ def main():
     ap.add_argument("--conv-algorithm", choices=list(CONV_ALGORITHMS), default="auto")
     ap.add_argument("--no-torch", action="store_true", help="time dtkd only")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="do not call dtkd.keep_freed_memory() in the workers (glibc's defaults)")
     ap.add_argument("--workloads", nargs="+", default=[f"{m}:{k}" for m, k in WORKLOADS],
                     help="MODEL:MODE pairs, e.g. resnet32:train; 'zoo': " + " ".join(
                         f"{m}:{k}" for m, k in ZOO_WORKLOADS))
@@ -288,14 +298,14 @@ def main():
             # the 1-minute load average before the row: other processes on the cores distort
             # multi-threaded runs badly (a parallel region waits for a descheduled thread)
             load = os.getloadavg()[0]
-            d = spawn("dtkd", model, mode, t, args.steps, args.batch, args.conv_algorithm)
-            tr = (spawn("torch", model, mode, t, args.steps, args.batch, args.conv_algorithm)
-                  if have_torch else None)
+            common = (model, mode, t, args.steps, args.batch, args.conv_algorithm,
+                      args.default_malloc)
+            d = spawn("dtkd", *common)
+            tr = spawn("torch", *common) if have_torch else None
             tc = None
             if have_torch and not args.no_compile:
                 try:
-                    tc = spawn("compile", model, mode, t, args.steps, args.batch,
-                               args.conv_algorithm)
+                    tc = spawn("compile", *common)
                 except RuntimeError as e:  # recorded in the report, not hidden
                     compile_errors.append(f"- torch.compile {model} {mode} t={t}: "
                                           + str(e).strip().splitlines()[-1][:300])

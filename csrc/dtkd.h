@@ -34,6 +34,10 @@ long dtkd_live_blocks(void);          /* blocks allocated and not yet freed (lea
 void dtkd_fail_alloc_after(long n);   /* the n-th allocation from now fails; n <= 0 disarms */
 long dtkd_fail_alloc_pending(void);   /* > 0: the injected failure has not happened yet */
 void dtkd_fail_alloc_from_env(void);  /* DTKD_FAIL_ALLOC=n, honoured in sanitize/debug builds */
+/* Keep freed heap memory (up to trim_bytes at the top of the heap) and serve blocks up to 32 MB
+ * from the heap, so a training loop stops faulting its activations in every step (glibc's
+ * mallopt; process-wide). DTKD_OK, or DTKD_ERR_VALUE when not glibc or refused. */
+int dtkd_keep_freed_memory(long trim_bytes);
 
 /* Workspace arena (csrc/runtime/arena.c): scratch blocks kept across calls. acquire returns a
  * 64-byte aligned block of >= floats floats (NULL: out of memory) that only the caller uses

@@ -56,7 +56,8 @@ from . import tuning as _tuning  # noqa: E402 (needs _C)
 
 _tuning.apply_cached()  # a no-op (one stat) unless dtkd.autotune() ran on this CPU model
 
-__all__ = ["__version__", "set_num_threads", "get_num_threads", "cpu_features", "autotune"]
+__all__ = ["__version__", "set_num_threads", "get_num_threads", "cpu_features", "autotune",
+           "keep_freed_memory"]
 
 _SUBMODULES = ("losses", "nn", "models", "data", "distill", "engine", "io", "config", "optim")
 
@@ -74,6 +75,28 @@ def set_num_threads(n):
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"set_num_threads: n must be in [1, {MAX_THREADS}], got {n}")
     _C.set_num_threads(n)
+
+
+#: What :func:`keep_freed_memory` keeps by default: 1 GiB of freed heap.
+KEEP_FREED_BYTES = 1 << 30
+
+
+def keep_freed_memory(max_bytes=KEEP_FREED_BYTES):
+    """Keep freed memory in the process instead of returning it to the OS after every step.
+
+    A training step frees its activations in the backward and allocates them again in the next
+    forward; glibc returns large freed blocks to the OS, so each step page-faults them in anew
+    (measured: ~19,000 faults per resnet32 step at batch 64, BatchNorm's forward 53 -> 20 ms
+    per step without them). This raises glibc's trim and mmap thresholds (``mallopt``): up to
+    ``max_bytes`` of freed heap and every block up to 32 MB are reused, so the process keeps
+    its peak step memory (RSS), as PyTorch's caching allocators do. Process-wide, it affects
+    every library's allocations; dtkd's trainer calls it at the start of training unless the
+    environment sets ``DTKD_KEEP_FREED_MEMORY=0``. Returns True when applied, False where the C
+    library is not glibc (nothing changes there)."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"keep_freed_memory: max_bytes must be an int, got "
+                        f"{type(max_bytes).__name__}")
+    return _C.keep_freed_memory(max_bytes)
 
 
 def get_num_threads():

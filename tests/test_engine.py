@@ -475,3 +475,32 @@ def test_experiment_dir_follows_mdistiller_layout():
     assert experiment_dir(cfg) == Path("/tmp/out/proj/dtkd,res32x4,res8x4")
     cfg.EXPERIMENT.NAME = "run1"
     assert experiment_dir(cfg) == Path("/tmp/out/proj/run1")
+
+
+@pytest.mark.parametrize("env,calls", [(None, 1), ("0", 0)])
+def test_training_keeps_freed_memory_unless_the_environment_says_0(tmp_path, monkeypatch, env,
+                                                                    calls):
+    """Without it every step page-faults its activations in again (dtkd.keep_freed_memory)."""
+    import dtkd.engine.trainer as trainer_module
+    seen = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: seen.append(1) or True)
+    if env is None:
+        monkeypatch.delenv("DTKD_KEEP_FREED_MEMORY", raising=False)
+    else:
+        monkeypatch.setenv("DTKD_KEEP_FREED_MEMORY", env)
+    make_trainer(tmp_path, make_cfg(epochs=1)).train()
+    assert len(seen) == calls
+
+
+def test_keep_freed_memory_applies_on_glibc_and_checks_its_argument():
+    import platform
+
+    import dtkd
+    applied = dtkd.keep_freed_memory()
+    assert applied is (platform.libc_ver()[0] == "glibc")
+    assert dtkd.keep_freed_memory(0) is applied
+    with pytest.raises(TypeError, match="max_bytes must be an int"):
+        dtkd.keep_freed_memory(1.5)
+    with pytest.raises(ValueError, match=r"max_bytes: must be in \[0, 2\*\*31 - 1\]"):
+        dtkd.keep_freed_memory(-1)
+    dtkd.keep_freed_memory()  # back to what the trainer sets

@@ -150,6 +150,15 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args)
 }
 
 /* Test hooks of csrc/runtime/alloc.c (private: leading underscore). */
+static PyObject *py_keep_freed_memory(PyObject *self, PyObject *args)
+{
+    long trim_bytes;
+    if (!PyArg_ParseTuple(args, "l:keep_freed_memory", &trim_bytes)) return NULL;
+    if (trim_bytes < 0 || trim_bytes > 0x7fffffffL)
+        return DTKD_VALUE_ERR("max_bytes: must be in [0, 2**31 - 1], got %ld", trim_bytes);
+    return PyBool_FromLong(dtkd_keep_freed_memory(trim_bytes) == DTKD_OK);
+}
+
 static PyObject *py_live_blocks(PyObject *self, PyObject *noargs)
 {
     return PyLong_FromLong(dtkd_live_blocks());
@@ -232,6 +241,10 @@ PyMethodDef dtkd_runtime_methods[] = {
      "set_isa(name): cap the SIMD path ('scalar'|'avx2'|'avx512'); returns the path in use."},
     {"_raise_status", py_raise_status, METH_VARARGS,
      "_raise_status(status, context): raise the exception a kernel status maps to (tests)."},
+    {"keep_freed_memory", py_keep_freed_memory, METH_VARARGS,
+     "keep_freed_memory(max_bytes) -> bool: glibc mallopt so freed heap memory (up to max_bytes "
+     "at the top of the heap) stays in the process and blocks up to 32 MB come from the heap; "
+     "False where the C library is not glibc. Process-wide (dtkd.keep_freed_memory)."},
     {"_live_blocks", py_live_blocks, METH_NOARGS,
      "_live_blocks() -> blocks dtkd's C code has allocated and not freed (leak tests)."},
     {"_fail_alloc_after", py_fail_alloc_after, METH_VARARGS,

@@ -30,6 +30,7 @@ except ImportError:  # Windows: no flock; runs are not guarded against sharing a
     fcntl = None
 
 from .. import io as dtkd_io
+from .. import keep_freed_memory
 from ..io.atomic import remove_stale_temp_files
 from .._progress import tqdm
 from ..nn.grad_mode import no_grad
@@ -125,6 +126,8 @@ class Trainer:
             return self._train(resume)
 
     def _train(self, resume):
+        if os.environ.get("DTKD_KEEP_FREED_MEMORY", "1") != "0":
+            keep_freed_memory()  # no page faults of the activations every step (see there)
         if self.writes_files:
             remove_stale_temp_files(self.out_dir)  # of writes killed mid-way (SIGKILL, power cut)
         if resume:
