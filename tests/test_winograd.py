@@ -1,6 +1,10 @@
 """Winograd F(2x2,3x3) / F(4x4,3x3) convolution (csrc/kernels/winograd.c) against a float64
 NumPy direct convolution written here: the forward, the input gradient and the weight
 gradient."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -466,3 +470,26 @@ def test_rejects_unsupported_tile_size():
         _C.winograd_conv3x3_forward(x, w, b, 3)
     with pytest.raises(ValueError, match="m: output tile size must be 2 or 4, got 6"):
         _C.winograd_transform_weights(w, 6)
+
+
+def test_weight_gradient_with_a_smaller_openmp_team_than_asked():
+    """OpenMP may give a parallel region fewer threads than asked (OMP_THREAD_LIMIT, nesting):
+    the tiles and the per-thread partial sums are split by the team actually running, so no
+    uninitialised partial sum is added in."""
+    code = (
+        "import numpy as np, dtkd\n"
+        "from dtkd import _C\n"
+        "dtkd.set_num_threads(2)\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((4, 32, 12, 12)).astype(np.float32)\n"
+        "dy = rng.standard_normal((4, 32, 12, 12)).astype(np.float32)\n"
+        "dw = np.zeros((32, 32, 3, 3), np.float32)\n"
+        "ex = np.zeros_like(dw)\n"
+        "_C.winograd_conv3x3_backward_weight(dy, x, dw, 4)\n"
+        "_C.conv3x3_backward_weight(dy, x, ex)\n"
+        "print(float(np.abs(dw - ex).max() / np.abs(ex).max()))\n")
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4

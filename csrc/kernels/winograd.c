@@ -795,10 +795,11 @@ int winograd_conv3x3_backward_weight(float *dw, const float *x, const float *dy,
     int status = DTKD_OK;
 #pragma omp parallel num_threads(nthreads)
     {
-        const int t = omp_get_thread_num();
+        /* the team OpenMP gave (it may be smaller than asked): tiles and Qs are split by it */
+        const int t = omp_get_thread_num(), team = omp_get_num_threads();
         float *my_ws = ws + (size_t)t * g.per_thread, *q = my_ws + q_offset;
         memset(q, 0, q_floats * sizeof *q);
-        const long lo = g.tiles * t / nthreads, hi = g.tiles * (t + 1) / nthreads;
+        const long lo = g.tiles * t / team, hi = g.tiles * (t + 1) / team;
         for (long t0 = lo; t0 < hi; t0 += g.block_tiles) {
             const long t1 = t0 + g.block_tiles < hi ? t0 + g.block_tiles : hi;
             int s = block_fn(&g, q, x, dy, t0, t1, my_ws);
@@ -815,7 +816,7 @@ int winograd_conv3x3_backward_weight(float *dw, const float *x, const float *dy,
                 double full[MAX_A * MAX_A], half[MAX_A][3], out[3], col[MAX_A];
                 for (int xi = 0; xi < aa; xi++) {
                     double sum = 0.0;
-                    for (int k = 0; k < nthreads; k++)
+                    for (int k = 0; k < team; k++)
                         sum += ws[(size_t)k * g.per_thread + q_offset + (size_t)xi * O * C + oc];
                     full[xi] = sum;
                 }
