@@ -586,18 +586,23 @@ def test_winograd_input_near_float32_max_with_tiny_weights_runs_the_direct_convo
     np.testing.assert_array_equal(dw, exact)
 
 
-@pytest.mark.parametrize("m", [2, 4])
-def test_a_winograd_weight_gradient_beyond_float32_is_a_range_error_leaving_dw(m):
+@pytest.mark.parametrize("m", [2, 4, "exact"])
+def test_a_3x3_weight_gradient_beyond_float32_is_a_range_error_leaving_dw(m):
     """Found by the seeded nn harness: dy ~1e20 with x ~1e37 has a true weight gradient beyond
-    float32; the call raises naming the range and leaves the accumulated dw as it was."""
+    float32; the call raises naming the range and leaves the accumulated dw as it was (the
+    exact kernel returned Inf before)."""
     from dtkd import _C
     x = np.full((2, 3, 4, 4), 1e37, np.float32)
     dy = np.full((2, 2, 4, 4), -1e20, np.float32)
     dw = np.arange(2 * 3 * 9, dtype=np.float32).reshape(2, 3, 3, 3)
     before = dw.copy()
-    with pytest.raises(ValueError, match=r"weight gradient exceeds float32's range .* \(dw is "
-                                         r"unchanged\)"):
-        _C.winograd_conv3x3_backward_weight(dy, x, dw, m)
+    name = "conv3x3_backward_weight" if m == "exact" else "winograd_conv3x3_backward_weight"
+    with pytest.raises(ValueError, match=name + r": the weight gradient exceeds float32's range "
+                                         r".* \(dw is unchanged\)"):
+        if m == "exact":
+            _C.conv3x3_backward_weight(dy, x, dw)
+        else:
+            _C.winograd_conv3x3_backward_weight(dy, x, dw, m)
     np.testing.assert_array_equal(dw, before)
 
 

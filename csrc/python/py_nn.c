@@ -213,39 +213,6 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
     return (PyObject *)dx;
 }
 
-/* dw (O, C, 3, 3) += weight gradient of the 3x3 stride-1 pad-1 conv of x with output grad dy. */
-static PyObject *py_conv3x3_backward_weight(PyObject *self, PyObject *args)
-{
-    PyObject *dyo, *xo, *dwo;
-    if (!PyArg_ParseTuple(args, "OOO:conv3x3_backward_weight", &dyo, &xo, &dwo)) return NULL;
-    PyArrayObject *x = dtkd_check_array(xo, "x", NPY_FLOAT32, 4);
-    if (!x) return NULL;
-    const npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2),
-                   W = PyArray_DIM(x, 3);
-    if (N == 0 || C == 0 || H == 0 || W == 0)
-        return DTKD_VALUE_ERR("x: expected a non-empty (N, C, H, W) array, got (%ld, %ld, %ld, "
-                              "%ld)", (long)N, (long)C, (long)H, (long)W);
-    const npy_intp dy_shape[4] = {N, -1, H, W};
-    PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 4, dy_shape);
-    if (!dy) return NULL;
-    const npy_intp O = PyArray_DIM(dy, 1);
-    if (O == 0) return DTKD_VALUE_ERR("dy: expected a non-empty channel dimension");
-    if (dtkd_check_finite(x, "x") || dtkd_check_finite(dy, "dy")) return NULL;
-    const npy_intp dw_shape[4] = {O, C, 3, 3};
-    PyArrayObject *dw = dtkd_check_output(dwo, "dw", NPY_FLOAT32, 4, dw_shape);
-    if (!dw) return NULL;
-    int st;
-    DTKD_BEGIN_NOGIL
-    long len = dtkd_conv3x3_backward_weight_workspace(N, C, H, W, O);
-    float *ws = dtkd_workspace_acquire((size_t)len);
-    st = !ws ? DTKD_ERR_NOMEM
-             : dtkd_conv3x3_backward_weight(F32(dw), ws, len, F32(dy), F32(x), N, C, H, W, O);
-    dtkd_workspace_release(ws);
-    DTKD_END_NOGIL
-    if (st) return dtkd_raise_status(st, "conv3x3_backward_weight");
-    Py_RETURN_NONE;
-}
-
 /* ---- batchnorm2d -------------------------------------------------------------------------- */
 
 static int finite_positive(double v, const char *name)
@@ -891,10 +858,6 @@ PyMethodDef dtkd_nn_methods[] = {
     {"conv2d_backward", py_conv2d_backward, METH_VARARGS,
      "conv2d_backward(dy, x, w, stride_h, stride_w, pad_h, pad_w, groups, dw, db, need_dx) -> "
      "dx or None; dw, db (may be None) accumulated."},
-    {"conv3x3_backward_weight", py_conv3x3_backward_weight, METH_VARARGS,
-     "conv3x3_backward_weight(dy, x, dw) -> None: dw (O, C, 3, 3) += the weight gradient of the "
-     "3x3 stride-1 pad-1 ungrouped convolution of x (N, C, H, W) given dy (N, O, H, W); from "
-     "padded rows without im2col (AVX-512, O a multiple of 8), else by im2col + SGEMM."},
     {"batchnorm2d_forward_train", (PyCFunction)(void (*)(void))py_batchnorm2d_forward_train,
      METH_VARARGS | METH_KEYWORDS,
      "batchnorm2d_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, "

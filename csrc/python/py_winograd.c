@@ -383,17 +383,13 @@ static PyObject *py_winograd_conv3x3_forward_transformed(PyObject *self, PyObjec
  * m = 4: 15), squared. */
 static double winograd_gradient_growth(int m) { return m == 2 ? 4.0 : 225.0; }
 
-/* dw (O, C, 3, 3) += weight gradient of y = conv3x3(x, w) (stride 1, pad 1) for dy, by
- * Winograd; by the exact sum (conv3x3_backward_weight) where the transformed products could
- * leave float32's range. */
-static PyObject *py_winograd_conv3x3_backward_weight(PyObject *self, PyObject *args)
+/* dw (O, C, 3, 3) += weight gradient of y = conv3x3(x, w) (stride 1, pad 1) for dy: by
+ * Winograd F(m x m, 3x3) (m 2 or 4), or the exact sum (m 0; also where the transformed values
+ * could leave float32's range). The gradient goes to scratch first, so dw is left as it was if
+ * the sum overflows. `name` is the binding's, for the messages. */
+static PyObject *weight_gradient_3x3(PyObject *dy_obj, PyObject *x_obj, PyObject *dw_obj, int m,
+                                     const char *name)
 {
-    PyObject *dy_obj, *x_obj, *dw_obj;
-    int m = 4;
-    if (!PyArg_ParseTuple(args, "OOO|i:winograd_conv3x3_backward_weight", &dy_obj, &x_obj,
-                          &dw_obj, &m))
-        return NULL;
-    if (check_tile(m)) return NULL;
     PyArrayObject *x = dtkd_check_array(x_obj, "x", NPY_FLOAT32, 4);
     if (!x) return NULL;
     const npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2),
@@ -411,13 +407,12 @@ static PyObject *py_winograd_conv3x3_backward_weight(PyObject *self, PyObject *a
     const npy_intp dw_shape[4] = {O, C, 3, 3};
     PyArrayObject *dw = dtkd_check_output(dw_obj, "dw", NPY_FLOAT32, 4, dw_shape);
     if (!dw || dtkd_check_finite(dw, "dw")) return NULL; /* else a range error would blame x, dy */
-    const long tiles = (long)N * (((long)H + m - 1) / m) * (((long)W + m - 1) / m);
     /* V = B^T d B, P = A dY A^T, their products summed over the tiles; G^T Q G is in double */
-    const int winograd = max_x * input_growth(m) <= FLT_MAX &&
+    const long tiles = m ? (long)N * (((long)H + m - 1) / m) * (((long)W + m - 1) / m) : 0;
+    const int winograd = m && max_x * input_growth(m) <= FLT_MAX &&
                          max_dy * winograd_gradient_growth(m) <= FLT_MAX &&
                          max_x * input_growth(m) * max_dy * winograd_gradient_growth(m) *
                                  (double)tiles <= FLT_MAX;
-    /* the gradient goes to scratch first, so dw is left as it was if the sum overflows */
     const long n_dw = (long)(O * C * 9);
     int st;
     DTKD_BEGIN_NOGIL
@@ -441,11 +436,30 @@ static PyObject *py_winograd_conv3x3_backward_weight(PyObject *self, PyObject *a
     dtkd_workspace_release(ws);
     DTKD_END_NOGIL
     if (st == DTKD_ERR_RANGE)
-        return DTKD_VALUE_ERR("winograd_conv3x3_backward_weight: the weight gradient exceeds "
-                              "float32's range (|dw| <= 3.4e38) for finite inputs: dy and x are "
-                              "too large together (dw is unchanged)");
-    if (st) return dtkd_raise_status(st, "winograd_conv3x3_backward_weight");
+        return DTKD_VALUE_ERR("%s: the weight gradient exceeds float32's range (|dw| <= 3.4e38) "
+                              "for finite inputs: dy and x are too large together (dw is "
+                              "unchanged)", name);
+    if (st) return dtkd_raise_status(st, name);
     Py_RETURN_NONE;
+}
+
+static PyObject *py_winograd_conv3x3_backward_weight(PyObject *self, PyObject *args)
+{
+    PyObject *dy_obj, *x_obj, *dw_obj;
+    int m = 4;
+    if (!PyArg_ParseTuple(args, "OOO|i:winograd_conv3x3_backward_weight", &dy_obj, &x_obj,
+                          &dw_obj, &m))
+        return NULL;
+    if (check_tile(m)) return NULL;
+    return weight_gradient_3x3(dy_obj, x_obj, dw_obj, m, "winograd_conv3x3_backward_weight");
+}
+
+static PyObject *py_conv3x3_backward_weight(PyObject *self, PyObject *args)
+{
+    PyObject *dy_obj, *x_obj, *dw_obj;
+    if (!PyArg_ParseTuple(args, "OOO:conv3x3_backward_weight", &dy_obj, &x_obj, &dw_obj))
+        return NULL;
+    return weight_gradient_3x3(dy_obj, x_obj, dw_obj, 0, "conv3x3_backward_weight");
 }
 
 PyMethodDef dtkd_winograd_methods[] = {
@@ -476,6 +490,11 @@ PyMethodDef dtkd_winograd_methods[] = {
      "with respect to x for y = conv3x3(x, w) (stride 1, pad 1), by Winograd F(m x m, 3x3). "
      "The weight gradient is winograd_conv3x3_backward_weight or conv3x3_backward_weight "
      "(exact)."},
+    {"conv3x3_backward_weight", py_conv3x3_backward_weight, METH_VARARGS,
+     "conv3x3_backward_weight(dy, x, dw) -> None: dw (O, C, 3, 3) += the weight gradient of the "
+     "3x3 stride-1 pad-1 ungrouped convolution of x (N, C, H, W) given dy (N, O, H, W), an exact "
+     "sum of products: from padded rows without im2col (thin layers on AVX-512/AVX2), else by "
+     "im2col + SGEMM. A gradient beyond float32 raises ValueError and leaves dw unchanged."},
     {"winograd_conv3x3_backward_weight", py_winograd_conv3x3_backward_weight, METH_VARARGS,
      "winograd_conv3x3_backward_weight(dy, x, dw, m=4) -> None: dw (O, C, 3, 3) += gradient of "
      "sum(y * dy) with respect to w for y = conv3x3(x, w) (stride 1, pad 1), by Winograd "
