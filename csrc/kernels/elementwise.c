@@ -63,14 +63,3 @@ int dtkd_add_relu_forward(float *y, const float *a, const float *b, long n)
     }
     return bad ? DTKD_ERR_NONFINITE : DTKD_OK;
 }
-
-int dtkd_accumulate_finite(float *dst, const float *src, long n)
-{
-    int bad = 0;
-#pragma omp parallel for reduction(|:bad) if (n > PARALLEL_MIN) num_threads(dtkd_get_num_threads())
-    for (long i = 0; i < n; i++) bad |= dtkd_nonfinite_bits(dst[i] + src[i]);
-    if (bad) return DTKD_ERR_RANGE;
-#pragma omp parallel for if (n > PARALLEL_MIN) num_threads(dtkd_get_num_threads())
-    for (long i = 0; i < n; i++) dst[i] += src[i];
-    return DTKD_OK;
-}

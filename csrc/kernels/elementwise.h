@@ -16,8 +16,4 @@ int dtkd_add_forward(float *y, const float *a, const float *b, long n);
 /* y = max(a + b, 0) (residual add fused with ReLU); backward is dtkd_relu_backward on y. */
 int dtkd_add_relu_forward(float *y, const float *a, const float *b, long n);
 
-/* dst += src if every sum is finite (DTKD_OK), else DTKD_ERR_RANGE with dst untouched: how a
- * gradient computed into scratch joins the accumulated one without losing it on overflow. */
-int dtkd_accumulate_finite(float *dst, const float *src, long n);
-
 #endif

@@ -385,7 +385,7 @@ static double winograd_gradient_growth(int m) { return m == 2 ? 4.0 : 225.0; }
 
 /* dw (O, C, 3, 3) += weight gradient of y = conv3x3(x, w) (stride 1, pad 1) for dy: by
  * Winograd F(m x m, 3x3) (m 2 or 4), or the exact sum (m 0; also where the transformed values
- * could leave float32's range). The gradient goes to scratch first, so dw is left as it was if
+ * could leave float32's range). The kernels work on a copy of dw, so dw is left as it was if
  * the sum overflows. `name` is the binding's, for the messages. */
 static PyObject *weight_gradient_3x3(PyObject *dy_obj, PyObject *x_obj, PyObject *dw_obj, int m,
                                      const char *name)
@@ -424,14 +424,16 @@ static PyObject *weight_gradient_3x3(PyObject *dy_obj, PyObject *x_obj, PyObject
     if (!ws) {
         st = DTKD_ERR_NOMEM;
     } else {
-        float *scratch = ws + len;
-        memset(scratch, 0, (size_t)n_dw * sizeof *scratch);
-        st = winograd ? winograd_conv3x3_backward_weight(scratch, F32(x), F32(dy), (long)N,
-                                                         (long)C, (long)H, (long)W, (long)O, m,
-                                                         ws, len)
-                      : dtkd_conv3x3_backward_weight(scratch, ws, (long)len, F32(dy), F32(x), N,
-                                                     C, H, W, O);
-        if (!st) st = dtkd_accumulate_finite(F32(dw), scratch, n_dw);
+        /* the kernels accumulate into a copy of dw (the same additions, in the same order, as
+         * into dw itself), which replaces dw only if every value stayed finite */
+        float *copy = ws + len;
+        memcpy(copy, F32(dw), (size_t)n_dw * sizeof *copy);
+        st = winograd ? winograd_conv3x3_backward_weight(copy, F32(x), F32(dy), (long)N, (long)C,
+                                                         (long)H, (long)W, (long)O, m, ws, len)
+                      : dtkd_conv3x3_backward_weight(copy, ws, (long)len, F32(dy), F32(x), N, C,
+                                                     H, W, O);
+        if (!st && !dtkd_all_finite(copy, n_dw)) st = DTKD_ERR_RANGE;
+        if (!st) memcpy(F32(dw), copy, (size_t)n_dw * sizeof *copy);
     }
     dtkd_workspace_release(ws);
     DTKD_END_NOGIL
