@@ -658,3 +658,21 @@ def test_load_state_dict_accepts_exact_casts():
     state["weight"] = np.array([0.5, 2.0])        # float64 inside float32's range
     bn.load_state_dict(state)
     assert int(bn.num_batches_tracked) == 7 and bn.weight.data.tolist() == [0.5, 2.0]
+
+
+def test_a_checkpoint_member_with_an_unterminated_npy_header_is_a_checkpoint_error(tmp_path):
+    """Found by atheris (checkpoint harness): NumPy tokenizes a member's .npy header dict, and
+    an unterminated one raised tokenize.TokenError out of dtkd.io.load."""
+    import struct
+    import zipfile
+    good = tmp_path / "good.npz"
+    dtkd.io.save(good, {"w": np.ones(3, np.float32)})
+    bad = tmp_path / "bad.npz"
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,\n"
+    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, member if info.filename.startswith("__")
+                         else src.read(info.filename))
+    with pytest.raises(dtkd.io.CheckpointError, match=r"bad\.npz: corrupt or truncated"):
+        dtkd.io.load(bad)

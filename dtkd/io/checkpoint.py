@@ -22,6 +22,7 @@ the previous checkpoint intact. Zip's per-member CRC32 detects corrupt data on l
 import hashlib
 import json
 import lzma
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -107,10 +108,13 @@ def load(path):
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError,
-            NotImplementedError, RuntimeError, MemoryError, zlib.error, lzma.LZMAError) as e:
+            NotImplementedError, RuntimeError, MemoryError, zlib.error, lzma.LZMAError,
+            tokenize.TokenError, SyntaxError) as e:
         # zipfile: NotImplementedError for an unknown compression method, RuntimeError for a
         # member flagged as encrypted (both found by the checkpoint fuzz harness), zlib / lzma
-        # errors for a member flagged compressed whose bytes are not (the .pth harness's find)
+        # errors for a member flagged compressed whose bytes are not (the .pth harness's find);
+        # tokenize.TokenError / SyntaxError from NumPy's parse of a member's damaged .npy header
+        # dict (atheris, the checkpoint harness)
         # RuntimeError covers RecursionError (json's own on a deep header), MemoryError a
         # member whose size the zip directory and its .npy header both inflate
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
