@@ -84,7 +84,11 @@ def run_child(out_dir, kill_at_save=None, resume=False, kill_delay=0.0):
     cmd = [sys.executable, str(Path(crash_child.__file__)), str(out_dir)]
     if resume:
         cmd.append("--resume")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # the child computes on the SIMD path this process is on (its results are compared bit for
+    # bit with this process's): other tests' ISA fixtures restore the best path, not the one
+    # DTKD_ISA set, so under CI's DTKD_ISA=scalar pass the two could differ
+    from dtkd import _C
+    env = dict(os.environ, OMP_NUM_THREADS="1", DTKD_ISA=_C.cpu_features()["isa"])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     started = 0
     try:
