@@ -3,8 +3,9 @@
 Algorithm (``set_conv_algorithm``): under 'auto' (the default), 3x3 stride-1 pad-1 ungrouped
 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input channels run by Winograd
 F(m x m, 3x3) (csrc/kernels/winograd.c): the forward, and in training the input gradient and,
-where both channel counts are at least ``WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS``, the weight
-gradient; thinner layers keep the exact weight-gradient sum (padded rows or im2col + SGEMM).
+where both channel counts are at least ``WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS`` and a SIMD path
+runs, the weight gradient; thinner layers and the portable path keep the exact weight-gradient
+sum (padded rows or im2col + SGEMM).
 'exact_weight_grad' is 'auto' with every weight gradient the exact sum (the default before
 2026-12-07). Everything else, and everything under 'direct', runs the im2col + SGEMM
 convolution (csrc/kernels/conv.c).
