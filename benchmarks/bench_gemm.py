@@ -177,10 +177,11 @@ def main():
                               + (" (tuned)" if k["tuned"] else " (model)")
                               for k in _C.sgemm_configs(isa)["kernels"]) for isa in isas[:-1])
     if args.autotune:
+        before = _C.cpu_features()["isa"]  # restored after: DTKD_ISA may have capped it
         for isa in isas[:-1]:  # autotune tunes the path in use: each SIMD path in turn
             _C.set_isa(isa)
             dtkd.autotune(save=False)
-        _C.set_isa(isas[0])
+        _C.set_isa(before)
     print(f"blocking: {blocking()}")
     for threads in args.threads:
         run(threads, isas, problems, args)
