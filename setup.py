@@ -11,6 +11,7 @@ with the runtime preloaded: benchmarks/sanitize.sh does all of this. DTKD_DEBUG=
 name of DTKD_SANITIZE=address,undefined.
 """
 import glob
+import hashlib
 import os
 import sys
 
@@ -36,6 +37,16 @@ if sanitize:
     extra_compile_args += flags
     extra_link_args += [f"-fsanitize={','.join(names)}"]
     define_macros.append(("DTKD_FAULT_ENV", "1"))
+
+# What fixes the extension's arithmetic (its sources and compile flags), so caches of computed
+# values (the teacher-logit cache) can tell two builds of one version apart.
+build_hash = hashlib.blake2b(digest_size=8)
+for path in sorted(glob.glob("csrc/**/*.[ch]", recursive=True)):
+    build_hash.update(path.encode())
+    with open(path, "rb") as f:
+        build_hash.update(f.read())
+build_hash.update(repr((extra_compile_args, define_macros)).encode())
+define_macros.append(("DTKD_BUILD_ID", '"%s"' % build_hash.hexdigest()))
 
 ext = Extension(
     "dtkd._C",

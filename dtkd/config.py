@@ -284,6 +284,13 @@ def _coerce(value, default, key, source):
             return ""
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # e.g. a numeric EXPERIMENT.TAG
+        if isinstance(value, bool):
+            # YAML 1.1 reads off/no/false (on/yes/true) as a bool: `TEACHER_CACHE off` on the
+            # command line or in a file means the choice spelled so
+            words = ("on", "yes", "true") if value else ("off", "no", "false")
+            spelled = [w for w in words if w in (_CHOICES.get(key) or ())]
+            if spelled:
+                return spelled[0]
         raise fail("a string")
     if isinstance(default, list):
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -51,7 +51,9 @@ def _why(cfg, machine, chosen_isa):
             f"accumulators for {machine['fma_in_flight']:.1f} FMAs in flight (measured latency x "
             f"pipes) -> modelled efficiency {cfg['efficiency']:.2f}; "
             + ("kc, mc, nc autotuned" if cfg["tuned"] else
-               "kc from the L1 ways, mc from the L2 ways, nc from this thread's L3 share"))
+               "kc from the L1 ways (the smallest of the path's kernels: one kc per path keeps "
+               "a result's rounding independent of the kernel its shape picks), mc from the L2 "
+               "ways and the L1 TLB's reach, nc from this thread's L3 share"))
 
 
 def cpu_features(measure_peak=False):
@@ -112,20 +114,31 @@ def autotune(shapes=((512, 512, 512), (64, 4096, 576)), save=True):
     isa = _C.cpu_features()["isa"]
     threads = _C.get_num_threads()
     _C.set_num_threads(1)
-    chosen = []
+    count = len(_C.sgemm_configs(isa)["kernels"])
     try:
-        for index, model in enumerate(_C.sgemm_configs(isa)["kernels"]):
+        for index in range(count):
             _C.sgemm_set_blocking(isa, index, 0, 0, 0)
-            model = _C.sgemm_configs(isa)["kernels"][index]
-            best = None
+        models = _C.sgemm_configs(isa)["kernels"]
+        # kc is the path's (every kernel of it sums K in the same blocks, so a result's rounding
+        # does not depend on the kernel its shape picks): per kc, each kernel's best mc; then
+        # the kc with the least total time
+        by_kc = {}
+        for index, model in enumerate(models):
             _C.sgemm_force_kernel(isa, index)
             for kc, mc, nc in _candidates(model):
                 _C.sgemm_set_blocking(isa, index, kc, mc, nc)
                 seconds = sum(_time_gemm(s) for s in shapes)
-                if best is None or seconds < best[-1]:
-                    best = (model["mr"], model["nr"], kc, mc, nc, seconds)
-            _C.sgemm_set_blocking(isa, index, *best[2:5])
-            chosen.append(best)
+                best = by_kc.setdefault(kc, [None] * count)
+                if best[index] is None or seconds < best[index][-1]:
+                    best[index] = (model["mr"], model["nr"], kc, mc, nc, seconds)
+        complete = [b for b in by_kc.values() if None not in b]
+        chosen = min(complete, key=lambda b: sum(entry[-1] for entry in b))
+        for index, entry in enumerate(chosen):
+            _C.sgemm_set_blocking(isa, index, *entry[2:5])
+    except BaseException:
+        for index in range(count):
+            _C.sgemm_set_blocking(isa, index, 0, 0, 0)
+        raise
     finally:
         _C.sgemm_force_kernel(isa, -1)
         _C.set_num_threads(threads)
@@ -153,8 +166,8 @@ def apply_cached():
             return None
         kernels = _C.sgemm_configs(isa)["kernels"]
         entries = tree["kernels"]
-        if len(entries) != len(kernels):
-            return None
+        if len(entries) != len(kernels) or len({int(e[2]) for e in entries}) != 1:
+            return None  # (one kc per path: see autotune)
         for index, (entry, k) in enumerate(zip(entries, kernels)):
             mr, nr, kc, mc, nc = (int(v) for v in entry[:5])
             if (mr, nr) != (k["mr"], k["nr"]):

@@ -57,6 +57,18 @@ def assert_grad_close(analytic, numeric, rtol=1e-4, atol=1e-4):
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol * scale)
 
 
+@contextlib.contextmanager
+def simd_path(name):
+    """Run the body on SIMD path ``name`` (a cap, as _C.set_isa), then put back the path that
+    was in use: under DTKD_ISA=scalar (CI's portable pass) the tests after stay portable."""
+    before = _C.cpu_features()["isa"]
+    _C.set_isa(name)
+    try:
+        yield name
+    finally:
+        _C.set_isa(before)
+
+
 def available_isas():
     """The SIMD paths this CPU can run, as names accepted by _C.set_isa."""
     features = _C.cpu_features()

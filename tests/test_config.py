@@ -81,6 +81,9 @@ def test_yaml_file_then_overrides_are_applied_in_order(tmp_path):
     ("EXPERIMENT.NAME", "42", "42"),
     ("SOLVER.SCHEDULE", "cosine", "cosine"),
     ("DISTILLER.TEACHER_CHECKPOINT", "/tmp/t.npz", "/tmp/t.npz"),
+    # YAML 1.1 reads `off` as false: a choice spelled so is meant
+    ("DISTILLER.TEACHER_CACHE", "off", "off"),
+    ("DISTILLER.TEACHER_CACHE", "Off", "off"),
 ])
 def test_overrides_are_coerced_to_the_defaults_type(key, text, expected):
     cfg = load_config(None, [key, text])
@@ -100,6 +103,8 @@ def test_overrides_are_coerced_to_the_defaults_type(key, text, expected):
     ("SOLVER", "3", ["SOLVER", "group of keys"]),
     ("SOLVER.SCHEDULE", "cosin", ["SOLVER.SCHEDULE", "'step', 'cosine'", "did you mean 'cosine'"]),
     ("DISTILLER.TYPE", "DTKDD", ["DISTILLER.TYPE", "did you mean 'DTKD'"]),
+    ("DISTILLER.TEACHER_CACHE", "yes", ["DISTILLER.TEACHER_CACHE", "a string"]),
+    ("EXPERIMENT.NAME", "off", ["EXPERIMENT.NAME", "a string"]),
 ])
 def test_override_type_errors_name_the_key_and_expected_type(key, text, words):
     with pytest.raises(ConfigError) as err:

@@ -10,6 +10,7 @@ import dtkd.nn as nn
 from dtkd import models
 from dtkd.nn.conv import WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS, uses_winograd, uses_winograd_weight_grad
 from dtkd.optim import SGD
+from kernel_testing import simd_path
 
 
 def _isa():
@@ -51,8 +52,7 @@ def test_set_conv_algorithm_validates_and_selects(algorithm):
     assert not uses_winograd_weight_grad(eligible)  # 8 output channels: the exact sum
     wide = nn.Conv2d(WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS, WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS, 3,
                      padding=1, rng=rng)
-    # on the SIMD paths; the portable one keeps the exact sum (DTKD_ISA=scalar, CI's pass)
-    assert uses_winograd_weight_grad(wide) == (_isa() != "scalar")
+    assert uses_winograd_weight_grad(wide)
     assert algorithm("exact_weight_grad") == "auto"
     assert uses_winograd(wide) and not uses_winograd_weight_grad(wide)
     assert algorithm("direct") == "exact_weight_grad"
@@ -78,17 +78,16 @@ def test_winograd_weight_gradient_of_a_wide_layer_matches_the_exact_one(algorith
             scale[:, :, i, j] = np.einsum("nohw,nchw->oc", np.abs(dy.astype(np.float64)),
                                           np.abs(patch))
     grads = {}
-    simd = _isa() != "scalar"  # the portable path keeps the exact sum under 'auto'
     for algo in ("auto", "exact_weight_grad"):
         algorithm(algo)
-        assert uses_winograd_weight_grad(conv) == (algo == "auto" and simd)
+        assert uses_winograd_weight_grad(conv) == (algo == "auto")
         conv.zero_grad()
         conv(x)
         conv.backward(dy)
         grads[algo] = conv.weight.grad.copy()
     assert np.all(np.abs(grads["auto"] - want) <= 2e-5 * scale)
     assert np.all(np.abs(grads["exact_weight_grad"] - want) <= 2e-6 * scale)
-    assert np.array_equal(grads["auto"], grads["exact_weight_grad"]) == (not simd)
+    assert not np.array_equal(grads["auto"], grads["exact_weight_grad"])
 
 
 @pytest.mark.parametrize("algo", ["auto", "direct"])
@@ -271,13 +270,11 @@ def test_conv_bn_residual_relu_in_training_equals_the_layers_one_by_one():
 ])
 @pytest.mark.parametrize("isa", ["native", "scalar"])
 def test_conv3x3_backward_weight_matches_float64_reference(n, c, o, h, w, isa):
-    from dtkd import _C
     if isa == "scalar":  # the portable path (im2col + scalar SGEMM) on every shape
-        _C.set_isa("scalar")
-    try:
+        with simd_path("scalar"):
+            check_conv3x3_backward_weight(n, c, o, h, w)
+    else:
         check_conv3x3_backward_weight(n, c, o, h, w)
-    finally:
-        _C.set_isa("avx512")  # a cap: back to the best path this CPU has
 
 
 def check_conv3x3_backward_weight(n, c, o, h, w):

@@ -153,3 +153,27 @@ def test_a_corrupt_autotune_cache_is_ignored(tmp_path, monkeypatch, model_blocki
     path.write_bytes(b"not a checkpoint")
     assert tuning.apply_cached() is None
     assert not any(k["tuned"] for k in _C.sgemm_configs(model_blocking)["kernels"])
+
+
+def test_every_kernel_of_a_path_sums_k_in_the_same_blocks(model_blocking):
+    """kc fixes the rounding of a GEMM (K is summed in kc-long blocks) and the kernel is chosen
+    per GEMM by M and N, which hold the batch: one kc per path keeps a sample's result
+    independent of the batch it is in (the teacher-logit cache relies on it)."""
+    isa = model_blocking
+    kernels = _C.sgemm_configs(isa)["kernels"]
+    assert len({k["kc"] for k in kernels}) == 1
+    if len(kernels) > 1:
+        _C.sgemm_set_blocking(isa, 1, kernels[0]["kc"] + 16, kernels[1]["mc"], kernels[1]["nc"])
+        assert {k["kc"] for k in _C.sgemm_configs(isa)["kernels"]} == {kernels[0]["kc"] + 16}
+    # and the results agree bitwise whichever kernel runs (K = 700 spans several kc blocks)
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((24, 700), dtype=np.float32)
+    b = rng.standard_normal((700, 48), dtype=np.float32)
+    results = []
+    try:
+        for i in range(len(kernels)):
+            _C.sgemm_force_kernel(isa, i)
+            results.append(_C.sgemm(a, b))
+    finally:
+        _C.sgemm_force_kernel(isa, -1)
+    assert all(r.tobytes() == results[0].tobytes() for r in results)

@@ -275,6 +275,40 @@ def test_teacher_fingerprint_changes_with_any_weight():
     assert teacher_fingerprint(teacher) != before
 
 
+def test_teacher_fingerprint_changes_with_what_rounds_the_logits(monkeypatch):
+    """Another SIMD path, K blocking, convolution algorithm or build gives logits that differ
+    in their last bits: none of them may be served another's entries."""
+    from dtkd import _C
+    from dtkd.nn.conv import set_conv_algorithm
+    teacher = models.create("resnet8", num_classes=5, seed=1)
+    before = teacher_fingerprint(teacher)
+    previous = set_conv_algorithm("direct")
+    try:
+        assert teacher_fingerprint(teacher) != before
+    finally:
+        set_conv_algorithm(previous)
+    assert teacher_fingerprint(teacher) == before
+    isa = _C.cpu_features()["isa"]
+    kc = _C.sgemm_configs(isa)["kernels"][0]["kc"]
+    try:
+        _C.sgemm_set_blocking(isa, 0, kc + 16, 96, 2048)
+        assert teacher_fingerprint(teacher) != before
+    finally:
+        for i in range(len(_C.sgemm_configs(isa)["kernels"])):
+            _C.sgemm_set_blocking(isa, i, 0, 0, 0)
+    assert teacher_fingerprint(teacher) == before
+    assert len(_C.BUILD_ID) == 16
+    monkeypatch.setattr(_C, "BUILD_ID", "0" * 16)
+    assert teacher_fingerprint(teacher) != before
+    monkeypatch.undo()
+    if isa != "scalar":
+        _C.set_isa("scalar")
+        try:
+            assert teacher_fingerprint(teacher) != before
+        finally:
+            _C.set_isa(isa)
+
+
 def run(tmp_path, name, cache_mode, dtype="float32", epochs=2):
     """A KD run resnet8 -> resnet8 on tiny data; returns (summary, history, student weights,
     distiller)."""

@@ -44,18 +44,14 @@ def test_a_parallel_kernel_runs_at_max_threads():
 # ---- losses: masked logits, temperatures, float32's range ----------------------------------
 
 import losses_reference as ref  # noqa: E402
-from kernel_testing import available_isas  # noqa: E402
+from kernel_testing import available_isas, simd_path  # noqa: E402
 
 
 @pytest.fixture(params=available_isas())
 def isa(request):
     """Each SIMD path the CPU runs (the exp and moment primitives exist once per ISA)."""
-    from dtkd import _C
-    best = _C.cpu_features()["avx512"] and "avx512" or _C.cpu_features()["avx2_fma"] and "avx2" \
-        or "scalar"
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(best)
+    with simd_path(request.param):
+        yield request.param
 
 
 S4 = np.array([[2, 1, .5, -1], [0.5, 3, -2, 1]], np.float32)

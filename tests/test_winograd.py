@@ -60,9 +60,10 @@ def random_problem(rng, n, c, h, w, o, bias=True):
 
 @pytest.fixture
 def isa_limit():
-    """Cap the SIMD path for one test and restore the best one afterwards."""
+    """Cap the SIMD path for one test and restore the one in use before afterwards."""
+    before = _C.cpu_features()["isa"]
     yield _C.set_isa
-    _C.set_isa("avx512")
+    _C.set_isa(before)
 
 
 # Odd and tiny sizes exercise the partial tiles at the right and bottom edges; C and O not

@@ -13,6 +13,7 @@ differences of an independent float64 NumPy forward (tests/_reference_nn.py), as
 tests/test_models.py does for resnet8 (dtkd's kernels are float32, so the analytic side is
 float32 and the difference quotient float64).
 """
+import contextlib
 import json
 
 import numpy as np
@@ -45,9 +46,9 @@ def randomize_statistics(model, rng):
             b[...] = 0.5 + rng.random(b.shape).astype(np.float32)
 
 
-def forward_recording_relu_masks(model, x):
-    """model(x), and where each ReLU passed its input, in the order the ReLUs ran (every ReLU
-    of these backbones is applied by a BatchNorm, ``bn(h, relu=True)``)."""
+def forward_recording_relu_masks(model, x, **kwargs):
+    """model(x, **kwargs), and where each ReLU passed its input, in the order the ReLUs ran
+    (every ReLU of these backbones is applied by a BatchNorm, ``bn(h, relu=True)``)."""
     masks = []
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
 
@@ -62,7 +63,7 @@ def forward_recording_relu_masks(model, x):
     try:
         for bn in bns:
             object.__setattr__(bn, "forward", recording(bn.forward))
-        logits = model(x)
+        logits = model(x, **kwargs)
     finally:
         for bn in bns:
             object.__delattr__(bn, "forward")
@@ -236,18 +237,23 @@ def compare_with_pytorch(name, training, rtol):
 # Winograd F(4x4) (the default for 3x3 stride-1 convolutions, nn/conv.py) rounds differently
 # from a direct sum. Through ResNet50's 16 training-mode bottlenecks its input gradient drifted
 # to 4.6e-3 relative (1.6e-4 of the largest entry) on 26 of 6144 entries of dx (measured on
-# this test's data): beyond rtol 1e-4. That one case is compared on the exact 'direct' path
-# at rtol 1e-4, and on the default path at rtol 1e-2 below; every other case runs the default.
-EXACT_PATH_ONLY = {("ResNet50", True)}
+# this test's data): beyond rtol 1e-4. That one case is compared on the exact 'direct' path,
+# and on the default path at rtol 1e-2 below; every other case runs the default at rtol 1e-4.
+# Even on 'direct', float32 rounding through those bottlenecks (batch-2 BatchNorm divides by
+# small batch deviations) leaves parameter gradients up to 1.3-1.5e-4 of their tensor's
+# largest entry from float64 (medians 4e-5; a Zen 3, both the AVX2 and the portable path): rtol
+# 3e-4 there. The portable path failed rtol 1e-4 on one entry; AVX2 passed it by a margin of
+# one element.
+EXACT_PATH_RTOL = {("ResNet50", True): 3e-4}
 
 
 @pytest.mark.parametrize("name", ZOO)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_logits_and_gradients_match_pytorch(name, training):
-    algorithm = "direct" if (name, training) in EXACT_PATH_ONLY else "auto"
-    previous = nn.set_conv_algorithm(algorithm)
+    exact_rtol = EXACT_PATH_RTOL.get((name, training))
+    previous = nn.set_conv_algorithm("direct" if exact_rtol else "auto")
     try:
-        compare_with_pytorch(name, training, rtol=1e-4)
+        compare_with_pytorch(name, training, rtol=exact_rtol or 1e-4)
     finally:
         nn.set_conv_algorithm(previous)
 
@@ -259,21 +265,49 @@ def test_resnet50_training_on_the_winograd_path_stays_close_to_pytorch():
 
 # -- finite differences of a float64 NumPy reference (no torch) ------------------------------
 
+@contextlib.contextmanager
+def reference_relus_pinned_to(masks):
+    """While active, the float64 reference's ReLUs pass what dtkd's passed (in the order they
+    ran): a pre-activation within float32 rounding of 0 may pass in one and not in the other,
+    and then the two compute different functions (seen: a training-mode bottleneck with batch 2,
+    a 1.2% different BN weight gradient on the portable path alone). The backward is the
+    derivative of the function with dtkd's masks, so that is the one to differentiate."""
+    original = ref_zoo.relu
+    calls = [0]
+
+    def pinned(v):
+        mask = masks[calls[0] % len(masks)]  # % : every forward64 call replays the same masks
+        calls[0] += 1
+        assert mask.shape == v.shape, "the reference's ReLUs run in another order than dtkd's"
+        return np.where(mask, v, 0.0)
+
+    ref_zoo.relu = pinned
+    try:
+        yield calls
+    finally:
+        ref_zoo.relu = original
+
+
 def check_gradients_by_finite_differences(model, forward64, x, checked, training, rng):
     """dtkd's analytic gradients (float32) of sum(weights * logits) against central differences
-    of ``forward64(state, x)`` in float64, for a few entries of each ``checked`` parameter and
-    of x; the forward is checked against the reference first."""
+    of ``forward64(state, x)`` in float64 with dtkd's ReLU masks, for a few entries of each
+    ``checked`` parameter and of x; the forward is checked against the reference first."""
     randomize_statistics(model, rng)
     model.train(training)
     weights = rng.standard_normal((x.shape[0], model.num_classes))
     state = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
-    logits, feature = model(x, return_features=True)
-    want_logits, want_feature = forward64(state, x)
-    np.testing.assert_allclose(logits, want_logits, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(feature, want_feature, rtol=1e-3, atol=1e-3)
-    model.zero_grad()
-    dx = model.backward(weights.astype(np.float32), need_dx=True)
+    (logits, feature), masks = forward_recording_relu_masks(model, x, return_features=True)
+    with reference_relus_pinned_to(masks) as calls:
+        want_logits, want_feature = forward64(state, x)
+        assert calls[0] == len(masks)  # every dtkd ReLU has its reference counterpart
+        np.testing.assert_allclose(logits, want_logits, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(feature, want_feature, rtol=1e-3, atol=1e-3)
+        model.zero_grad()
+        dx = model.backward(weights.astype(np.float32), need_dx=True)
+        check_against_differences(model, forward64, state, x, dx, weights, checked, rng)
 
+
+def check_against_differences(model, forward64, state, x, dx, weights, checked, rng):
     x64 = x.astype(np.float64)
     loss = lambda: float(np.sum(weights * forward64(state, x64)[0]))
     params = dict(model.named_parameters())

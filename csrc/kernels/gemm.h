@@ -58,6 +58,9 @@ struct dtkd_sgemm_machine {
  * packed B block its thread's share of L3 (nc capped at 4096 columns). */
 void dtkd_sgemm_blocking_model(const struct dtkd_sgemm_machine *m, int mr, int nr, long *kc,
                                long *mc, long *nc);
+/* mc and nc for an mr x nr micro-kernel at a given kc (the second half of the model). */
+void dtkd_sgemm_blocking_for_kc(const struct dtkd_sgemm_machine *m, int mr, int nr, long kc,
+                                long *mc, long *nc);
 /* Modelled efficiency of an mr x nr register tile: 0 if it does not fit the registers
  * (accumulators + B vectors + 1 broadcast), else min(1, accumulators / fma_in_flight). */
 double dtkd_sgemm_tile_efficiency(const struct dtkd_sgemm_machine *m, int mr, int nr);
@@ -71,7 +74,9 @@ const struct dtkd_sgemm_machine *dtkd_sgemm_machine(enum dtkd_isa isa);
  * least padded tile area (edge tiles are computed in full) divided by tile efficiency. */
 const struct dtkd_sgemm_config *dtkd_sgemm_choose(enum dtkd_isa isa, long M, long N);
 /* Override kc, mc, nc of configuration `index` of `isa` (autotune); all <= 0: back to the
- * model. Returns DTKD_OK or DTKD_ERR_VALUE. */
+ * model. kc belongs to the path: it is set for every configuration of `isa` (the K blocking
+ * decides the rounding, and must not change with the kernel a shape picks). Returns DTKD_OK
+ * or DTKD_ERR_VALUE. */
 int dtkd_sgemm_set_blocking(enum dtkd_isa isa, int index, long kc, long mc, long nc);
 
 /* Make dtkd_sgemm_choose return configuration `index` of `isa` for every problem (-1: choose

@@ -14,7 +14,9 @@
  *                  latency), accumulators + nr/vec + 1 <= registers;
  *   kc (L1)        the largest kc whose A and B micro-panels, each rounded up to whole cache
  *                  ways, fit in L1's ways minus one (the paper keeps one way for the C tile
- *                  and the next panel's stream);
+ *                  and the next panel's stream); the smallest kc of a path's
+ *                  micro-kernels is used by all of them (shared_model_kc: kc fixes the
+ *                  rounding);
  *   mc (L2)        the packed A block (mc x kc) fills L2's ways minus one, minus the ways of a
  *                  B micro-panel, and stays within the first-level data TLB's reach
  *                  (L1_DTLB_REACH): the A block is streamed once per B micro-panel, and
@@ -51,15 +53,20 @@ double dtkd_sgemm_tile_efficiency(const struct dtkd_sgemm_machine *m, int mr, in
     return m->fma_in_flight <= acc ? 1.0 : acc / m->fma_in_flight;
 }
 
-void dtkd_sgemm_blocking_model(const struct dtkd_sgemm_machine *m, int mr, int nr, long *kc,
-                               long *mc, long *nc)
+/* The largest kc whose A and B micro-panels, rounded up to whole L1 ways, leave one way free. */
+static long model_kc(const struct dtkd_sgemm_machine *m, int mr, int nr)
 {
-    /* floats per cache way */
     const long way1 = m->l1d.size / (m->l1d.ways > 0 ? m->l1d.ways : 1) / (long)sizeof(float);
-    const long way2 = m->l2.size / (m->l2.ways > 0 ? m->l2.ways : 1) / (long)sizeof(float);
     long k = KC_STEP;
     for (long t = KC_STEP; t <= 2048; t += KC_STEP)
         if (ceil_div(t * mr, way1) + ceil_div(t * nr, way1) <= m->l1d.ways - 1) k = t;
+    return k;
+}
+
+void dtkd_sgemm_blocking_for_kc(const struct dtkd_sgemm_machine *m, int mr, int nr, long k,
+                                long *mc, long *nc)
+{
+    const long way2 = m->l2.size / (m->l2.ways > 0 ? m->l2.ways : 1) / (long)sizeof(float);
     long a_ways = m->l2.ways - 1 - ceil_div(k * nr, way2);
     if (a_ways < 1) a_ways = 1;
     long mcv = a_ways * way2 / k / mr * mr;
@@ -77,9 +84,15 @@ void dtkd_sgemm_blocking_model(const struct dtkd_sgemm_machine *m, int mr, int n
     }
     ncv = ncv / nr * nr;
     if (ncv < nr) ncv = nr;
-    *kc = k;
     *mc = mcv;
     *nc = ncv;
+}
+
+void dtkd_sgemm_blocking_model(const struct dtkd_sgemm_machine *m, int mr, int nr, long *kc,
+                               long *mc, long *nc)
+{
+    *kc = model_kc(m, mr, nr);
+    dtkd_sgemm_blocking_for_kc(m, mr, nr, *kc, mc, nc);
 }
 
 /* ---- per-ISA configurations, derived once ---- */
@@ -89,9 +102,26 @@ void dtkd_sgemm_blocking_model(const struct dtkd_sgemm_machine *m, int mr, int n
 struct isa_configs {
     int ready, count;
     int forced; /* >= 0: dtkd_sgemm_choose returns cfg[forced] (autotune, tests) */
+    long model_kc; /* the kc every micro-kernel of this path shares (see shared_model_kc) */
     struct dtkd_sgemm_machine machine;
     struct dtkd_sgemm_config cfg[MAX_KERNELS];
 };
+
+/* One kc for all micro-kernels of a path, the smallest of their L1 kc's (so every kernel's
+ * panels fit): the K dimension is summed in kc-long blocks, so kc fixes the rounding, and the
+ * kernel is chosen per GEMM by its M and N, which hold the batch (a conv's N is batch x pixels).
+ * With one kc per kernel a sample's logits changed in their last bits with the batch it was in
+ * (seen on a Zen 3, whose AVX2 path has a 6x16 kernel at kc 320 and a 4x24 at kc 256), which
+ * the teacher-logit cache's bitwise guarantee rules out. */
+static long shared_model_kc(const struct isa_configs *s)
+{
+    long k = 0;
+    for (int i = 0; i < s->count; i++) {
+        long ki = model_kc(&s->machine, s->cfg[i].mr, s->cfg[i].nr);
+        if (k == 0 || ki < k) k = ki;
+    }
+    return k > 0 ? k : KC_STEP;
+}
 
 static struct isa_configs configs[3];
 static pthread_mutex_t configs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -121,7 +151,12 @@ static void derive(enum dtkd_isa isa, struct isa_configs *s)
         c->kernel = list[i].fn;
         c->efficiency = eff;
         c->pack_8rows = isa == DTKD_ISA_SCALAR ? NULL : dtkd_sgemm_pack_8rows_avx2;
-        dtkd_sgemm_blocking_model(&s->machine, c->mr, c->nr, &c->kc, &c->mc, &c->nc);
+    }
+    s->model_kc = shared_model_kc(s);
+    for (int i = 0; i < s->count; i++) {
+        struct dtkd_sgemm_config *c = &s->cfg[i];
+        c->kc = s->model_kc;
+        dtkd_sgemm_blocking_for_kc(&s->machine, c->mr, c->nr, c->kc, &c->mc, &c->nc);
     }
 }
 
@@ -175,17 +210,19 @@ int dtkd_sgemm_set_blocking(enum dtkd_isa isa, int index, long kc, long mc, long
     struct dtkd_sgemm_config *c = &s->cfg[index];
     pthread_mutex_lock(&configs_lock);
     if (kc <= 0 && mc <= 0 && nc <= 0) {
-        dtkd_sgemm_blocking_model(&s->machine, c->mr, c->nr, &c->kc, &c->mc, &c->nc);
+        kc = s->model_kc;
+        dtkd_sgemm_blocking_for_kc(&s->machine, c->mr, c->nr, kc, &c->mc, &c->nc);
         c->tuned = 0;
     } else if (kc < 1 || kc > 8192 || mc < c->mr || mc > 8192 || nc < c->nr || nc > 65536) {
         pthread_mutex_unlock(&configs_lock);
         return DTKD_ERR_VALUE;
     } else {
-        c->kc = kc;
         c->mc = mc / c->mr * c->mr;
         c->nc = nc / c->nr * c->nr;
         c->tuned = 1;
     }
+    /* kc is the path's, not the kernel's (shared_model_kc) */
+    for (int i = 0; i < s->count; i++) s->cfg[i].kc = kc;
     pthread_mutex_unlock(&configs_lock);
     return DTKD_OK;
 }

@@ -29,7 +29,11 @@ PyMODINIT_FUNC PyInit__C(void)
         for (PyMethodDef *m = tables[t]; m->ml_name; m++) joined_methods[k++] = *m;
     dtkd_module.m_methods = joined_methods;
     PyObject *mod = PyModule_Create(&dtkd_module);
-    if (mod && PyModule_AddIntConstant(mod, "MAX_THREADS", DTKD_MAX_THREADS) < 0) {
+#ifndef DTKD_BUILD_ID
+#define DTKD_BUILD_ID "unknown" /* built without setup.py */
+#endif
+    if (mod && (PyModule_AddIntConstant(mod, "MAX_THREADS", DTKD_MAX_THREADS) < 0 ||
+                PyModule_AddStringConstant(mod, "BUILD_ID", DTKD_BUILD_ID) < 0)) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -9,8 +9,8 @@ back in the same (crop, flip) variant only now and then (162 variants per CIFAR 
 Key. A :class:`dtkd.data.Batch` names each sample by ``key = index * variants + variant`` (dataset
 row, crop offset, flip). The cache file is named by the loader's fingerprint (images,
 normalization, crop geometry: what turns a key into pixels), the teacher's fingerprint (class,
-every weight and buffer, the dtkd version and the SIMD path, since another instruction set may
-round differently) and the storage dtype; inside the file a key picks a slot. Labels, sample
+every weight and buffer, and what rounds differently when it changes: the dtkd version and
+build, the SIMD path, the GEMM's K blocking, the convolution algorithm) and the storage dtype; inside the file a key picks a slot. Labels, sample
 order and the seed never enter: they choose which keys a run asks for, not what a key means.
 
 Values. float32 entries are the teacher's logits bit for bit: the teacher runs in eval mode (no
@@ -79,12 +79,17 @@ def default_cache_dir():
 
 
 def teacher_fingerprint(model):
-    """Hex digest of what fixes a teacher's eval-mode logits: its class, every state_dict entry
-    (name, dtype, shape, bytes), the dtkd version and the SIMD path the kernels take."""
-    from .. import __version__, cpu_features
+    """Hex digest of what fixes a teacher's eval-mode logits to the last bit: its class, every
+    state_dict entry (name, dtype, shape, bytes), and the arithmetic that computes them: the
+    dtkd version and build (a hash of the C sources and compile flags), the SIMD path, the
+    GEMM's K blocking on it (autotune may change it) and the convolution algorithm."""
+    from .. import __version__
+    from ..nn.conv import get_conv_algorithm
+    isa = _C.cpu_features()["isa"]
+    kc = _C.sgemm_configs(isa)["kernels"][0]["kc"]  # one kc per path (gemm_blocking.c)
     h = hashlib.blake2b(digest_size=20)
-    h.update(repr(("dtkd-teacher-v1", type(model).__module__, type(model).__qualname__,
-                   __version__, cpu_features()["isa"])).encode())
+    h.update(repr(("dtkd-teacher-v2", type(model).__module__, type(model).__qualname__,
+                   __version__, _C.BUILD_ID, isa, kc, get_conv_algorithm())).encode())
     for name, value in sorted(model.state_dict().items()):
         value = np.ascontiguousarray(value)
         h.update(repr((name, str(value.dtype), value.shape)).encode())

@@ -3,9 +3,8 @@
 Algorithm (``set_conv_algorithm``): under 'auto' (the default), 3x3 stride-1 pad-1 ungrouped
 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input channels run by Winograd
 F(m x m, 3x3) (csrc/kernels/winograd.c): the forward, and in training the input gradient and,
-where both channel counts are at least ``WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS`` and a SIMD path
-runs, the weight gradient; thinner layers and the portable path keep the exact weight-gradient
-sum (padded rows or im2col + SGEMM).
+where both channel counts are at least ``WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS``, the weight
+gradient; thinner layers keep the exact weight-gradient sum (padded rows or im2col + SGEMM).
 'exact_weight_grad' is 'auto' with every weight gradient the exact sum (the default before
 2026-12-07). Everything else, and everything under 'direct', runs the im2col + SGEMM
 convolution (csrc/kernels/conv.c).
@@ -34,6 +33,9 @@ WINOGRAD_TILE_TRAIN = 4
 # (benchmarks/RESULTS.md): C = O = 16 at 32x32 0.56-0.71x the exact padded-row kernel,
 # 32 at 16x16 1.3x, 64 at 8x8 1.6x, 64 at 32x32 1.9-2.2x, 128-256 channels ~2x im2col.
 # Both costs scale with the vector width, so the break-even is a channel count, not a CPU's.
+# On a Zen 3 (AVX2, 512 KB L2): 16 channels 0.86x, 32 at 16x16 0.97x, 64 at 8x8 1.45x, 64 at
+# 32x32 2.0x; on its portable path (no padded-row kernel for the exact sum) 1.3-2.9x from 16
+# channels on: the rule holds there too (a portable-path gain at 16 channels is left unused).
 WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS = 32
 _algorithm = ["auto"]
 
@@ -64,12 +66,9 @@ def uses_winograd(conv):
 
 
 def uses_winograd_weight_grad(conv):
-    """True when ``conv``'s weight gradient in training runs by Winograd (see above): on the
-    SIMD paths, where its break-even was measured; the portable path keeps the exact sum (there
-    the MPI per-rank test drifted beyond its tolerance with it, not yet explained)."""
+    """True when ``conv``'s weight gradient in training runs by Winograd (see above)."""
     return (_algorithm[0] == "auto" and uses_winograd(conv)
-            and min(conv.in_channels, conv.out_channels) >= WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS
-            and _C.cpu_features()["isa"] != "scalar")
+            and min(conv.in_channels, conv.out_channels) >= WINOGRAD_WEIGHT_GRAD_MIN_CHANNELS)
 
 
 class Conv2d(Module):
