@@ -67,7 +67,8 @@ def isa_limit():
 
 
 # Odd and tiny sizes exercise the partial tiles at the right and bottom edges; C and O not
-# multiples of 16 exercise the padded channel lanes.
+# multiples of 16 exercise the padded channel lanes; C <= 64 with O a multiple of 16 takes the
+# thin layers' products (full blocks of tiles and a remainder), the rest dtkd_sgemm.
 SHAPES = [
     (1, 1, 1, 1, 1),
     (1, 1, 5, 7, 1),
@@ -77,6 +78,8 @@ SHAPES = [
     (2, 32, 8, 8, 32),
     (1, 5, 13, 1, 4),
     (1, 2, 1, 11, 3),
+    (2, 64, 12, 12, 48),  # thin layer (C <= 64, O a multiple of 16): products without the GEMM
+    (1, 80, 6, 6, 16),    # C > 64: the GEMM again
 ]
 
 

@@ -500,6 +500,102 @@ transform_input_block(const struct wino_geom *g, float *V, const float *x, long 
         })
 }
 
+/* ---- products of thin layers ----
+ * At 16-64 channels each of the a*a products of a block is a GEMM tiles x C x O whose inner
+ * dimension C is 16-64: dtkd_sgemm's fixed work per call (choosing the kernel, the thread's
+ * packing buffer, packing the V panel) and its micro-kernel's C-tile stores every C <= 64 steps
+ * weigh as much as the FMAs. These loops read V and u where they lie: per step c, ROWS tiles'
+ * V[t][c] broadcast against u[c][o0 .. o0 + 16) in ROWS x 16 accumulators. Each sum runs over
+ * c in order with one rounding per step (FMA on the SIMD paths, a product then a sum on the
+ * portable one), as dtkd_sgemm's micro-kernels do for K <= kc: the same bits either way. */
+#define THIN_MAX_C 64 /* the GEMM's packing pays for itself from here (its kc is >= 128) */
+
+static int thin_products_apply(long C, long O) { return C <= THIN_MAX_C && O % LANES == 0; }
+
+/* M (nt x O, row stride ldm) = V (nt x C, row stride ldv) . u (C x O, row-major). */
+#define DEFINE_THIN_PRODUCTS(name, attr, ROWS, acc_t, ZERO, LOAD, FMA, STORE)                  \
+    attr static void name(float *M, size_t ldm, const float *V, size_t ldv, const float *u,   \
+                          long C, long O, long nt)                                             \
+    {                                                                                          \
+        for (long o0 = 0; o0 < O; o0 += LANES) {                                               \
+            long t = 0;                                                                        \
+            for (; t < nt; t += ROWS) {                                                        \
+                const int rows = nt - t < ROWS ? (int)(nt - t) : ROWS;                        \
+                acc_t acc[ROWS];                                                               \
+                for (int i = 0; i < ROWS; i++) acc[i] = ZERO;                                  \
+                if (rows == ROWS) {                                                            \
+                    for (long c = 0; c < C; c++) {                                             \
+                        const acc_t uv = LOAD(u + c * O + o0);                                 \
+                        _Pragma("GCC unroll 16") for (int i = 0; i < ROWS; i++)                \
+                            acc[i] = FMA(V[(t + i) * ldv + c], uv, acc[i]);                    \
+                    }                                                                          \
+                } else {                                                                       \
+                    for (long c = 0; c < C; c++) {                                             \
+                        const acc_t uv = LOAD(u + c * O + o0);                                 \
+                        for (int i = 0; i < rows; i++)                                         \
+                            acc[i] = FMA(V[(t + i) * ldv + c], uv, acc[i]);                    \
+                    }                                                                          \
+                }                                                                              \
+                for (int i = 0; i < rows; i++) STORE(M + (t + i) * ldm + o0, acc[i]);          \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+static inline vec16 load_vec16(const float *p)
+{
+    vec16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store_vec16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+/* the portable GEMM kernel's rounding: a product, then a sum */
+static inline vec16 mul_add_vec16(float a, vec16 b, vec16 acc) { return acc + a * b; }
+DEFINE_THIN_PRODUCTS(thin_products_portable, , 6, vec16, (vec16){0}, load_vec16, mul_add_vec16,
+                     store_vec16)
+
+#if X86_SIMD
+typedef struct { __m256 lo, hi; } ymm2;
+#define YMM2_ZERO ((ymm2){_mm256_setzero_ps(), _mm256_setzero_ps()})
+static inline DTKD_TARGET_AVX2 ymm2 load_ymm2(const float *p)
+{
+    return (ymm2){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+}
+static inline DTKD_TARGET_AVX2 void store_ymm2(float *p, ymm2 v)
+{
+    _mm256_storeu_ps(p, v.lo);
+    _mm256_storeu_ps(p + 8, v.hi);
+}
+static inline DTKD_TARGET_AVX2 ymm2 fma_ymm2(float a, ymm2 b, ymm2 acc)
+{
+    const __m256 av = _mm256_set1_ps(a);
+    return (ymm2){_mm256_fmadd_ps(av, b.lo, acc.lo), _mm256_fmadd_ps(av, b.hi, acc.hi)};
+}
+/* 6 x 16: 12 ymm accumulators, 2 for u, 1 broadcast (AVX2's 16 registers) */
+DEFINE_THIN_PRODUCTS(thin_products_avx2, DTKD_TARGET_AVX2, 6, ymm2, YMM2_ZERO, load_ymm2,
+                     fma_ymm2, store_ymm2)
+
+static inline DTKD_TARGET_AVX512 __m512 fma_zmm(float a, __m512 b, __m512 acc)
+{
+    return _mm512_fmadd_ps(_mm512_set1_ps(a), b, acc);
+}
+/* 12 x 16: 12 zmm accumulators (enough FMAs in flight for two 512-bit pipes) */
+DEFINE_THIN_PRODUCTS(thin_products_avx512, DTKD_TARGET_AVX512, 12, __m512, _mm512_setzero_ps(),
+                     _mm512_loadu_ps, fma_zmm, _mm512_storeu_ps)
+#endif
+
+static void thin_products(float *M, size_t ldm, const float *V, size_t ldv, const float *u,
+                          long C, long O, long nt)
+{
+#if X86_SIMD
+    switch (dtkd_isa()) {
+    case DTKD_ISA_AVX512: thin_products_avx512(M, ldm, V, ldv, u, C, O, nt); return;
+    case DTKD_ISA_AVX2: thin_products_avx2(M, ldm, V, ldv, u, C, O, nt); return;
+    default: break;
+    }
+#endif
+    thin_products_portable(M, ldm, V, ldv, u, C, O, nt);
+}
+
 static inline __attribute__((always_inline)) int
 process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
               const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512)
@@ -514,7 +610,13 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
 
     /* Columns O..o_pad of M are never written: the output transform computes garbage lanes
      * there that the output copy drops. */
+    const int thin = thin_products_apply(C, O);
     for (int xi = 0; xi < aa; xi++) {
+        if (thin) {
+            thin_products(M + xi * m_stride, g->o_pad, V + xi * v_stride, g->c_pad,
+                          u + (size_t)xi * C * O, C, O, nt);
+            continue;
+        }
         int st = dtkd_sgemm(0, 0, nt, O, C, 1.0f, V + xi * v_stride, g->c_pad,
                             u + (size_t)xi * C * O, O, 0.0f, M + xi * m_stride, g->o_pad);
         if (st != DTKD_OK) return st;
