@@ -10,7 +10,7 @@ import pytest
 
 from dtkd import _C
 
-from kernel_testing import available_isas, num_threads, numeric_grad
+from kernel_testing import available_isas, num_threads, numeric_grad, simd_path
 
 TILE_SIZES = (2, 4)
 # Error bound per output, as a multiple of sum_k |x_k||w_k| (the conv of |x| with |w|): float32
@@ -61,9 +61,8 @@ def random_problem(rng, n, c, h, w, o, bias=True):
 @pytest.fixture
 def isa_limit():
     """Cap the SIMD path for one test and restore the one in use before afterwards."""
-    before = _C.cpu_features()["isa"]
-    yield _C.set_isa
-    _C.set_isa(before)
+    with simd_path(_C.cpu_features()["isa"]):
+        yield _C.set_isa
 
 
 # Odd and tiny sizes exercise the partial tiles at the right and bottom edges; C and O not

@@ -581,24 +581,19 @@ static inline DTKD_TARGET_AVX512 __m512 fma_zmm(float a, __m512 b, __m512 acc)
 /* 12 x 16: 12 zmm accumulators (enough FMAs in flight for two 512-bit pipes) */
 DEFINE_THIN_PRODUCTS(thin_products_avx512, DTKD_TARGET_AVX512, 12, __m512, _mm512_setzero_ps(),
                      _mm512_loadu_ps, fma_zmm, _mm512_storeu_ps)
+#else
+/* not x86: the SIMD block functions are never chosen; they share the portable products */
+#define thin_products_avx2 thin_products_portable
+#define thin_products_avx512 thin_products_portable
 #endif
 
-static void thin_products(float *M, size_t ldm, const float *V, size_t ldv, const float *u,
-                          long C, long O, long nt)
-{
-#if X86_SIMD
-    switch (dtkd_isa()) {
-    case DTKD_ISA_AVX512: thin_products_avx512(M, ldm, V, ldv, u, C, O, nt); return;
-    case DTKD_ISA_AVX2: thin_products_avx2(M, ldm, V, ldv, u, C, O, nt); return;
-    default: break;
-    }
-#endif
-    thin_products_portable(M, ldm, V, ldv, u, C, O, nt);
-}
+typedef void (*thin_products_fn)(float *M, size_t ldm, const float *V, size_t ldv,
+                                 const float *u, long C, long O, long nt);
 
 static inline __attribute__((always_inline)) int
 process_block(const struct wino_geom *g, float *y, const float *x, const float *u,
-              const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512)
+              const struct wino_epilogue *ep, long t0, long t1, float *ws, int avx512,
+              thin_products_fn thin_products)
 {
     const int m = g->m, a = g->a, aa = a * a;
     const long C = g->C, H = g->H, W = g->W, O = g->O, nt = t1 - t0;
@@ -640,25 +635,25 @@ process_block(const struct wino_geom *g, float *y, const float *x, const float *
     return DTKD_OK;
 }
 
-/* One copy of process_block per instruction set; vec16 arithmetic becomes one AVX-512
- * instruction, two AVX2 ones, or four SSE ones. Separate m = 2 / m = 4 instances let the
- * compiler unroll the transforms fully. */
-#define DEFINE_BLOCK_FN(name, attr, avx512)                                                   \
+/* One copy of process_block per instruction set, with that set's thin products (a block never
+ * mixes paths); vec16 arithmetic becomes one AVX-512 instruction, two AVX2 ones, or four SSE
+ * ones. Separate m = 2 / m = 4 instances let the compiler unroll the transforms fully. */
+#define DEFINE_BLOCK_FN(name, attr, avx512, thin)                                             \
     attr static int name(const struct wino_geom *g, float *y, const float *x, const float *u, \
                          const struct wino_epilogue *ep, long t0, long t1, float *ws)         \
     {                                                                                         \
         struct wino_geom fixed = *g;                                                          \
         if (g->m == 2) {                                                                      \
             fixed.m = 2, fixed.a = 4;                                                         \
-            return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                    \
+            return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512, thin);              \
         }                                                                                     \
         fixed.m = 4, fixed.a = 6;                                                             \
-        return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512);                        \
+        return process_block(&fixed, y, x, u, ep, t0, t1, ws, avx512, thin);                  \
     }
 
-DEFINE_BLOCK_FN(block_avx512, DTKD_TARGET_AVX512, 1)
-DEFINE_BLOCK_FN(block_avx2, DTKD_TARGET_AVX2, 0)
-DEFINE_BLOCK_FN(block_portable, , 0)
+DEFINE_BLOCK_FN(block_avx512, DTKD_TARGET_AVX512, 1, thin_products_avx512)
+DEFINE_BLOCK_FN(block_avx2, DTKD_TARGET_AVX2, 0, thin_products_avx2)
+DEFINE_BLOCK_FN(block_portable, , 0, thin_products_portable)
 
 int winograd_conv3x3_forward(float *y, const float *x, const float *u, const float *bias,
                              const float *residual, long N, long C, long H, long W, long O, int m,
