@@ -12,8 +12,9 @@ from dtkd.nn.grad_mode import no_grad
 from dtkd import _C, data, distill, models
 from dtkd.config import get_default_config
 from dtkd.engine import Trainer
-from dtkd.engine.logit_cache import (HEADER_BYTES, LogitCache, open_teacher_cache,
-                                     teacher_cache_from_config, teacher_fingerprint)
+from dtkd.engine.logit_cache import (HEADER_BYTES, LogitCache, default_cache_dir,
+                                     open_teacher_cache, teacher_cache_from_config,
+                                     teacher_fingerprint)
 
 
 def tiny_dataset(n=48, classes=5, seed=0, size=32):
@@ -382,3 +383,12 @@ def test_config_auto_is_disk_where_safe_off_otherwise(tmp_path):
     cfg.DISTILLER.TEACHER_CACHE = "off"
     assert teacher_cache_from_config(cfg, kd, loader)[0] is None
     assert teacher_cache_from_config(cfg, distill.Vanilla(teacher), loader)[0] is None
+
+
+def test_the_suite_never_writes_the_users_cache_directory():
+    # tests/conftest.py points XDG_CACHE_HOME at a per-session temporary directory, so runs that
+    # use the default teacher-logit cache cannot leave (or read) files under ~/.cache/dtkd
+    home_cache = os.path.join(os.path.expanduser("~"), ".cache")
+    default = str(default_cache_dir())
+    assert not default.startswith(home_cache + os.sep), default
+    assert os.environ["XDG_CACHE_HOME"] in default
