@@ -496,3 +496,24 @@ def test_weight_gradient_with_a_smaller_openmp_team_than_asked():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_input_scan_sees_every_element_and_the_magnitude_of_negatives(n_threads):
+    """The inputs' NaN/Inf check and max |x| (for the Winograd range) are one integer max over
+    the float bits, in parallel chunks past 32768 values: a bad value in the last element, a
+    NaN with its sign bit set, and a large negative value are all seen."""
+    x = np.zeros((3, 16, 40, 40), np.float32)  # 76,800 values: the chunked, parallel scan
+    u = _C.winograd_transform_weights(np.full((16, 16, 3, 3), 1e-3, np.float32), 4)
+    with num_threads(n_threads):
+        for bad in (np.nan, -np.nan, np.inf, -np.inf):
+            x.flat[-1] = bad
+            with pytest.raises(ValueError, match="x: contains NaN or Inf"):
+                _C.winograd_conv3x3_forward_transformed(x, u)
+        x.flat[-1] = -3e37  # max |x| is a magnitude: negative values count
+        with pytest.raises(ValueError, match=r"x: max \|x\| = 3e\+37 is beyond"):
+            _C.winograd_conv3x3_forward_transformed(x, u)
+        x.flat[-1] = -1.5
+        x.flat[40000] = -0.0
+        y = _C.winograd_conv3x3_forward_transformed(x, u)
+        assert np.isfinite(y).all() and np.abs(y).max() > 0

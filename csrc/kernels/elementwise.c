@@ -15,6 +15,17 @@ int dtkd_all_finite(const float *x, long n)
     return !bad;
 }
 
+uint32_t dtkd_max_abs_bits_parallel(const float *x, long n)
+{
+    uint32_t m = 0;
+#pragma omp parallel for reduction(max:m) if (n > PARALLEL_MIN) num_threads(dtkd_get_num_threads())
+    for (long i0 = 0; i0 < n; i0 += 4096) {
+        const uint32_t c = dtkd_max_abs_bits(x + i0, n - i0 < 4096 ? n - i0 : 4096);
+        m = c > m ? c : m;
+    }
+    return m;
+}
+
 // x, y are (n,)
 int dtkd_relu_forward(float *y, const float *x, long n)
 {

@@ -3,8 +3,13 @@
 #ifndef DTKD_ELEMENTWISE_H
 #define DTKD_ELEMENTWISE_H
 
+#include <stdint.h>
+
 /* 1 if all n values of x are finite, else 0. Parallel, one pass. */
 int dtkd_all_finite(const float *x, long n);
+/* max |x[i]| as a float's bits (reduce.h's dtkd_max_abs_bits): above DTKD_FLT_MAX_BITS when x
+ * holds NaN/Inf. Parallel, one pass. */
+uint32_t dtkd_max_abs_bits_parallel(const float *x, long n);
 
 /* y = max(x, 0); returns DTKD_ERR_NONFINITE if x holds NaN/Inf (checked in the same pass). */
 int dtkd_relu_forward(float *y, const float *x, long n);

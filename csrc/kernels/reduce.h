@@ -29,6 +29,23 @@ static inline int dtkd_any_nonfinite(const float *p, long n)
     return bad;
 }
 
+/* max |p[i]| over p[0..n) as a float's bits (sign cleared), 0 for n == 0: non-negative floats
+ * order as their bit patterns and NaN/Inf lie above FLT_MAX's 0x7f7fffff, so one unsigned max
+ * (which vectorizes; a float max reduction does not without -ffast-math, and ran at ~3 cycles
+ * per element) gives the largest magnitude and whether any value is non-finite. */
+#define DTKD_FLT_MAX_BITS 0x7f7fffffu
+static inline uint32_t dtkd_max_abs_bits(const float *p, long n)
+{
+    uint32_t m = 0;
+    for (long i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, p + i, sizeof u);
+        u &= 0x7fffffffu;
+        m = u > m ? u : m;
+    }
+    return m;
+}
+
 static inline double dtkd_lanes_total(const float *acc)
 {
     double s = 0.0;

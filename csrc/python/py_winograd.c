@@ -5,6 +5,7 @@
 
 #include "kernels/conv.h"
 #include "kernels/elementwise.h"
+#include "kernels/reduce.h" /* DTKD_FLT_MAX_BITS */
 #include "kernels/winograd.h"
 
 #include <float.h>
@@ -31,19 +32,16 @@ static int finite_max_abs(PyArrayObject *arr, const char *name, double *max_abs)
 {
     const float *p = (const float *)PyArray_DATA(arr);
     const npy_intp n = PyArray_SIZE(arr);
-    float m = 0.0f;
-    int bad = 0;
+    uint32_t bits;
     Py_BEGIN_ALLOW_THREADS
-    for (npy_intp i = 0; i < n; i++) {
-        const float v = fabsf(p[i]);
-        bad |= !(v <= FLT_MAX);
-        m = v > m ? v : m;
-    }
+    bits = dtkd_max_abs_bits_parallel(p, (long)n);
     Py_END_ALLOW_THREADS
-    if (bad) {
+    if (bits > DTKD_FLT_MAX_BITS) {
         dtkd_raise(PyExc_ValueError, "%s: contains NaN or Inf", name);
         return -1;
     }
+    float m;
+    memcpy(&m, &bits, sizeof m);
     *max_abs = m;
     return 0;
 }
