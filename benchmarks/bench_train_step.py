@@ -8,7 +8,7 @@ time split by op. Eval runs under ``dtkd.nn.no_grad()`` / ``torch.no_grad()``.
 
     python benchmarks/bench_train_step.py [--threads 1 2] [--steps 10] [--batch 64] [--out FILE]
                                           [--conv-algorithm auto|exact_weight_grad|direct]
-                                          [--no-torch]
+                                          [--no-torch] [--interleaved]
                                           [--workloads resnet8x4:train ...]
 
 --conv-algorithm sets dtkd.nn.set_conv_algorithm (default 'auto': Winograd for the 3x3
@@ -16,8 +16,11 @@ stride-1 convs, weight gradients of wide layers included; 'exact_weight_grad' ke
 gradient exact; 'direct' measures im2col + SGEMM everywhere, to see Winograd's gain).
 
 Every (framework, workload, threads) runs in its own subprocess, so thread counts are set
-before any pool starts and the peak RSS (ru_maxrss) belongs to that run alone. Times are the
-median of --steps steps after 2 warm-up steps. The loss is softmax cross-entropy on random
+before any pool starts and the peak RSS (ru_maxrss) belongs to that run alone. With
+--interleaved, each (workload, threads) runs in one subprocess where dtkd, eager and compiled
+take turns step by step (dtkd, eager, compiled, dtkd, ...): on a machine whose speed drifts
+(a VM measured 2x apart minutes apart) only this compares like with like; the peak RSS columns
+are then blank. Times are the median of --steps steps after 2 warm-up steps. The loss is softmax cross-entropy on random
 labels (NumPy for dtkd, F.cross_entropy for PyTorch); SGD lr 0.05, momentum 0.9, wd 5e-4.
 Every worker first calls dtkd.keep_freed_memory() (what dtkd's trainer does; glibc's malloc
 settings, so torch's workers get the same), or not with --default-malloc.
@@ -85,7 +88,8 @@ def instrument(model, opt, totals):
         opt.step = timed(opt.step, ("SGD", "step"))
 
 
-def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
+def dtkd_stepper(name, mode, threads, n, conv_algorithm="auto"):
+    """One training step (or eval forward) of dtkd's model: (step, model, optimizer or None)."""
     sys.path.insert(0, ROOT)
     import dtkd
     from dtkd import models
@@ -109,8 +113,12 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
         def step():
             with dtkd.nn.no_grad():  # as torch.no_grad below: BN folds into the convs
                 model(x)
-    times = timed_steps(step, steps)
-    # a second pass with per-op timers (the wrappers cost microseconds per call)
+    return step, model, opt
+
+
+def dtkd_split(step, model, opt, mode, steps):
+    """dtkd's time per step by op (seconds), from a pass with per-op timers (the wrappers
+    cost microseconds per call, so the timed steps run before it)."""
     totals = defaultdict(float)
     instrument(model, opt, totals)
     if mode == "eval":  # folded conv+BN calls the kernel directly
@@ -125,17 +133,34 @@ def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
                                                     else " +ReLU" if fusions.get("relu") else "")
             totals[(label, "forward")] += time.perf_counter() - t0
             return out
-        for family in (resnet, resnetv2, vgg, wrn, mobilenetv2, shufflenetv1, shufflenetv2):
+        families = (resnet, resnetv2, vgg, wrn, mobilenetv2, shufflenetv1, shufflenetv2)
+        for family in families:
             family.conv_bn = timed_conv_bn
     split_steps = max(3, steps // 2)
-    t0 = time.perf_counter()
-    for _ in range(split_steps):
-        step()
-    wall = (time.perf_counter() - t0) / split_steps
+    try:
+        t0 = time.perf_counter()
+        for _ in range(split_steps):
+            step()
+        wall = (time.perf_counter() - t0) / split_steps
+    finally:
+        if mode == "eval":
+            for family in families:
+                family.conv_bn = fused
     split = {f"{k[0]} {k[1]}": v / split_steps for k, v in totals.items()}
     split["other (residual add+ReLU in training, loss, Python)"] = wall - sum(split.values())
-    return {"step_s": statistics.median(times), "split": split,
-            "flops": models.count_flops(model, (1, 3, 32, 32)) * n}
+    return split
+
+
+def dtkd_flops(model, n):
+    from dtkd import models
+    return models.count_flops(model, (1, 3, 32, 32)) * n
+
+
+def run_dtkd(name, mode, threads, steps, n, conv_algorithm="auto"):
+    step, model, opt = dtkd_stepper(name, mode, threads, n, conv_algorithm)
+    times = timed_steps(step, steps)
+    return {"step_s": statistics.median(times), "split": dtkd_split(step, model, opt, mode, steps),
+            "flops": dtkd_flops(model, n)}
 
 
 # -- PyTorch --------------------------------------------------------------------------------------
@@ -181,7 +206,8 @@ def torch_zoo(torch, name, num_classes=100):
     return _torch_zoo.torch_model(torch, name, num_classes)
 
 
-def run_torch(name, mode, threads, steps, n, conv_algorithm=None, compiled=False):
+def torch_stepper(name, mode, threads, n, compiled=False):
+    """One training step (or eval forward) of the PyTorch model, eager or torch.compile'd."""
     import torch
     torch.set_num_threads(threads)
     sys.path.insert(0, ROOT)
@@ -204,14 +230,52 @@ def run_torch(name, mode, threads, steps, n, conv_algorithm=None, compiled=False
         def step():
             with torch.no_grad():
                 forward(x)
-    compile_s = None
-    if compiled:  # the first calls trace and compile (Inductor): timed apart
-        t0 = time.perf_counter()
-        step()
-        step()
-        compile_s = time.perf_counter() - t0
+    return step
+
+
+def compile_seconds(step):
+    """The first two calls of a torch.compile'd step trace and compile (Inductor): timed apart."""
+    t0 = time.perf_counter()
+    step()
+    step()
+    return time.perf_counter() - t0
+
+
+def run_torch(name, mode, threads, steps, n, conv_algorithm=None, compiled=False):
+    import torch
+    step = torch_stepper(name, mode, threads, n, compiled)
+    compile_s = compile_seconds(step) if compiled else None
     return {"step_s": statistics.median(timed_steps(step, steps)),
             "version": torch.__version__, "compile_s": compile_s}
+
+
+def run_interleaved(name, mode, threads, steps, n, conv_algorithm="auto", compiled=True):
+    """dtkd, torch eager and torch.compile in one process, taking turns step by step, so that
+    load from other processes (and a VM whose speed drifts) falls on all of them alike."""
+    import torch
+    d_step, model, opt = dtkd_stepper(name, mode, threads, n, conv_algorithm)
+    steppers = {"dtkd": d_step, "torch": torch_stepper(name, mode, threads, n)}
+    result = {"version": torch.__version__, "compile_s": None, "compile_error": None}
+    if compiled:
+        try:
+            c_step = torch_stepper(name, mode, threads, n, compiled=True)
+            result["compile_s"] = compile_seconds(c_step)
+            steppers["compile"] = c_step
+        except Exception as e:  # recorded in the report, not hidden
+            result["compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    for step in steppers.values():  # warm-up
+        step()
+        step()
+    times = {k: [] for k in steppers}
+    for _ in range(steps):
+        for k, step in steppers.items():
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    result["step_s"] = {k: statistics.median(v) for k, v in times.items()}
+    result["split"] = dtkd_split(d_step, model, opt, mode, steps)
+    result["flops"] = dtkd_flops(model, n)
+    return result
 
 
 def timed_steps(step, steps):
@@ -235,6 +299,9 @@ def worker(args):
     if args.framework == "dtkd":
         result = run_dtkd(args.model, args.mode, args.threads, args.steps, args.batch,
                           args.conv_algorithm)
+    elif args.framework == "interleaved":
+        result = run_interleaved(args.model, args.mode, args.threads, args.steps, args.batch,
+                                 args.conv_algorithm, compiled=not args.no_compile)
     else:
         result = run_torch(args.model, args.mode, args.threads, args.steps, args.batch,
                            compiled=args.framework == "compile")
@@ -244,11 +311,13 @@ def worker(args):
 
 # -- driver ---------------------------------------------------------------------------------------
 
-def spawn(framework, model, mode, threads, steps, n, conv_algorithm, default_malloc=False):
+def spawn(framework, model, mode, threads, steps, n, conv_algorithm, default_malloc=False,
+          no_compile=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, model, mode,
            "--threads", str(threads), "--steps", str(steps), "--batch", str(n),
            "--conv-algorithm", conv_algorithm] + (["--default-malloc"] if default_malloc else [])
+    cmd += ["--no-compile"] if no_compile else []
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} {model} {mode} t={threads} failed:\n{out.stderr}")
@@ -266,6 +335,9 @@ def main():
     ap.add_argument("--conv-algorithm", choices=list(CONV_ALGORITHMS), default="auto")
     ap.add_argument("--no-torch", action="store_true", help="time dtkd only")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="one process per row, the frameworks taking turns step by step "
+                         "(for a noisy machine; no per-framework peak RSS)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="do not call dtkd.keep_freed_memory() in the workers (glibc's defaults)")
     ap.add_argument("--workloads", nargs="+", default=[f"{m}:{k}" for m, k in WORKLOADS],
@@ -300,15 +372,28 @@ def main():
             load = os.getloadavg()[0]
             common = (model, mode, t, args.steps, args.batch, args.conv_algorithm,
                       args.default_malloc)
-            d = spawn("dtkd", *common)
-            tr = spawn("torch", *common) if have_torch else None
-            tc = None
-            if have_torch and not args.no_compile:
-                try:
-                    tc = spawn("compile", *common)
-                except RuntimeError as e:  # recorded in the report, not hidden
+            if args.interleaved and have_torch:
+                r = spawn("interleaved", *common, no_compile=args.no_compile)
+                # one process: its peak RSS is all frameworks together, so not shown
+                d = {"step_s": r["step_s"]["dtkd"], "split": r["split"], "flops": r["flops"],
+                     "peak_rss_mb": float("nan")}
+                tr = {"step_s": r["step_s"]["torch"], "version": r["version"],
+                      "peak_rss_mb": float("nan")}
+                tc = ({"step_s": r["step_s"]["compile"], "compile_s": r["compile_s"]}
+                      if "compile" in r["step_s"] else None)
+                if r["compile_error"]:
                     compile_errors.append(f"- torch.compile {model} {mode} t={t}: "
-                                          + str(e).strip().splitlines()[-1][:300])
+                                          + r["compile_error"])
+            else:
+                d = spawn("dtkd", *common)
+                tr = spawn("torch", *common) if have_torch else None
+                tc = None
+                if have_torch and not args.no_compile:
+                    try:
+                        tc = spawn("compile", *common)
+                    except RuntimeError as e:  # recorded in the report, not hidden
+                        compile_errors.append(f"- torch.compile {model} {mode} t={t}: "
+                                              + str(e).strip().splitlines()[-1][:300])
             ips = args.batch / d["step_s"]
             tips = args.batch / tr["step_s"] if tr else float("nan")
             cips = args.batch / tc["step_s"] if tc else float("nan")
@@ -322,7 +407,9 @@ def main():
             print(lines[-1], flush=True)
             splits[(model, mode, t)] = (d["step_s"], d["split"])
             by_threads[(model, mode)][t] = (ips, tips)
-    report = describe(args.threads) + [f"Batch {args.batch}, 32x32x3, median of {args.steps} steps; "
+    how = ("interleaved step by step in one process per row" if args.interleaved and have_torch
+           else "one process per framework and row")
+    report = describe(args.threads) + [f"Batch {args.batch}, 32x32x3, median of {args.steps} steps ({how}); "
               f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
               + (f", torch {tr['version']}" if have_torch else "")
               + f"; dtkd conv algorithm '{args.conv_algorithm}'", ""] + lines
