@@ -36,14 +36,26 @@ static inline int dtkd_any_nonfinite(const float *p, long n)
 #define DTKD_FLT_MAX_BITS 0x7f7fffffu
 static inline uint32_t dtkd_max_abs_bits(const float *p, long n)
 {
-    uint32_t m = 0;
-    for (long i = 0; i < n; i++) {
-        uint32_t u;
+    /* DTKD_LANES independent maxima (one chain would wait on each compare-select: ~1 value
+     * per cycle); signed, as the sign-cleared bits are < 2^31 (SSE2 has no unsigned compare) */
+    int32_t acc[DTKD_LANES] = {0};
+    long i = 0;
+    for (; i + DTKD_LANES <= n; i += DTKD_LANES)
+        for (int j = 0; j < DTKD_LANES; j++) {
+            int32_t u;
+            memcpy(&u, p + i + j, sizeof u);
+            u &= 0x7fffffff;
+            acc[j] = u > acc[j] ? u : acc[j];
+        }
+    for (int j = 0; i < n; i++, j++) {
+        int32_t u;
         memcpy(&u, p + i, sizeof u);
-        u &= 0x7fffffffu;
-        m = u > m ? u : m;
+        u &= 0x7fffffff;
+        acc[j] = u > acc[j] ? u : acc[j];
     }
-    return m;
+    int32_t m = 0;
+    for (int j = 0; j < DTKD_LANES; j++) m = acc[j] > m ? acc[j] : m;
+    return (uint32_t)m;
 }
 
 static inline double dtkd_lanes_total(const float *acc)
