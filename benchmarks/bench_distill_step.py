@@ -10,7 +10,8 @@ written in torch, on the same thread count.
 
 Each thread count runs in its own subprocess (threads set before any pool starts), where the
 frameworks take turns step by step (dtkd, eager, compiled, dtkd, ...) so that load from other
-processes falls on all of them alike; each figure is the median of --steps steps after warm-up.
+processes falls on all of them alike, with a pause before each step on several threads (the
+previous framework's OpenMP threads spin-wait after its step and would steal a core); each figure is the median of --steps steps after warm-up.
 torch.compile's compile time (its first two steps) is reported apart. dtkd's time split
 (teacher / student forward / objective / student backward / SGD) comes from the same steps.
 """
@@ -151,9 +152,12 @@ def worker(args):
         fn()
     for v in split.values():
         v.clear()
+    sys.path.insert(0, HERE)
+    from machine import settle
     times = {k: [] for k in steps}
     for _ in range(args.steps):  # interleaved, step by step
         for k, fn in steps.items():
+            settle(args.threads)  # the previous framework's spinning threads go to sleep
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)

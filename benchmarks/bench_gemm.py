@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dtkd  # noqa: E402
 from dtkd import _C  # noqa: E402
+from machine import settle  # noqa: E402
 
 try:
     import torch
@@ -69,14 +71,6 @@ def best_seconds(fn, clock=time.perf_counter, min_time=0.25, min_reps=3, max_rep
         dt = clock() - t0
         best, spent, reps = min(best, dt), spent + dt, reps + 1
     return best
-
-
-def settle(threads):
-    """Before timing another library on several threads: let the previous one's worker
-    threads, which spin-wait for a while after their last task (OpenBLAS's for ~0.1 s),
-    go to sleep, so they do not steal a core from the one being timed."""
-    if threads > 1:
-        time.sleep(0.3)
 
 
 def operands(M, N, K, ta, tb, rng):

@@ -18,7 +18,9 @@ gradient exact; 'direct' measures im2col + SGEMM everywhere, to see Winograd's g
 Every (framework, workload, threads) runs in its own subprocess, so thread counts are set
 before any pool starts and the peak RSS (ru_maxrss) belongs to that run alone. With
 --interleaved, each (workload, threads) runs in one subprocess where dtkd, eager and compiled
-take turns step by step (dtkd, eager, compiled, dtkd, ...): on a machine whose speed drifts
+take turns step by step (dtkd, eager, compiled, dtkd, ...), with a pause before each step on
+several threads (the previous framework's OpenMP threads spin-wait after its step: without the
+pause dtkd's 2-thread resnet32 step took 192 ms instead of 142): on a machine whose speed drifts
 (a VM measured 2x apart minutes apart) only this compares like with like; the peak RSS columns
 are then blank. Times are the median of --steps steps after 2 warm-up steps. The loss is softmax cross-entropy on random
 labels (NumPy for dtkd, F.cross_entropy for PyTorch); SGD lr 0.05, momentum 0.9, wd 5e-4.
@@ -266,9 +268,12 @@ def run_interleaved(name, mode, threads, steps, n, conv_algorithm="auto", compil
     for step in steppers.values():  # warm-up
         step()
         step()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import settle
     times = {k: [] for k in steppers}
     for _ in range(steps):
         for k, step in steppers.items():
+            settle(threads)  # the previous framework's spinning threads go to sleep
             t0 = time.perf_counter()
             step()
             times[k].append(time.perf_counter() - t0)
@@ -310,6 +315,11 @@ def worker(args):
 
 
 # -- driver ---------------------------------------------------------------------------------------
+
+def mb(value):
+    """A peak RSS cell: blank when not measured (--no-torch, or one process per row)."""
+    return "" if value != value else f"{value:.0f}"
+
 
 def spawn(framework, model, mode, threads, steps, n, conv_algorithm, default_malloc=False,
           no_compile=False):
@@ -402,8 +412,8 @@ def main():
             lines.append(f"| {model} {mode} | {t} | {ips:.0f} | {tips:.0f} | {ips / tips:.2f}x "
                          f"| {cips:.0f} | {ips / cips:.2f}x "
                          f"| {tc['compile_s'] if tc else float('nan'):.0f} "
-                         f"| {flops / d['step_s'] / 1e9:.0f} | {d['peak_rss_mb']:.0f} "
-                         f"| {tr['peak_rss_mb'] if tr else float('nan'):.0f} | {load:.1f} |")
+                         f"| {flops / d['step_s'] / 1e9:.0f} | {mb(d['peak_rss_mb'])} "
+                         f"| {mb(tr['peak_rss_mb'] if tr else float('nan'))} | {load:.1f} |")
             print(lines[-1], flush=True)
             splits[(model, mode, t)] = (d["step_s"], d["split"])
             by_threads[(model, mode)][t] = (ips, tips)
