@@ -12,6 +12,10 @@ from kernel_testing import assert_grad_close, numeric_grad, rand, threads  # noq
 GEOMETRIES = {
     "3x3_s1_p1": (3, 4, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1),
     "3x3_s2_p1": (2, 3, 8, 9, 4, 3, 3, 2, 2, 1, 1, 1),
+    # stride-2 rows long enough for the vectorized gather / scatter-add (19 outputs: vectors and
+    # a remainder), and rows whose last read is the last float of x (no padding, odd width)
+    "3x3_s2_wide_rows": (2, 3, 10, 37, 4, 3, 3, 2, 2, 1, 1, 1),
+    "3x3_s2_p0_reads_to_the_end": (2, 3, 9, 17, 4, 3, 3, 2, 2, 0, 0, 1),
     "1x1_s1_direct": (3, 6, 5, 4, 7, 1, 1, 1, 1, 0, 0, 1),
     "1x1_s2_shortcut": (2, 4, 7, 7, 6, 1, 1, 2, 2, 0, 0, 1),
     "grouped": (2, 6, 6, 5, 4, 3, 3, 1, 1, 1, 1, 2),
