@@ -30,7 +30,7 @@ static inline int dtkd_any_nonfinite(const float *p, long n)
 }
 
 /* max |p[i]| over p[0..n) as a float's bits (sign cleared), 0 for n == 0: non-negative floats
- * order as their bit patterns and NaN/Inf lie above FLT_MAX's 0x7f7fffff, so one unsigned max
+ * order as their bit patterns and NaN/Inf lie above FLT_MAX's 0x7f7fffff, so one integer max
  * (which vectorizes; a float max reduction does not without -ffast-math, and ran at ~3 cycles
  * per element) gives the largest magnitude and whether any value is non-finite. */
 #define DTKD_FLT_MAX_BITS 0x7f7fffffu

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 PyObject *dtkd_raise(PyObject *type, const char *fmt, ...)
 {
@@ -110,10 +111,14 @@ int dtkd_check_finite(PyArrayObject *arr, const char *name)
         bad = dtkd_any_nonfinite(p, (long)n);
         Py_END_ALLOW_THREADS
     } else if (PyArray_TYPE(arr) == NPY_FLOAT64) {
-        const uint64_t *p = (const uint64_t *)PyArray_DATA(arr);
+        const double *p = (const double *)PyArray_DATA(arr);
         const uint64_t exponent = 0x7ff0000000000000u;
         Py_BEGIN_ALLOW_THREADS
-        for (npy_intp i = 0; i < n; i++) bad |= (p[i] & exponent) == exponent;
+        for (npy_intp i = 0; i < n; i++) {
+            uint64_t u;
+            memcpy(&u, p + i, sizeof u); /* the bits, without breaking type aliasing */
+            bad |= (u & exponent) == exponent;
+        }
         Py_END_ALLOW_THREADS
     }
     if (bad) {
