@@ -11,7 +11,8 @@ written in torch, on the same thread count.
 Each thread count runs in its own subprocess (threads set before any pool starts), where the
 frameworks take turns step by step (dtkd, eager, compiled, dtkd, ...) so that load from other
 processes falls on all of them alike, with a pause before each step on several threads (the
-previous framework's OpenMP threads spin-wait after its step and would steal a core); each figure is the median of --steps steps after warm-up.
+previous framework's OpenMP threads spin-wait after its step and would steal a core); each
+figure is the median of --steps steps after warm-up.
 torch.compile's compile time (its first two steps) is reported apart. dtkd's time split
 (teacher / student forward / objective / student backward / SGD) comes from the same steps.
 """
@@ -153,14 +154,8 @@ def worker(args):
     for v in split.values():
         v.clear()
     sys.path.insert(0, HERE)
-    from machine import settle
-    times = {k: [] for k in steps}
-    for _ in range(args.steps):  # interleaved, step by step
-        for k, fn in steps.items():
-            settle(args.threads)  # the previous framework's spinning threads go to sleep
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    from machine import take_turns
+    times = take_turns(steps, args.steps, args.threads)
     result["median_s"] = {k: statistics.median(v) for k, v in times.items()}
     result["split_ms"] = {k: 1e3 * statistics.median(v) for k, v in split.items()}
     result["torch"] = torch.__version__

@@ -22,8 +22,9 @@ take turns step by step (dtkd, eager, compiled, dtkd, ...), with a pause before 
 several threads (the previous framework's OpenMP threads spin-wait after its step: without the
 pause dtkd's 2-thread resnet32 step took 192 ms instead of 142): on a machine whose speed drifts
 (a VM measured 2x apart minutes apart) only this compares like with like; the peak RSS columns
-are then blank. Times are the median of --steps steps after 2 warm-up steps. The loss is softmax cross-entropy on random
-labels (NumPy for dtkd, F.cross_entropy for PyTorch); SGD lr 0.05, momentum 0.9, wd 5e-4.
+are then blank. Times are the median of --steps steps after 2 warm-up steps. The loss is softmax
+cross-entropy on random labels (NumPy for dtkd, F.cross_entropy for PyTorch); SGD lr 0.05,
+momentum 0.9, wd 5e-4.
 Every worker first calls dtkd.keep_freed_memory() (what dtkd's trainer does; glibc's malloc
 settings, so torch's workers get the same), or not with --default-malloc.
 """
@@ -269,14 +270,8 @@ def run_interleaved(name, mode, threads, steps, n, conv_algorithm="auto", compil
         step()
         step()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import settle
-    times = {k: [] for k in steppers}
-    for _ in range(steps):
-        for k, step in steppers.items():
-            settle(threads)  # the previous framework's spinning threads go to sleep
-            t0 = time.perf_counter()
-            step()
-            times[k].append(time.perf_counter() - t0)
+    from machine import take_turns
+    times = take_turns(steppers, steps, threads)
     result["step_s"] = {k: statistics.median(v) for k, v in times.items()}
     result["split"] = dtkd_split(d_step, model, opt, mode, steps)
     result["flops"] = dtkd_flops(model, n)
@@ -365,6 +360,7 @@ def main():
         have_torch = not args.no_torch
     except ImportError:
         have_torch = False
+    interleaved = args.interleaved and have_torch  # with --no-torch, dtkd alone either way
     lines = ["| workload | threads | dtkd img/s | torch img/s | dtkd/torch | torch.compile img/s "
              "| dtkd/compile | compile s | dtkd GFLOP/s | dtkd peak RSS MB | torch peak RSS MB "
              "| load avg |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -382,7 +378,7 @@ def main():
             load = os.getloadavg()[0]
             common = (model, mode, t, args.steps, args.batch, args.conv_algorithm,
                       args.default_malloc)
-            if args.interleaved and have_torch:
+            if interleaved:
                 r = spawn("interleaved", *common, no_compile=args.no_compile)
                 # one process: its peak RSS is all frameworks together, so not shown
                 d = {"step_s": r["step_s"]["dtkd"], "split": r["split"], "flops": r["flops"],
@@ -417,9 +413,10 @@ def main():
             print(lines[-1], flush=True)
             splits[(model, mode, t)] = (d["step_s"], d["split"])
             by_threads[(model, mode)][t] = (ips, tips)
-    how = ("interleaved step by step in one process per row" if args.interleaved and have_torch
+    how = ("interleaved step by step in one process per row" if interleaved
            else "one process per framework and row")
-    report = describe(args.threads) + [f"Batch {args.batch}, 32x32x3, median of {args.steps} steps ({how}); "
+    report = describe(args.threads) + [f"Batch {args.batch}, 32x32x3, median of {args.steps} "
+              f"steps ({how}); "
               f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
               + (f", torch {tr['version']}" if have_torch else "")
               + f"; dtkd conv algorithm '{args.conv_algorithm}'", ""] + lines

@@ -35,3 +35,17 @@ def settle(threads):
     step; taking turns with torch.compile without this pause, 192 ms."""
     if threads > 1:
         time.sleep(0.3)
+
+
+def take_turns(steps, rounds, threads):
+    """Time the callables of `steps` (name -> step) taking turns, one step of each per round,
+    each after settle(threads), so that load from other processes (and a VM whose speed drifts)
+    falls on all of them alike: {name: [seconds of each step]}."""
+    times = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, step in steps.items():
+            settle(threads)  # the previous framework's spinning threads go to sleep
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    return times
