@@ -1,9 +1,9 @@
 /* Bindings for the gemm kernels (csrc/kernels/gemm.h): sgemm and the FMA peak probe. */
 #include "boundary.h"
 #include "kernels/gemm.h"
+#include "kernels/reduce.h"
 
 #include <math.h>
-#include <stdint.h>
 
 /* A float32 matrix whose rows may be strided (a column slice of a larger array, so lda may
  * exceed the column count) but whose elements within a row are contiguous. Returns the array
@@ -43,13 +43,12 @@ static PyArrayObject *check_matrix(PyObject *obj, const char *name, long *ld)
 static int check_finite_matrix(PyArrayObject *a, long ld, const char *name)
 {
     long rows = PyArray_DIM(a, 0), cols = PyArray_DIM(a, 1);
-    const uint32_t *p = (const uint32_t *)PyArray_DATA(a);
-    uint32_t bad = 0;
+    const float *p = (const float *)PyArray_DATA(a);
+    int bad = 0;
     DTKD_BEGIN_NOGIL
-    /* NaN and Inf are the floats whose exponent bits are all ones; an integer test vectorizes
-     * (isfinite in a loop did not), keeping this check small beside the GEMM it guards. */
-    for (long i = 0; i < rows; i++)
-        for (long j = 0; j < cols; j++) bad |= (p[i * ld + j] & 0x7f800000u) == 0x7f800000u;
+    /* reduce.h's bit test (NaN and Inf: exponent bits all ones), which vectorizes where
+     * isfinite in a loop did not, keeping this check small beside the GEMM it guards */
+    for (long i = 0; i < rows; i++) bad |= dtkd_any_nonfinite(p + i * ld, cols);
     DTKD_END_NOGIL
     if (bad) {
         dtkd_raise(PyExc_ValueError, "%s: contains NaN or Inf", name);
