@@ -9,9 +9,16 @@ printed apart. Every row prints ratios measured in the same run.
 
     python benchmarks/bench_winograd.py [--threads 1 2] [--batch 64] [--reps 10]
                                         [--isa avx512|avx2|scalar] [--accuracy-batch 8]
+                                        [--training]
+
+--training instead times the three calls a training step makes per Winograd layer of resnet8x4
+(forward, input gradient, weight gradient), each transforming the current weights as training
+does, with effective GFLOP/s as above.
 """
 import argparse
 import contextlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -42,6 +49,35 @@ def best_times(fns, reps):
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
     return best
+
+
+# resnet8x4's stride-1 3x3 convs, all Winograd in training: (C, O, H=W)
+RESNET8X4_CONVS = [(32, 64, 32), (64, 64, 32), (128, 128, 16), (256, 256, 8)]
+
+
+def training_table(threads, batch, reps):
+    """Per layer: forward, input gradient and weight gradient as a training step calls them
+    (the weights transformed inside each call), best of `reps` alternating rounds."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+    print("\n".join(describe(tuple(threads))))
+    rng = np.random.default_rng(0)
+    for t in threads:
+        dtkd.set_num_threads(t)
+        print(f"\n== training calls, {t} thread(s), batch {batch}: ms (effective GFLOP/s)")
+        for c, o, hw in RESNET8X4_CONVS:
+            x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
+            w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+            dy = rng.standard_normal((batch, o, hw, hw)).astype(np.float32)
+            dw = np.zeros_like(w)
+            best = best_times({
+                "forward": lambda: _C.winograd_conv3x3_forward(x, w, None, 4),
+                "input grad": lambda: _C.winograd_conv3x3_backward_input(dy, w, 4),
+                "weight grad": lambda: _C.winograd_conv3x3_backward_weight(dy, x, dw, 4),
+            }, reps)
+            flops = 2.0 * batch * o * c * 9 * hw * hw
+            print(f"C={c:3d} O={o:3d} {hw:2d}x{hw:<2d}: " + "  ".join(
+                f"{k} {v * 1e3:6.2f} ({flops / v / 1e9:4.0f})" for k, v in best.items()))
 
 
 def im2col(x):
@@ -128,8 +164,12 @@ def main():
                     help="cap dtkd's SIMD path (PyTorch keeps its own)")
     ap.add_argument("--accuracy-batch", type=int, default=8,
                     help="batch of the accuracy table (0: skip it)")
+    ap.add_argument("--training", action="store_true",
+                    help="time resnet8x4's Winograd layers as training calls them, then stop")
     args = ap.parse_args()
     _C.set_isa(args.isa)
+    if args.training:
+        return training_table(args.threads, args.batch, args.reps)
 
     # Fractions are of the nominal AVX-512 FMA peak of this machine (270 GFLOP/s per core, see
     # benchmarks/bench_gemm.py); the peak measured now is printed too: well below nominal means
