@@ -69,8 +69,36 @@ def test_layer_allocation_failures():
         lambda: _C.winograd_conv3x3_backward_input(dy, w),
         lambda: _C.sgemm(x.reshape(18, 36), x.reshape(36, 18)),
     ]
+    # batch norm's statistics passes keep per-run partial sums in a scratch block
+    gamma, beta = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5)[:3]
+    calls += [
+        lambda: _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5, x, True),
+        lambda: _C.batchnorm2d_act_backward(x, y, x, gamma, mean, invstd, np.zeros(4, np.float32),
+                                            np.zeros(4, np.float32), True),
+        lambda: _C.batchnorm2d_backward(x, x, gamma, mean, invstd, np.zeros(4, np.float32),
+                                        np.zeros(4, np.float32)),
+        lambda: _C.batchnorm2d_sync_stats_backward(x, x, mean),
+    ]
     for call in calls:
         sweep_allocation_failures(call)
+
+
+def test_batchnorm_backward_out_of_memory_leaves_the_accumulated_gradients():
+    """dgamma and dbeta are accumulated (+=): a call that fails on its scratch adds nothing."""
+    x = RNG.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, None, None, 0.1, 1e-5)[:3]
+    dgamma, dbeta = np.full(3, 7.0, np.float32), np.full(3, -2.0, np.float32)
+    _C._fail_alloc_after(1)
+    try:
+        with pytest.raises(MemoryError, match="batchnorm2d_act_backward"):
+            _C.batchnorm2d_act_backward(x, y, x, gamma, mean, invstd, dgamma, dbeta, False)
+    finally:
+        _C._fail_alloc_after(0)
+    assert (dgamma == 7.0).all() and (dbeta == -2.0).all()
+    _C.batchnorm2d_act_backward(x, y, x, gamma, mean, invstd, dgamma, dbeta, False)
+    assert not (dgamma == 7.0).all()
 
 
 def test_memoryerror_names_the_call():

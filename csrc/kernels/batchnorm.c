@@ -1,6 +1,6 @@
-/* Batch normalization, NCHW. One channel per loop iteration (channels run in parallel); a
- * channel's values sit in N strided runs of H*W floats. Sums are float lanes within a run
- * (kernels/reduce.h) and double across runs and for the final statistics. */
+/* Batch normalization, NCHW. A channel's values sit in N strided runs of H*W floats. Sums are
+ * float lanes within a run (kernels/reduce.h), formed run by run in memory order, and double
+ * across a channel's runs (added in image order: channel_total) and for the final statistics. */
 #include "dtkd.h"
 #include "kernels/batchnorm.h"
 #include "kernels/reduce.h"
@@ -117,6 +117,20 @@ static void relu_mask_run(float *restrict out, const float *restrict g, const fl
     }
 }
 
+/* total[c] = sum over n, in order, of part[(n * C + c) * k]: a channel's sum from per-run values
+ * stored in memory order. The statistics passes read the runs image by image (sequential
+ * memory) instead of channel by channel (a channel's runs lie C*HW floats apart and are often one
+ * 4 KB page each, where the hardware prefetchers stop: the channel-by-channel passes ran at a
+ * quarter of the memory bandwidth, perf on Zen 4), and the per-run values are then added in
+ * the order a channel-by-channel loop adds them: the same double sums, bit for bit, on any
+ * thread count. */
+static double channel_total(const double *part, long N, long C, long c, int k)
+{
+    double total = 0.0;
+    for (long n = 0; n < N; n++) total += part[(n * C + c) * k];
+    return total;
+}
+
 /* q = kf * g + kx * ((p - hi) - lo) + k0, the mean hi + lo subtracted first (as in the
  * forward: kx * p + k0 cancelled two large terms at 1e7 + randn); q may be g (each element
  * read before it is written) */
@@ -141,18 +155,31 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
      * and committed only when the whole call succeeded: a failed call, even one whose output
      * overflows, leaves them as they were) */
     float *lo = dtkd_malloc_array((size_t)C * 5, sizeof *lo);
-    if (!lo) return DTKD_ERR_NOMEM;
+    /* per run (n, c): its sum, then its squared deviations from the channel's mean; per channel
+     * that mean (see channel_total) */
+    double *part = dtkd_malloc_array((size_t)N * C + C, sizeof *part);
+    if (!lo || !part) {
+        dtkd_free(lo);
+        dtkd_free(part);
+        return DTKD_ERR_NOMEM;
+    }
+    double *mean_c = part + N * C;
     float *rm_new = lo + C, *rv_new = lo + 2 * C, *hi = lo + 3 * C, *shift_c = lo + 4 * C;
     int bad = 0, overflow = 0;
+    /* Two passes (mean, then squared deviations from the float32 mean) to avoid cancellation
+     * in the variance. */
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
+    if (M * C >= PARALLEL_MIN_VALUES)
+    for (long nc = 0; nc < N * C; nc++) part[nc] = dtkd_sum(x + nc * HW, HW);
+    for (long c = 0; c < C; c++) mean_c[c] = channel_total(part, N, C, c, 1) / M;
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
+    if (M * C >= PARALLEL_MIN_VALUES)
+    for (long nc = 0; nc < N * C; nc++)
+        part[nc] = dtkd_sum_sqdev(x + nc * HW, (float)mean_c[nc % C], HW);
 #pragma omp parallel for schedule(static) reduction(|:bad, overflow) \
     num_threads(dtkd_get_num_threads()) if (M * C >= PARALLEL_MIN_VALUES)
     for (long c = 0; c < C; c++) {
-        /* Two passes (mean, then squared deviations from the float32 mean) to avoid
-         * cancellation in the variance. */
-        double sum = 0.0;
-        for (long n = 0; n < N; n++) sum += dtkd_sum(x + (n * C + c) * HW, HW);
-        double mean = sum / M, ssd = 0.0;
-        for (long n = 0; n < N; n++) ssd += dtkd_sum_sqdev(x + (n * C + c) * HW, (float)mean, HW);
+        double mean = mean_c[c], ssd = channel_total(part, N, C, c, 1);
         int exact = !(isfinite(mean) && isfinite(ssd));
         if (!exact) {
             const double inv0 = 1.0 / sqrt(ssd / M + eps);
@@ -197,6 +224,7 @@ int dtkd_batchnorm2d_act_forward_train(float *y, float *save_mean, float *save_i
             rv_new[c] = (float)rv;
         }
     }
+    dtkd_free(part);
     if (bad || overflow) {
         dtkd_free(lo);
         return bad ? DTKD_ERR_NONFINITE : DTKD_ERR_VALUE;
@@ -264,68 +292,71 @@ int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, fl
                                   const float *save_invstd, long N, long C, long HW)
 {
     const long M = N * HW, total = N * C * HW;
+    /* per run (n, c): sum g, sum g * (x - mean) and, for far-offset channels, sum (x - mean)
+     * (see channel_total); per channel the five coefficients of its dx pass */
+    double *part = dtkd_malloc_array((size_t)N * C * 3, sizeof *part);
+    float *coef = dtkd_malloc_array((size_t)C * 5, sizeof *coef);
+    if (!part || !coef) {
+        dtkd_free(part);
+        dtkd_free(coef);
+        return DTKD_ERR_NOMEM;
+    }
     /* g = dy masked by the ReLU (y > 0; y == NULL: no ReLU) is the gradient of the BN output
-     * and of the residual. It is formed first, in one sequential pass, into dresidual (or dx,
-     * as scratch rewritten below): folding the mask into the per-channel statistics pass
-     * instead measured 1.3-1.5x slower at (64, 16, 32, 32) (three strided streams per channel
-     * instead of two, each run a 4 KB page where the prefetchers stop). */
-    const float *g = dy;
-    if (y || dresidual) {
-        float *gm = dresidual ? dresidual : dx;
+     * and of the residual, written into dresidual (or dx, as scratch rewritten below) run by
+     * run, each run's sums then read from L1. The statistics pass goes in memory order (see
+     * channel_total): run by run, channel by channel, it was three strided streams per channel
+     * (or two with a separate masking pass, which measured faster that way). */
+    float *gm = dresidual ? dresidual : dx;
+    const int masked = y || dresidual;
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
     if (total >= PARALLEL_MIN_VALUES)
-        for (long i0 = 0; i0 < total; i0 += 4096) {
-            const long len = total - i0 < 4096 ? total - i0 : 4096;
-            if (y) relu_mask_run(gm + i0, dy + i0, y + i0, len);
-            else memcpy(gm + i0, dy + i0, (size_t)len * sizeof *gm);
+    for (long nc = 0; nc < N * C; nc++) {
+        const long c = nc % C, at = nc * HW;
+        const float mean = save_mean[c];
+        const float *g = dy + at;
+        if (masked) {
+            if (y) relu_mask_run(gm + at, dy + at, y + at, HW);
+            else memcpy(gm + at, dy + at, (size_t)HW * sizeof *gm);
+            g = gm + at;
         }
-        g = gm;
+        /* save_mean is the batch mean rounded to float32 (off by up to 0.5 at 1e7): its low
+         * part, lo = mean(x - save_mean), comes from a sum over the same run (in L1) */
+        double *q = part + 3 * nc;
+        q[0] = dtkd_sum(g, HW);
+        q[1] = dtkd_dot_dev(g, x + at, mean, HW);
+        q[2] = far_offset(mean, save_invstd[c]) ? dtkd_sum_dev_wide(x + at, mean, HW) : 0.0;
     }
-    /* Channels in chunks whose per-channel coefficients fit on the stack (all of them for
-     * C <= 512): statistics per channel, then the chunk's dx pass in memory order (see the
-     * forward). */
-    enum { CHUNK = 512 };
-    float coef[5 * CHUNK];
-    for (long c0 = 0; c0 < C; c0 += CHUNK) {
-        const long c1 = C - c0 < CHUNK ? C : c0 + CHUNK, width = c1 - c0;
-#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
-    if (M * width >= PARALLEL_MIN_VALUES)
-        for (long c = c0; c < c1; c++) {
-            const float mean = save_mean[c], invstd = save_invstd[c];
-            /* sum_g = sum g, sum_g_xhat = sum g * xhat, xhat = (x - mean) * invstd. save_mean
-             * is the batch mean rounded to float32 (off by up to 0.5 at 1e7): its low part,
-             * lo = mean(x - save_mean), comes from a sum over the same run (in L1) */
-            const int exact = far_offset(mean, invstd); /* as the forward chose */
-            double sum_g = 0.0, sum_g_xhat = 0.0, sum_dev = 0.0;
-            for (long n = 0; n < N; n++) {
-                const long at = (n * C + c) * HW;
-                sum_g += dtkd_sum(g + at, HW);
-                sum_g_xhat += dtkd_dot_dev(g + at, x + at, mean, HW);
-                if (exact) sum_dev += dtkd_sum_dev_wide(x + at, mean, HW);
-            }
-            const double lo = sum_dev / M;
-            sum_g_xhat = (sum_g_xhat - lo * sum_g) * invstd;
-            dgamma[c] += (float)sum_g_xhat;
-            dbeta[c] += (float)sum_g;
-            /* dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), expanded into
-             * dx = k * g + kx * (x - mean) + k0 with per-channel constants (in double) */
-            const double k = (double)gamma[c] * invstd, mean_g = sum_g / M;
-            const double kxhat = k * invstd * (sum_g_xhat / M); /* coefficient of (x - mean) */
-            float *cf = coef + 5 * (c - c0);
-            cf[0] = (float)k;
-            cf[1] = (float)-kxhat;
-            cf[2] = exact ? (float)(-k * mean_g) : (float)(kxhat * mean - k * mean_g);
-            cf[3] = exact ? mean : 0.0f;
-            cf[4] = (float)lo;
-        }
-#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
-    if (M * width >= PARALLEL_MIN_VALUES)
-        for (long nj = 0; nj < N * width; nj++) {
-            const long c = c0 + nj % width, at = ((nj / width) * C + c) * HW;
-            const float *k = coef + 5 * (c - c0);
-            bn_dx_run(dx + at, g + at, x + at, k[0], k[1], k[2], k[3], k[4], HW);
-        }
+    for (long c = 0; c < C; c++) {
+        const float mean = save_mean[c], invstd = save_invstd[c];
+        /* sum_g = sum g, sum_g_xhat = sum g * xhat, xhat = (x - mean) * invstd */
+        const int exact = far_offset(mean, invstd); /* as the forward chose */
+        double sum_g = channel_total(part, N, C, c, 3);
+        double sum_g_xhat = channel_total(part + 1, N, C, c, 3);
+        const double lo = channel_total(part + 2, N, C, c, 3) / M;
+        sum_g_xhat = (sum_g_xhat - lo * sum_g) * invstd;
+        dgamma[c] += (float)sum_g_xhat;
+        dbeta[c] += (float)sum_g;
+        /* dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), expanded into
+         * dx = k * g + kx * (x - mean) + k0 with per-channel constants (in double) */
+        const double k = (double)gamma[c] * invstd, mean_g = sum_g / M;
+        const double kxhat = k * invstd * (sum_g_xhat / M); /* coefficient of (x - mean) */
+        float *cf = coef + 5 * c;
+        cf[0] = (float)k;
+        cf[1] = (float)-kxhat;
+        cf[2] = exact ? (float)(-k * mean_g) : (float)(kxhat * mean - k * mean_g);
+        cf[3] = exact ? mean : 0.0f;
+        cf[4] = (float)lo;
     }
+    const float *g = masked ? gm : dy;
+#pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
+    if (total >= PARALLEL_MIN_VALUES)
+    for (long nc = 0; nc < N * C; nc++) {
+        const long at = nc * HW;
+        const float *k = coef + 5 * (nc % C);
+        bn_dx_run(dx + at, g + at, x + at, k[0], k[1], k[2], k[3], k[4], HW);
+    }
+    dtkd_free(part);
+    dtkd_free(coef);
     return DTKD_OK;
 }
 
@@ -425,18 +456,20 @@ int dtkd_batchnorm2d_sync_stats_backward(double *sum_g, double *sum_g_xmu, const
 {
     const long M = N * HW;
     if (M < 1 || C < 1) return DTKD_ERR_SHAPE;
+    double *part = dtkd_malloc_array((size_t)N * C * 2, sizeof *part);
+    if (!part) return DTKD_ERR_NOMEM;
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
     if (M * C >= PARALLEL_MIN_VALUES)
-    for (long c = 0; c < C; c++) {
-        double s = 0.0, d = 0.0;
-        for (long n = 0; n < N; n++) {
-            const long at = (n * C + c) * HW;
-            s += dtkd_sum(g + at, HW);
-            d += dtkd_dot_dev(g + at, x + at, save_mean[c], HW);
-        }
-        sum_g[c] = s;
-        sum_g_xmu[c] = d;
+    for (long nc = 0; nc < N * C; nc++) { /* memory order, as dtkd_batchnorm2d_act_backward */
+        const long at = nc * HW;
+        part[2 * nc] = dtkd_sum(g + at, HW);
+        part[2 * nc + 1] = dtkd_dot_dev(g + at, x + at, save_mean[nc % C], HW);
     }
+    for (long c = 0; c < C; c++) {
+        sum_g[c] = channel_total(part, N, C, c, 2);
+        sum_g_xmu[c] = channel_total(part + 1, N, C, c, 2);
+    }
+    dtkd_free(part);
     return DTKD_OK;
 }
 

@@ -44,7 +44,8 @@ int dtkd_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const floa
 
 /* Backward of dtkd_batchnorm2d_act_forward_train: y is its output when relu was set (the ReLU
  * mask y > 0 applies to dy first), NULL otherwise; dresidual (may be NULL) receives the
- * gradient of the residual (dy masked). dx; dgamma, dbeta (C,) accumulated (+=). */
+ * gradient of the residual (dy masked). dx; dgamma, dbeta (C,) accumulated (+=). Returns
+ * DTKD_OK, or DTKD_ERR_NOMEM with nothing written. */
 // dx, dresidual, dy, y, x (N,C,H,W); gamma, save_mean, save_invstd, dgamma, dbeta (C,)
 int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, float *dbeta,
                                   const float *dy, const float *y, const float *x,
@@ -79,7 +80,8 @@ int dtkd_batchnorm2d_sync_forward(float *y, float *save_mean, float *save_invstd
                                   const double *ssd, long M, long N, long C, long HW);
 
 /* Local sums of the backward: sum_g[c] = sum of g, sum_g_xmu[c] = sum of g * (x - save_mean[c]),
- * g = the gradient of the BN output (already masked by a ReLU, if any). */
+ * g = the gradient of the BN output (already masked by a ReLU, if any). DTKD_OK, or
+ * DTKD_ERR_NOMEM. */
 // g, x (N,C,H,W); save_mean (C,); sum_g, sum_g_xmu (C,) double
 int dtkd_batchnorm2d_sync_stats_backward(double *sum_g, double *sum_g_xmu, const float *g,
                                          const float *x, const float *save_mean, long N, long C,

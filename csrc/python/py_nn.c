@@ -344,11 +344,18 @@ static PyObject *bn_backward(PyObject *dyo, PyObject *yo, PyObject *xo, PyObject
         Py_DECREF(dx);
         return NULL;
     }
+    int st;
     DTKD_BEGIN_NOGIL
-    dtkd_batchnorm2d_act_backward(F32(dx), dres ? F32(dres) : NULL, F32(dgamma), F32(dbeta),
-                                  F32(dy), y ? F32(y) : NULL, F32(x), F32(gamma), F32(mean),
-                                  F32(invstd), (long)xs[0], (long)C, (long)(xs[2] * xs[3]));
+    st = dtkd_batchnorm2d_act_backward(F32(dx), dres ? F32(dres) : NULL, F32(dgamma),
+                                       F32(dbeta), F32(dy), y ? F32(y) : NULL, F32(x),
+                                       F32(gamma), F32(mean), F32(invstd), (long)xs[0], (long)C,
+                                       (long)(xs[2] * xs[3]));
     DTKD_END_NOGIL
+    if (st) { /* only DTKD_ERR_NOMEM (its per-run sums): dgamma and dbeta are untouched */
+        Py_DECREF(dx);
+        Py_XDECREF(dres);
+        return dtkd_raise_status(st, "batchnorm2d_act_backward");
+    }
     if (!as_pair) return (PyObject *)dx;
     if (!dres) return Py_BuildValue("NO", dx, Py_None);
     return Py_BuildValue("NN", dx, dres);
@@ -503,11 +510,18 @@ static PyObject *py_batchnorm2d_sync_stats_backward(PyObject *self, PyObject *ar
         Py_XDECREF(sd);
         return NULL;
     }
+    int st;
     DTKD_BEGIN_NOGIL
-    dtkd_batchnorm2d_sync_stats_backward((double *)PyArray_DATA(sg), (double *)PyArray_DATA(sd),
-                                         F32(g), F32(x), F32(mean), (long)xs[0], (long)C,
-                                         (long)(xs[2] * xs[3]));
+    st = dtkd_batchnorm2d_sync_stats_backward((double *)PyArray_DATA(sg),
+                                              (double *)PyArray_DATA(sd), F32(g), F32(x),
+                                              F32(mean), (long)xs[0], (long)C,
+                                              (long)(xs[2] * xs[3]));
     DTKD_END_NOGIL
+    if (st) {
+        Py_DECREF(sg);
+        Py_DECREF(sd);
+        return dtkd_raise_status(st, "batchnorm2d_sync_stats_backward");
+    }
     return Py_BuildValue("NN", sg, sd);
 }
 
