@@ -4,6 +4,8 @@ import gzip
 import hashlib
 import io
 import pickle
+import subprocess
+import sys
 import struct
 import tarfile
 from pathlib import Path
@@ -31,11 +33,15 @@ def isolated_data_dirs(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- writers of the real formats
 
 class Python2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 `str` opcodes (SHORT_BINSTRING / BINSTRING), as the official
-    archive, pickled by Python 2, holds them (keys, file names and the array's raw data)."""
+    """Writes bytes and str as Python 2 `str` opcodes (SHORT_BINSTRING / BINSTRING), as the
+    official archive, pickled by Python 2, holds them (keys, file names, the array's raw data,
+    and NumPy's own strings: the dtype's type code and byte order), so reading it with
+    encoding="bytes" gives bytes wherever the archive does."""
     dispatch = pickle._Pickler.dispatch.copy()
 
     def save_py2_str(self, obj):
+        if isinstance(obj, str):
+            obj = obj.encode("latin1")
         if len(obj) < 256:
             self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
         else:
@@ -43,6 +49,7 @@ class Python2Pickler(pickle._Pickler):
         self.memoize(obj)
 
     dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
 
 
 def cifar_pickle(data, labels, label_key, python2=True):
@@ -279,6 +286,108 @@ def test_cifar_pickle_claiming_gigabytes_fails_without_allocating_them(tmp_path,
         tracemalloc.stop()
     assert str(folder / "train") in str(info.value)
     assert peak < 64 << 20, f"{name}: {peak / 2**20:.0f} MiB allocated for a {len(_MEMORY_BOMBS[name])}-byte file"
+
+
+class _Reduces:
+    """Pickles as ``callable(*args)`` followed by BUILD with ``state`` (what NumPy writes for
+    its dtypes and arrays, with the state under the test's control)."""
+
+    def __init__(self, callable_, args, state):
+        self.reduced = (callable_, args, state)
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def _crafted_dtype(state):
+    return _Reduces(np.dtype, ("u1", False, True), state)
+
+
+def _crafted_array(state):
+    return _Reduces(np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), state)
+
+
+def _cifar_pickle_of(data):
+    return pickle.dumps({b"data": data, b"fine_labels": [0]}, protocol=2)
+
+
+def test_cifar_pickle_with_a_crafted_dtype_state_is_refused_and_numpy_survives(tmp_path):
+    """Fuzz finding: a CIFAR file whose uint8 dtype carried the state (3, 'N', None, -1, -1, 0)
+    reached dtype.__setstate__, which changed NumPy's uint8 type for the whole process: the
+    next array operation segfaulted. Run in a child so a regression cannot take pytest down."""
+    path = tmp_path / "train"
+    crafted = _crafted_array((1, (1, 3072), _crafted_dtype((3, "N", None, -1, -1, 0)), False,
+                              bytes(3072)))
+    path.write_bytes(_cifar_pickle_of(crafted))
+    code = ("import numpy as np\n"
+            "from dtkd.data.cifar import _parse_split_file\n"
+            "import sys\n"
+            "try:\n"
+            "    _parse_split_file(open(sys.argv[1], 'rb').read(), sys.argv[1], 'fine_labels', 100)\n"
+            "except ValueError as e:\n"
+            "    print('refused:', e)\n"
+            "a = np.arange(6, dtype=np.uint8).reshape(2, 3).copy()\n"
+            "print('uint8 still works:', int(a.sum()), np.zeros(4, np.uint8).tolist())\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused:" in out.stdout and str(path) in out.stdout
+    assert "refusing a dtype state" in out.stdout
+    assert "uint8 still works: 15 [0, 0, 0, 0]" in out.stdout
+
+
+_BAD_STATES = {
+    "dtype: 6-tuple, byte order N": _crafted_array(
+        (1, (1, 3072), _crafted_dtype((3, "N", None, -1, -1, 0)), False, bytes(3072))),
+    "dtype: byte order < for a one-byte type": _crafted_array(
+        (1, (1, 3072), _crafted_dtype((3, "<", None, None, None, -1, -1, 0)), False,
+         bytes(3072))),
+    "dtype: field names": _crafted_array(
+        (1, (1, 3072), _crafted_dtype((3, "|", None, ("a",), {"a": 1}, -1, -1, 0)), False,
+         bytes(3072))),
+    "dtype: element size and alignment": _crafted_array(
+        (1, (1, 3072), _crafted_dtype((3, "|", None, None, None, 8, 8, 0)), False, bytes(3072))),
+    "dtype: not a tuple": _crafted_array((1, (1, 3072), _crafted_dtype("junk"), False,
+                                          bytes(3072))),
+    "array: fewer bytes than the shape needs": _crafted_array(
+        (1, (2, 3072), np.dtype("u1"), False, bytes(3072))),
+    "array: a negative dimension": _crafted_array((1, (-1, 3072), np.dtype("u1"), False, b"")),
+    "array: data as a list": _crafted_array((1, (1, 2), np.dtype("u1"), False, [1, 2])),
+    "array: is_fortran not a flag": _crafted_array((1, (1, 3072), np.dtype("u1"), "yes",
+                                                    bytes(3072))),
+    "array: a 3-tuple": _crafted_array((1, (1, 3072), np.dtype("u1"))),
+    "scalar given a state": _Reduces(np._core.multiarray.scalar,
+                                     (np.dtype("f4"), b"\0\0\0\0"), {"x": 1}),
+}
+
+
+@pytest.mark.parametrize("name", list(_BAD_STATES))
+def test_cifar_pickle_with_a_state_numpy_never_writes_is_refused(tmp_path, name):
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    (folder / "train").write_bytes(_cifar_pickle_of(_BAD_STATES[name]))
+    with pytest.raises(ValueError, match="not a readable CIFAR pickle.*refusing|needs") as info:
+        load_dataset("cifar100", "train", root=folder)
+    assert str(folder / "train") in str(info.value)
+    assert np.arange(4, dtype=np.uint8).sum() == 6  # NumPy's types untouched
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "?", "<f4", ">f4", "<i8", ">u2", "<c8", "f2"])
+def test_restricted_unpickler_reads_every_numeric_array_and_scalar_numpy_writes(dtype):
+    from dtkd.io.restricted_pickle import NUMPY_GLOBALS, RestrictedUnpickler
+    array = (np.arange(12) % 2).astype(dtype).reshape(3, 4)
+    fortran = np.asfortranarray(array)
+    for protocol in (2, 4, 5):
+        raw = pickle.dumps({"a": array, "f": fortran, "s": array.flat[1], "d": array.dtype},
+                           protocol=protocol)
+        back = RestrictedUnpickler(io.BytesIO(raw), NUMPY_GLOBALS, "test").load()
+        ref = pickle.loads(raw)  # what NumPy itself restores (protocols 2 and 4 make
+        for key in ("a", "f"):   # big-endian arrays native)
+            assert back[key].dtype == ref[key].dtype and back[key].shape == (3, 4)
+            assert back[key].flags.f_contiguous == ref[key].flags.f_contiguous
+            np.testing.assert_array_equal(back[key], array)
+        assert back["s"] == array.flat[1] and back["s"].dtype == ref["s"].dtype
+        assert back["d"] == ref["d"] == array.dtype
 
 
 def test_cifar_download_verifies_md5_and_reports_no_network(tmp_path, monkeypatch):

@@ -104,6 +104,83 @@ class RefusedGlobal(pickle.UnpicklingError):
     """A pickle named a global outside the allow-list; nothing was run."""
 
 
+# The BUILD opcode hands an object's state to its __setstate__, and NumPy's trust theirs: a
+# dtype state with byte order 'N' in a 6-tuple (a fuzzed CIFAR file) changed NumPy's uint8 type
+# for the whole process, and the next array operation crashed it. So the states of NumPy
+# objects are checked against what NumPy writes before they reach NumPy.
+_NUMERIC_KINDS = "biufc"
+
+
+def _is_plain_int(v):
+    return type(v) is int
+
+
+def _check_dtype_state(dtype, state):
+    """A numeric dtype's state as ``dtype.__reduce__`` writes it: (3, byte order, None, None,
+    None, -1, -1, 0), the byte order '|' for one-byte types and '<', '>' or '=' otherwise (a
+    str, or one byte: Python 2 pickles such as CIFAR's, read with encoding="bytes")."""
+    if dtype.kind not in _NUMERIC_KINDS or dtype.names is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refusing to restore a dtype {dtype!r}: only numeric "
+                                     "arrays are read")
+    orders = "|" if dtype.itemsize == 1 else "<>="
+    order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+    if isinstance(order, bytes):
+        order = order.decode("latin1")
+    if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and
+            _is_plain_int(state[0]) and isinstance(order, str) and len(order) == 1 and
+            order in orders and
+            state[2:5] == (None, None, None) and state[5:] == (-1, -1, 0) and
+            all(_is_plain_int(v) for v in state[5:])):
+        raise pickle.UnpicklingError(f"refusing a dtype state {state!r:.200}: NumPy writes "
+                                     f"(3, '{orders[0]}', None, None, None, -1, -1, 0) for "
+                                     f"{dtype}")
+
+
+def _check_array_state(state):
+    """An array's state as ``ndarray.__reduce__`` writes it: ([1,] shape, numeric dtype,
+    is_fortran, bytes), the bytes exactly shape x itemsize long."""
+    if isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and \
+            _is_plain_int(state[0]):
+        state = state[1:]
+    if not (isinstance(state, tuple) and len(state) == 4):
+        raise pickle.UnpicklingError(f"refusing an array state {state!r:.200}: expected "
+                                     "(1, shape, dtype, is_fortran, bytes)")
+    shape, dtype, fortran, raw = state
+    if not (isinstance(shape, tuple) and len(shape) <= 32 and
+            all(_is_plain_int(n) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"refusing an array of shape {shape!r:.200}")
+    if not (isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC_KINDS and
+            dtype.names is None and dtype.subdtype is None):
+        raise pickle.UnpicklingError(f"refusing an array of dtype {dtype!r:.200}: only numeric "
+                                     "arrays are read")
+    if not (isinstance(fortran, bool) or (_is_plain_int(fortran) and fortran in (0, 1))):
+        raise pickle.UnpicklingError(f"refusing an array state with is_fortran {fortran!r:.50}")
+    if not isinstance(raw, (bytes, bytearray, str)):
+        raise pickle.UnpicklingError(f"refusing an array whose data is a {type(raw).__name__}")
+    count = 1
+    for n in shape:
+        count *= n
+    if len(raw) != count * dtype.itemsize:
+        raise pickle.UnpicklingError(f"an array of shape {shape} and dtype {dtype} needs "
+                                     f"{count * dtype.itemsize} bytes, the file holds "
+                                     f"{len(raw)}")
+
+
+def _checked_build(unpickler):
+    """BUILD, with the state of NumPy objects checked first (see _check_dtype_state)."""
+    stack = unpickler.stack
+    if len(stack) >= 2:
+        inst, state = stack[-2], stack[-1]
+        if isinstance(inst, np.dtype):
+            _check_dtype_state(inst, state)
+        elif isinstance(inst, np.ndarray):
+            _check_array_state(state)
+        elif isinstance(inst, np.generic):
+            raise pickle.UnpicklingError("refusing to set the state of a NumPy scalar (NumPy "
+                                         "never writes one)")
+    pickle._Unpickler.load_build(unpickler)
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """``pickle.Unpickler`` whose globals come only from ``allowed``.
 
@@ -112,6 +189,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         (``"a CIFAR file holds only NumPy arrays ..."``).
     Other keyword arguments go to ``pickle.Unpickler`` (``encoding=``).
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _checked_build
 
     def __init__(self, file, allowed, what, **kwargs):
         super().__init__(file, **kwargs)
