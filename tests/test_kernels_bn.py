@@ -5,7 +5,7 @@ import pytest
 
 from dtkd import _C
 
-from kernel_testing import assert_grad_close, numeric_grad, rand, threads  # noqa: F401 (fixture)
+from kernel_testing import assert_grad_close, num_threads, numeric_grad, rand, threads  # noqa: F401 (fixture)
 
 SHAPES = [(4, 3, 5, 6), (2, 5, 1, 1), (1, 4, 3, 3), (16, 8, 8, 8)]
 
@@ -289,6 +289,34 @@ def test_batchnorm_rejects_nonfinite_and_bad_scalars():
         _C.batchnorm2d_forward_eval(x, gamma, beta, rm, -rv, 1e-5)
     with pytest.raises(ValueError, match="pass both arrays or both None"):
         _C.batchnorm2d_forward_train(x, gamma, beta, rm, None, 0.1, 1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_batchnorm_backward_rejects_a_nonfinite_dy_anywhere_and_adds_nothing(threads, value):
+    """The backward checks dy in its first pass (no separate scan in the binding): a NaN/Inf
+    is refused wherever it is, also where the ReLU mask would zero it, in every variant, and
+    the accumulated dgamma/dbeta stay as they were. Large enough for the parallel passes."""
+    x, gamma, beta, rm, rv = make_problem((4, 8, 48, 48))
+    y, mean, invstd = _C.batchnorm2d_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, None,
+                                                   True)[:3]
+    masked = tuple(np.argwhere(y == 0)[-1])  # a position the ReLU zeroes
+    for where in [(0, 0, 0, 0), masked, (3, 7, 47, 47)]:
+        dy = np.ones_like(x)
+        dy[where] = value
+        dgamma, dbeta = np.full(8, 3.0, np.float32), np.full(8, -1.0, np.float32)
+        calls = [lambda: _C.batchnorm2d_act_backward(dy, y, x, gamma, mean, invstd, dgamma,
+                                                     dbeta, True),
+                 lambda: _C.batchnorm2d_act_backward(dy, None, x, gamma, mean, invstd, dgamma,
+                                                     dbeta, True),
+                 lambda: _C.batchnorm2d_act_backward(dy, y, x, gamma, mean, invstd, dgamma,
+                                                     dbeta, False),
+                 lambda: _C.batchnorm2d_backward(dy, x, gamma, mean, invstd, dgamma, dbeta)]
+        with num_threads(threads):
+            for call in calls:
+                with pytest.raises(ValueError, match="^dy: contains NaN or Inf$"):
+                    call()
+        assert (dgamma == 3.0).all() and (dbeta == -1.0).all()
 
 
 def test_batchnorm_train_needs_more_than_one_value_per_channel():

@@ -308,12 +308,16 @@ int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, fl
      * (or two with a separate masking pass, which measured faster that way). */
     float *gm = dresidual ? dresidual : dx;
     const int masked = y || dresidual;
+    int bad = 0;
 #pragma omp parallel for schedule(static) num_threads(dtkd_get_num_threads()) \
-    if (total >= PARALLEL_MIN_VALUES)
+    if (total >= PARALLEL_MIN_VALUES) reduction(|:bad)
     for (long nc = 0; nc < N * C; nc++) {
         const long c = nc % C, at = nc * HW;
         const float mean = save_mean[c];
         const float *g = dy + at;
+        /* dy's NaN/Inf check, here where the run is read anyway (then from L1), instead of a
+         * separate pass over dy in the binding; masked-out values count too */
+        bad |= dtkd_any_nonfinite(g, HW);
         if (masked) {
             if (y) relu_mask_run(gm + at, dy + at, y + at, HW);
             else memcpy(gm + at, dy + at, (size_t)HW * sizeof *gm);
@@ -325,6 +329,11 @@ int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, fl
         q[0] = dtkd_sum(g, HW);
         q[1] = dtkd_dot_dev(g, x + at, mean, HW);
         q[2] = far_offset(mean, save_invstd[c]) ? dtkd_sum_dev_wide(x + at, mean, HW) : 0.0;
+    }
+    if (bad) { /* before dgamma and dbeta are touched */
+        dtkd_free(part);
+        dtkd_free(coef);
+        return DTKD_ERR_NONFINITE;
     }
     for (long c = 0; c < C; c++) {
         const float mean = save_mean[c], invstd = save_invstd[c];

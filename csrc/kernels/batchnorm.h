@@ -36,7 +36,8 @@ int dtkd_batchnorm2d_forward_eval(float *y, const float *x, const float *gamma,
                                   const float *beta, const float *running_mean,
                                   const float *running_var, float eps, long N, long C, long HW);
 
-/* Backward of the training forward: dx; dgamma, dbeta (C,) accumulated (+=). */
+/* Backward of the training forward: dx; dgamma, dbeta (C,) accumulated (+=). As
+ * dtkd_batchnorm2d_act_backward (its errors too). */
 // dx, dy, x (N,C,H,W); gamma, save_mean, save_invstd, dgamma, dbeta (C,)
 int dtkd_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                               const float *x, const float *gamma, const float *save_mean,
@@ -45,7 +46,8 @@ int dtkd_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const floa
 /* Backward of dtkd_batchnorm2d_act_forward_train: y is its output when relu was set (the ReLU
  * mask y > 0 applies to dy first), NULL otherwise; dresidual (may be NULL) receives the
  * gradient of the residual (dy masked). dx; dgamma, dbeta (C,) accumulated (+=). Returns
- * DTKD_OK, or DTKD_ERR_NOMEM with nothing written. */
+ * DTKD_OK, DTKD_ERR_NONFINITE if dy holds NaN/Inf, or DTKD_ERR_NOMEM; on an error dgamma and
+ * dbeta are untouched. */
 // dx, dresidual, dy, y, x (N,C,H,W); gamma, save_mean, save_invstd, dgamma, dbeta (C,)
 int dtkd_batchnorm2d_act_backward(float *dx, float *dresidual, float *dgamma, float *dbeta,
                                   const float *dy, const float *y, const float *x,

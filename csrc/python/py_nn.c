@@ -329,7 +329,8 @@ static PyObject *bn_backward(PyObject *dyo, PyObject *yo, PyObject *xo, PyObject
     if (!x || nonempty(x, "x")) return NULL;
     const npy_intp *xs = PyArray_DIMS(x);
     npy_intp C = xs[1];
-    PyArrayObject *dy = finite_input(dyo, "dy", 4, xs);
+    /* dy's NaN/Inf check happens in the kernel's first pass (DTKD_ERR_NONFINITE) */
+    PyArrayObject *dy = dtkd_check_shape(dyo, "dy", NPY_FLOAT32, 4, xs);
     PyArrayObject *y = NULL;
     if (dy && yo != Py_None && !(y = dtkd_check_shape(yo, "y", NPY_FLOAT32, 4, xs))) return NULL;
     PyArrayObject *gamma = dy ? vector_arg(go, "gamma", C, 0) : NULL;
@@ -351,9 +352,10 @@ static PyObject *bn_backward(PyObject *dyo, PyObject *yo, PyObject *xo, PyObject
                                        F32(gamma), F32(mean), F32(invstd), (long)xs[0], (long)C,
                                        (long)(xs[2] * xs[3]));
     DTKD_END_NOGIL
-    if (st) { /* only DTKD_ERR_NOMEM (its per-run sums): dgamma and dbeta are untouched */
+    if (st) { /* dgamma and dbeta are untouched */
         Py_DECREF(dx);
         Py_XDECREF(dres);
+        if (st == DTKD_ERR_NONFINITE) return DTKD_VALUE_ERR("dy: contains NaN or Inf");
         return dtkd_raise_status(st, "batchnorm2d_act_backward");
     }
     if (!as_pair) return (PyObject *)dx;
