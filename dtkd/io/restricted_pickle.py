@@ -115,11 +115,17 @@ def _is_plain_int(v):
     return type(v) is int
 
 
+def _is_plain_numeric(dtype):
+    """A NumPy dtype of one number per element: bool, int, uint, float or complex."""
+    return (isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC_KINDS and
+            dtype.names is None and dtype.subdtype is None)
+
+
 def _check_dtype_state(dtype, state):
     """A numeric dtype's state as ``dtype.__reduce__`` writes it: (3, byte order, None, None,
     None, -1, -1, 0), the byte order '|' for one-byte types and '<', '>' or '=' otherwise (a
     str, or one byte: Python 2 pickles such as CIFAR's, read with encoding="bytes")."""
-    if dtype.kind not in _NUMERIC_KINDS or dtype.names is not None or dtype.subdtype is not None:
+    if not _is_plain_numeric(dtype):
         raise pickle.UnpicklingError(f"refusing to restore a dtype {dtype!r}: only numeric "
                                      "arrays are read")
     orders = "|" if dtype.itemsize == 1 else "<>="
@@ -149,8 +155,7 @@ def _check_array_state(state):
     if not (isinstance(shape, tuple) and len(shape) <= 32 and
             all(_is_plain_int(n) and n >= 0 for n in shape)):
         raise pickle.UnpicklingError(f"refusing an array of shape {shape!r:.200}")
-    if not (isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC_KINDS and
-            dtype.names is None and dtype.subdtype is None):
+    if not _is_plain_numeric(dtype):
         raise pickle.UnpicklingError(f"refusing an array of dtype {dtype!r:.200}: only numeric "
                                      "arrays are read")
     if not (isinstance(fortran, bool) or (_is_plain_int(fortran) and fortran in (0, 1))):
