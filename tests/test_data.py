@@ -299,12 +299,17 @@ class _Reduces:
         return self.reduced
 
 
+# NumPy's own reconstructors (numpy.core in NumPy 1, numpy._core in NumPy 2), as it pickles with
+_NUMPY_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_NUMPY_SCALAR = np.float32(0).__reduce__()[0]
+
+
 def _crafted_dtype(state):
     return _Reduces(np.dtype, ("u1", False, True), state)
 
 
 def _crafted_array(state):
-    return _Reduces(np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), state)
+    return _Reduces(_NUMPY_RECONSTRUCT, (np.ndarray, (0,), b"b"), state)
 
 
 def _cifar_pickle_of(data):
@@ -356,7 +361,7 @@ _BAD_STATES = {
     "array: is_fortran not a flag": _crafted_array((1, (1, 3072), np.dtype("u1"), "yes",
                                                     bytes(3072))),
     "array: a 3-tuple": _crafted_array((1, (1, 3072), np.dtype("u1"))),
-    "scalar given a state": _Reduces(np._core.multiarray.scalar,
+    "scalar given a state": _Reduces(_NUMPY_SCALAR,
                                      (np.dtype("f4"), b"\0\0\0\0"), {"x": 1}),
 }
 
